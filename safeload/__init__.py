@@ -1,0 +1,37 @@
+"""safeload: load models without running code from strangers.
+
+``safeload.load`` is a drop-in for ``torch.load`` that opens pickle-family checkpoints only inside a
+bubblewrap jail; ``safeload.transformers`` and ``safeload.hub`` are drop-ins that resolve names only
+through the allowlist in ``trust.toml``, at pinned revisions, with pinned hashes and signatures.
+"""
+
+from safeload.errors import (
+    IntegrityError,
+    PolicyError,
+    SafeloadError,
+    SandboxError,
+    SandboxLimitError,
+    SandboxTimeoutError,
+    SandboxUnavailableError,
+    SignatureError,
+    UnsafeContentError,
+    UnsupportedFormatError,
+    UntrustedSourceError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IntegrityError",
+    "PolicyError",
+    "SafeloadError",
+    "SandboxError",
+    "SandboxLimitError",
+    "SandboxTimeoutError",
+    "SandboxUnavailableError",
+    "SignatureError",
+    "UnsafeContentError",
+    "UnsupportedFormatError",
+    "UntrustedSourceError",
+    "__version__",
+]

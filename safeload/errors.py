@@ -1,0 +1,66 @@
+"""The errors safeload raises.
+
+Every security decision that refuses a load raises a subclass of :class:`SafeloadError`, so callers can
+tell tampering (``IntegrityError``, ``SignatureError``) from policy typos (``PolicyError``) and from a
+sandbox that could not do its job (``SandboxError``). Each message says what happened and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IntegrityError",
+    "PolicyError",
+    "SafeloadError",
+    "SandboxError",
+    "SandboxLimitError",
+    "SandboxTimeoutError",
+    "SandboxUnavailableError",
+    "SignatureError",
+    "UnsafeContentError",
+    "UnsupportedFormatError",
+    "UntrustedSourceError",
+]
+
+
+class SafeloadError(Exception):
+    """Root of every error safeload raises on purpose."""
+
+
+class PolicyError(SafeloadError):
+    """``trust.toml`` is malformed; the message names the dotted path of the bad field."""
+
+
+class UntrustedSourceError(SafeloadError):
+    """A name or path is not allowed by the policy (not pinned, unknown registry, branch revision)."""
+
+
+class IntegrityError(SafeloadError):
+    """Bytes do not match their pinned sha256 digest."""
+
+
+class SignatureError(SafeloadError):
+    """A model signature is missing, invalid, from the wrong signer, or disagrees with the pins."""
+
+
+class UnsupportedFormatError(SafeloadError):
+    """The file's content is not a format safeload knows how to open safely."""
+
+
+class UnsafeContentError(SafeloadError):
+    """The artifact references code-bearing globals and the caller asked for data only."""
+
+
+class SandboxError(SafeloadError):
+    """The jail failed: the worker crashed or returned output that does not validate."""
+
+
+class SandboxUnavailableError(SandboxError):
+    """The jail cannot be started here (no ``bwrap``, no user namespaces)."""
+
+
+class SandboxTimeoutError(SandboxError):
+    """The worker ran past the wall-clock limit and was killed with its process group."""
+
+
+class SandboxLimitError(SandboxError):
+    """The worker hit a resource limit: memory, output size, object or depth budget."""
