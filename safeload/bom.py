@@ -1,0 +1,301 @@
+"""CycloneDX 1.6 ML-BOM of the models a policy deploys.
+
+One ``machine-learning-model`` component per model (purl ``pkg:huggingface/org/name@commit`` for Hub
+models), with every verified file as a nested ``file`` component carrying its sha256, the signer and the
+verification result as ``safeload:*`` properties, and a ``modelCard`` built from the model's
+``config.json`` and its policy entry. The libraries that load the models (safeload, torch, transformers,
+safetensors) are ``library`` components with their installed versions, and the dependency graph says
+which loads what.
+
+``cyclonedx-python-lib`` builds everything except the ``modelCard``, which it does not model yet: that is
+added to the serialised JSON, and the whole document is then validated against the CycloneDX 1.6 JSON
+schema shipped with the library. A document that does not validate raises :class:`BomError` and is never
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from safeload.errors import SafeloadError
+
+__all__ = ["DEFAULT_LIBRARIES", "BomError", "BomModel", "build_bom", "render_bom", "write_bom"]
+
+#: Distributions that load a model, in dependency order: each may depend on the ones before it.
+DEFAULT_LIBRARIES: tuple[str, ...] = ("torch", "safetensors", "transformers", "safeload")
+
+# Which library needs which: what ``pip show`` would report for these four, restricted to this set.
+_LIBRARY_DEPENDS: Mapping[str, tuple[str, ...]] = {
+    "torch": (),
+    "safetensors": (),
+    "transformers": ("safetensors", "torch"),
+    "safeload": ("safetensors", "torch", "transformers"),
+}
+
+# A config.json is small; a multi-megabyte one is not a config and is not worth parsing for a card.
+_MAX_CONFIG_BYTES = 4 << 20
+_SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+# transformers' architecture class suffixes and the pipeline task names they serve.
+_TASK_BY_SUFFIX: tuple[tuple[str, str], ...] = (
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForImageClassification", "image-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSpeechSeq2Seq", "automatic-speech-recognition"),
+    ("ForCTC", "automatic-speech-recognition"),
+    ("Model", "feature-extraction"),
+)
+
+
+class BomError(SafeloadError):
+    """The BOM could not be built, or the document built does not validate against CycloneDX 1.6."""
+
+
+@dataclass(frozen=True)
+class BomModel:
+    """What the BOM records about one verified model.
+
+    ``files`` maps each file's path relative to the model folder to ``"sha256:<hex>"``; ``folder`` is the
+    verified folder in the store (its ``config.json`` feeds the model card), or ``None`` when the files
+    are not present locally. ``verification`` says what was checked, e.g. ``"sha256"`` or
+    ``"sha256+signature"``.
+    """
+
+    name: str
+    repo: str
+    revision: str
+    registry: str
+    registry_kind: str
+    files: Mapping[str, str]
+    verification: str
+    folder: Path | None = None
+    signer: str | None = None
+    signer_identity: str | None = None
+    task: str | None = None
+    datasets: tuple[str, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+def _purl(model: BomModel) -> Any:
+    from packageurl import PackageURL
+
+    org, _, name = model.repo.rpartition("/")
+    kind = "huggingface" if model.registry_kind == "huggingface" else "generic"
+    return PackageURL(type=kind, namespace=org or None, name=name, version=model.revision.lower())
+
+
+def _hex_digest(model: BomModel, path: str, digest: str) -> str:
+    match = _SHA256.match(digest)
+    if match is None:
+        raise BomError(
+            f"model {model.name!r}: file {path!r} has digest {digest!r}; expected 'sha256:' and 64 lowercase "
+            "hex digits (re-pin the model with `safeload pin`)"
+        )
+    return match.group(1)
+
+
+def _read_config(model: BomModel) -> Mapping[str, Any]:
+    if model.folder is None or "config.json" not in model.files:
+        return {}
+    path = model.folder / "config.json"
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BomError(
+            f"model {model.name!r}: cannot read {path}: {exc.strerror}; run `safeload prefetch {model.name}`"
+        ) from exc
+    if len(raw) > _MAX_CONFIG_BYTES:
+        return {}
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
+    config = _read_config(model)
+    params: dict[str, Any] = {}
+    architectures = config.get("architectures")
+    architecture = (
+        architectures[0] if isinstance(architectures, list) and architectures and isinstance(
+            architectures[0], str) else None
+    )
+    task = model.task
+    if task is None and architecture is not None:
+        task = next((t for suffix, t in _TASK_BY_SUFFIX if architecture.endswith(suffix)), None)
+    if task is not None:
+        params["task"] = task
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        params["architectureFamily"] = model_type
+    if architecture is not None:
+        params["modelArchitecture"] = architecture
+    if model.datasets:
+        params["datasets"] = [{"type": "dataset", "name": name} for name in model.datasets]
+    card: dict[str, Any] = {"bom-ref": f"{ref}#model-card"}
+    if params:
+        card["modelParameters"] = params
+    card_properties = [
+        {"name": f"safeload:config:{key}", "value": str(config[key])}
+        for key in ("torch_dtype", "dtype", "hidden_size", "num_hidden_layers", "vocab_size")
+        if isinstance(config.get(key), (str, int)) and not isinstance(config.get(key), bool)
+    ]
+    if card_properties:
+        card["properties"] = card_properties
+    return card
+
+
+def _library_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
+    """Build the ML-BOM for ``models`` and return the validated CycloneDX 1.6 JSON document.
+
+    ``libraries`` names the installed distributions to record (those not installed are left out).
+
+    Raises:
+        BomError: a file digest is not ``sha256:<hex>``, a model's ``config.json`` cannot be read, two
+            models share a name, or the finished document does not validate against the CycloneDX 1.6
+            JSON schema.
+    """
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component, ComponentType
+    from cyclonedx.output.json import JsonV1Dot6
+    from packageurl import PackageURL
+
+    seen: set[str] = set()
+    for model in models:
+        if model.name in seen:
+            raise BomError(f"model {model.name!r} is listed twice; name each model once")
+        seen.add(model.name)
+
+    bom = Bom()
+    tool_version = _library_version("safeload")
+    bom.metadata.tools.components.add(
+        Component(type=ComponentType.APPLICATION, name="safeload", version=tool_version)
+    )
+    libs: dict[str, Any] = {}
+    for dist in libraries:
+        version = _library_version(dist)
+        if version is None:
+            continue
+        libs[dist] = Component(
+            type=ComponentType.LIBRARY,
+            name=dist,
+            version=version,
+            bom_ref=f"pkg:pypi/{dist}@{version}",
+            purl=PackageURL(type="pypi", name=dist, version=version),
+        )
+        bom.components.add(libs[dist])
+    for dist, component in libs.items():
+        bom.register_dependency(component, [libs[d] for d in _LIBRARY_DEPENDS.get(dist, ()) if d in libs])
+    loaders = [libs[d] for d in ("safeload", "transformers", "torch", "safetensors") if d in libs]
+
+    cards: dict[str, dict[str, Any]] = {}
+    for model in models:
+        purl = _purl(model)
+        ref = f"model:{model.name}@{model.revision.lower()}"
+        files = [
+            Component(
+                type=ComponentType.FILE,
+                name=path,
+                bom_ref=f"{ref}/{path}",
+                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=_hex_digest(model, path, digest))],
+            )
+            for path, digest in sorted(model.files.items())
+        ]
+        props = {
+            "safeload:name": model.name,
+            "safeload:registry": model.registry,
+            "safeload:registry:kind": model.registry_kind,
+            "safeload:repo": model.repo,
+            "safeload:revision": model.revision,
+            "safeload:verification": model.verification,
+            "safeload:signer": model.signer or "none",
+            **({"safeload:signer:identity": model.signer_identity} if model.signer_identity else {}),
+            **dict(model.properties),
+        }
+        component = Component(
+            type=ComponentType.MACHINE_LEARNING_MODEL,
+            name=model.repo,
+            version=model.revision.lower(),
+            bom_ref=ref,
+            purl=purl,
+            properties=[Property(name=k, value=v) for k, v in props.items()],
+            components=files,
+        )
+        bom.components.add(component)
+        bom.register_dependency(component, loaders)
+        cards[ref] = _model_card(model, ref)
+
+    try:
+        document: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
+    except Exception as exc:  # the library raises its own exception types for model errors
+        raise BomError(f"cyclonedx could not serialise the BOM: {exc}") from exc
+    for component in document.get("components", []):
+        card = cards.get(component.get("bom-ref"))
+        if card is not None:
+            component["modelCard"] = card
+    _validate(document)
+    return document
+
+
+def _validate(document: Mapping[str, Any]) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(document))
+    if error is not None:
+        raise BomError(f"the BOM does not validate against CycloneDX 1.6: {error}; it was not written")
+
+
+def render_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_LIBRARIES) -> str:
+    """Return the validated ML-BOM for ``models`` as indented JSON text.
+
+    Raises:
+        BomError: as :func:`build_bom`.
+    """
+    return json.dumps(build_bom(models, libraries=libraries), indent=2) + "\n"
+
+
+def write_bom(document: Mapping[str, Any], path: Path) -> None:
+    """Validate ``document`` and write it to ``path`` atomically (a reader never sees a partial file).
+
+    Raises:
+        BomError: the document does not validate (nothing is written), or ``path`` cannot be written.
+    """
+    _validate(document)
+    text = json.dumps(document, indent=2) + "\n"
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise BomError(f"cannot write the BOM to {path}: {exc.strerror or exc}") from exc
