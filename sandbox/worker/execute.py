@@ -1,0 +1,464 @@
+"""Execute mode: run the checkpoint's own code with real ``torch.load``, then export plain data.
+
+This runs only inside the jail, for checkpoints the caller chose to load with ``unpickler="execute"``
+(objects rebuilt in code). Whatever the checkpoint's code does stays in the jail; this module's job is to
+walk the object it produced and write what PROTOCOL.md allows back: ``/out/tensors.safetensors`` (one
+``U8`` entry per storage, so aliasing and views survive) and ``/out/manifest.json`` (written last).
+
+The checkpoint's code runs in this very process and may have tampered with anything here, including
+this module; the host therefore validates every byte written, and this module only tries not to make
+that validation's job harder. Everything it needs from the standard library is bound before the load.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import struct
+import sys
+import zipfile
+from collections import OrderedDict
+from typing import Any, BinaryIO, Literal
+
+__all__ = ["main"]
+
+_DEFAULT_INPUT = "/in/artifact"
+_DEFAULT_OUTPUT = "/out"
+
+# Budgets shared in spirit with the inert worker: a result bigger than this is a bomb, not a model.
+_MAX_NODES = 5_000_000
+_MAX_DEPTH = 400
+
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+_TORCH_DTYPES = (
+    "float64 float32 float16 bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz "
+    "int64 int32 int16 int8 uint8 uint16 uint32 uint64 bool complex64 complex128 complex32"
+).split()
+
+# numpy dtype str (native little-endian) -> torch dtype name, for the storage an ndarray views.
+_NUMPY_TO_TORCH = {
+    "<f8": "float64", "<f4": "float32", "<f2": "float16", "<i8": "int64", "<i4": "int32", "<i2": "int16",
+    "|i1": "int8", "|u1": "uint8", "<u2": "uint16", "<u4": "uint32", "<u8": "uint64", "|b1": "bool",
+    "<c8": "complex64", "<c16": "complex128",
+}
+
+
+_CONTAINERS: dict[type, str] = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}
+
+
+class _LimitError(Exception):
+    """The loaded object exceeds the node or depth budget."""
+
+
+class _FormatError(Exception):
+    """The input is not a format execute mode can open."""
+
+
+def _detect(head: bytes, path: str) -> str:
+    """Name the container format from content (never from a file name)."""
+    if head.startswith(_ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            # torch's own reader is more lenient than zipfile; let it decide.
+            return "torch_zip"
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "torch_zip"
+        return "npz"
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if head[2:14] == _LEGACY_MAGIC:
+        return "torch_legacy"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "torch_legacy_tar"
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]", b"c", b"I", b"L", b"S", b"V", b"N", b"F"):
+        return "joblib" if _looks_like_joblib(path) else "pickle"
+    raise _FormatError("execute mode opens torch, numpy, joblib and pickle files; this is none of them")
+
+
+def _looks_like_joblib(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return b"joblib.numpy_pickle" in fh.read(1 << 20)
+
+
+def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
+    """Load with the real loaders, recording each storage's saved device in ``locations``."""
+    if fmt in ("npy", "npz"):
+        import numpy
+
+        loaded = numpy.load(path, allow_pickle=True)
+        if isinstance(loaded, numpy.lib.npyio.NpzFile):
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
+        return loaded
+    if fmt == "joblib":
+        try:
+            import joblib  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            fmt = "pickle"
+        else:
+            return joblib.load(path)
+    import torch
+
+    def remember(storage: Any, location: str) -> Any:
+        # A storage type without a pointer keeps the default location.
+        with contextlib.suppress(Exception):
+            locations[int(storage.data_ptr())] = str(location)
+        return storage
+
+    if fmt == "pickle":
+        import pickle
+
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    if fmt == "torchscript":
+        return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+    return torch.load(path, map_location=remember, weights_only=False)
+
+
+class _Exporter:
+    """Turns a loaded object into PROTOCOL.md nodes plus a list of storages to write."""
+
+    def __init__(self, locations: dict[int, str]) -> None:
+        self._locations = locations
+        self._ids: dict[int, int] = {}
+        self._keep: list[Any] = []  # keeps objects alive so id() values stay unique during the walk
+        self._nodes = 0
+        self.storages: list[dict[str, Any]] = []
+        self.payloads: list[tuple[str, Any]] = []  # (safetensors key, uint8 numpy view or bytes)
+        self._storage_ids: dict[tuple[int, int, str], int] = {}
+        self.globals: dict[tuple[str, str], int] = {}
+
+    # -- identity -------------------------------------------------------------------------------
+    def _seen(self, obj: Any) -> dict[str, Any] | None:
+        ident = self._ids.get(id(obj))
+        return None if ident is None else {"t": "ref", "id": ident}
+
+    def _open(self, obj: Any, node: dict[str, Any]) -> dict[str, Any]:
+        ident = len(self._ids)
+        self._ids[id(obj)] = ident
+        self._keep.append(obj)
+        node["id"] = ident
+        return node
+
+    # -- storages -------------------------------------------------------------------------------
+    def _add_storage(
+        self, key: tuple[int, int, str], dtype: str, nbytes: int, location: str, data: Any
+    ) -> int:
+        sid = self._storage_ids.get(key)
+        if sid is not None:
+            return sid
+        sid = len(self.storages)
+        self._storage_ids[key] = sid
+        name = f"storage_{sid}"
+        self.storages.append(
+            {"id": sid, "dtype": dtype, "nbytes": nbytes, "location": location,
+             "source": {"kind": "output", "key": name}}
+        )
+        self.payloads.append((name, data))
+        return sid
+
+    def _tensor_storage(self, tensor: Any, dtype: str) -> int:
+        import torch
+
+        storage = tensor.untyped_storage()
+        nbytes = int(storage.nbytes())
+        ptr = int(storage.data_ptr())
+        # Empty storages all share pointer 0; they alias nothing.
+        key = (ptr, nbytes, "") if ptr else (-len(self.storages) - 1, 0, "")
+        location = self._locations.get(ptr, "cpu")
+        itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+        storage_dtype = dtype if nbytes % itemsize == 0 else "uint8"
+        existing = self._storage_ids.get(key)
+        if existing is not None:
+            return existing
+        data = torch.empty(0, dtype=torch.uint8).set_(storage).numpy() if nbytes else b""
+        return self._add_storage(key, storage_dtype, nbytes, location, data)
+
+    # -- nodes ----------------------------------------------------------------------------------
+    def node(self, obj: Any, depth: int = 0) -> dict[str, Any]:
+        self._nodes += 1
+        if self._nodes > _MAX_NODES:
+            raise _LimitError(f"the loaded object has more than {_MAX_NODES} values")
+        if depth > _MAX_DEPTH:
+            raise _LimitError(f"the loaded object is nested deeper than {_MAX_DEPTH} levels")
+        if obj is None:
+            return {"t": "none"}
+        if obj is True or obj is False:
+            return {"t": "bool", "v": bool(obj)}
+        t = type(obj)
+        if t is int:
+            return {"t": "int", "v": int(obj)}
+        if t is float:
+            return {"t": "float", "v": float.hex(obj)}
+        if t is complex:
+            return {"t": "complex", "re": float.hex(obj.real), "im": float.hex(obj.imag)}
+        if t is str:
+            return {"t": "str", "v": str.__str__(obj)}
+        if t is bytes:
+            return {"t": "bytes", "b64": base64.b64encode(obj).decode("ascii")}
+        ref = self._seen(obj)
+        if ref is not None:
+            return ref
+        special = self._special(obj, depth)
+        if special is not None:
+            return special
+        if t is bytearray:
+            return self._open(obj, {"t": "bytearray", "b64": base64.b64encode(bytes(obj)).decode("ascii")})
+        kind = _CONTAINERS.get(t)
+        if kind is not None:
+            node = self._open(obj, {"t": kind})
+            node["items"] = [self.node(v, depth + 1) for v in list(obj)]
+            return node
+        if t is dict or t is OrderedDict:
+            node = self._open(obj, {"t": "dict" if t is dict else "odict"})
+            node["items"] = [[self.node(k, depth + 1), self.node(v, depth + 1)] for k, v in list(obj.items())]
+            return node
+        if t is slice:
+            node = self._open(obj, {"t": "slice"})
+            node.update(start=self.node(obj.start, depth + 1), stop=self.node(obj.stop, depth + 1),
+                        step=self.node(obj.step, depth + 1))
+            return node
+        return self._stub(obj, depth)
+
+    def _special(self, obj: Any, depth: int) -> dict[str, Any] | None:
+        """Nodes for torch, numpy and argparse values; None when ``obj`` is none of them."""
+        mod = type(obj).__module__ or ""
+        if mod.startswith("torch"):
+            return self._torch(obj, depth)
+        if mod.startswith("numpy"):
+            return self._numpy(obj, depth)
+        if mod == "argparse" and type(obj).__name__ == "Namespace":
+            node = self._open(obj, {"t": "namespace"})
+            node["items"] = [[str(k), self.node(v, depth + 1)] for k, v in list(vars(obj).items())]
+            return node
+        return None
+
+    def _torch(self, obj: Any, depth: int) -> dict[str, Any] | None:
+        import torch
+
+        t = type(obj)
+        if t is torch.dtype:
+            name = str(obj).removeprefix("torch.")
+            return {"t": "torch_dtype", "v": name} if name in _TORCH_DTYPES else None
+        if t is torch.Size:
+            return {"t": "torch_size", "items": [int(v) for v in obj]}
+        if t is torch.device:
+            return {"t": "torch_device", "v": str(obj)}
+        if t is torch.nn.Parameter:
+            data = self._tensor(obj.data, register=False)
+            if data is None:
+                return None
+            return self._open(obj, {"t": "parameter", "data": data, "requires_grad": bool(obj.requires_grad)})
+        if t is torch.Tensor:
+            return self._tensor(obj, register=True)
+        return None
+
+    def _tensor(self, tensor: Any, *, register: bool) -> dict[str, Any] | None:
+        import torch
+
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if (
+            dtype not in _TORCH_DTYPES
+            or tensor.layout != torch.strided
+            or tensor.device.type != "cpu"
+            or tensor.is_quantized
+        ):
+            return None
+        node = {
+            "t": "tensor",
+            "storage": self._tensor_storage(tensor, dtype),
+            "offset": int(tensor.storage_offset()),
+            "shape": [int(s) for s in tensor.shape],
+            "stride": [int(s) for s in tensor.stride()],
+            "dtype": dtype,
+            "requires_grad": bool(tensor.requires_grad),
+        }
+        return self._open(tensor, node) if register else node
+
+    def _numpy(self, obj: Any, depth: int) -> dict[str, Any] | None:
+        import numpy
+
+        if isinstance(obj, numpy.dtype):
+            return {"t": "np_dtype", "v": obj.str} if obj.fields is None and not obj.hasobject else None
+        if isinstance(obj, numpy.generic) and type(obj) is not numpy.object_:
+            if obj.dtype.kind not in "biufc":
+                return None
+            raw_scalar = base64.b64encode(obj.tobytes()).decode("ascii")
+            return {"t": "npscalar", "dtype": obj.dtype.str, "b64": raw_scalar}
+        if type(obj) is numpy.ndarray and obj.dtype.kind in "biufc" and obj.dtype.fields is None:
+            order: Literal["C", "F"] = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
+            arr = numpy.asarray(obj, order=order)
+            if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+                arr = numpy.ascontiguousarray(arr)
+            raw = arr.reshape(-1, order="A").view(numpy.uint8) if arr.size else b""
+            dtype = _NUMPY_TO_TORCH.get(arr.dtype.str, "uint8")
+            key = (-len(self.storages) - 1, 0, "np")
+            sid = self._add_storage(key, dtype, int(arr.nbytes), "cpu", raw)
+            return self._open(obj, {"t": "ndarray", "storage": sid, "dtype": arr.dtype.str,
+                                    "shape": [int(s) for s in arr.shape], "order": order})
+        return None
+
+    # -- everything else ------------------------------------------------------------------------
+    def _stub(self, obj: Any, depth: int) -> dict[str, Any]:
+        """Export a non-data object as its class name plus its state (``__dict__``, slots, items)."""
+        import types
+
+        if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+            module, name = _qualname(obj)
+            self._count(module, name)
+            return self._open(obj, {"t": "stub", "module": module, "name": name, "args": None,
+                                    "state": None, "listitems": [], "dictitems": [], "called": False})
+        module, name = _qualname(type(obj))
+        self._count(module, name)
+        node = self._open(obj, {"t": "stub", "module": module, "name": name, "args": None, "called": True})
+        state: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # no __dict__ (slots, builtins)
+            state.update(object.__getattribute__(obj, "__dict__"))
+        for klass in type(obj).__mro__:
+            slots = klass.__dict__.get("__slots__", ())
+            for slot in slots if isinstance(slots, (tuple, list)) else ():
+                if isinstance(slot, str) and slot not in ("__dict__", "__weakref__"):
+                    with contextlib.suppress(Exception):  # an unset slot is simply absent
+                        state[slot] = object.__getattribute__(obj, slot)
+        if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
+            # An object array: its elements, nested as lists, are the state worth keeping.
+            state = {"shape": list(getattr(obj, "shape", ())), "items": obj.tolist()}
+        node["state"] = self.node(state, depth + 1) if state else None
+        node["listitems"] = (
+            [self.node(v, depth + 1) for v in list.__iter__(obj)] if isinstance(obj, list) else []
+        )
+        node["dictitems"] = (
+            [[self.node(k, depth + 1), self.node(v, depth + 1)] for k, v in list(dict.items(obj))]
+            if isinstance(obj, dict) else []
+        )
+        return node
+
+    def _count(self, module: str, name: str) -> None:
+        self.globals[(module, name)] = self.globals.get((module, name), 0) + 1
+
+
+def _qualname(obj: Any) -> tuple[str, str]:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return (module if isinstance(module, str) else "builtins", name if isinstance(name, str) else "?")
+
+
+def _write_safetensors(path: str, payloads: list[tuple[str, Any]]) -> None:
+    """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy)."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, data in payloads:
+        n = len(data) if isinstance(data, bytes) else int(data.nbytes)
+        header[name] = {"dtype": "U8", "shape": [n], "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for _name, data in payloads:
+            fh.write(data if isinstance(data, bytes) else memoryview(data))
+
+
+def _write_json_atomically(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _fail(out_dir: str, kind: str, message: str) -> int:
+    try:
+        _write_json_atomically(
+            os.path.join(out_dir, "error.json"), {"version": 1, "kind": kind, "message": message[:2000]}
+        )
+    except OSError:
+        pass
+    return 2 if kind == "limit" else 1
+
+
+def _parse_args(argv: list[str]) -> tuple[str, str]:
+    rest: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--mode":
+            skip = True
+        elif arg.startswith("--mode="):
+            pass
+        elif arg.startswith("--") and i + 1 < len(argv) and arg in ("--input", "--output"):
+            rest.append(argv[i + 1])
+            skip = True
+        else:
+            rest.append(arg)
+    src = rest[0] if rest else _DEFAULT_INPUT
+    out = rest[1] if len(rest) > 1 else _DEFAULT_OUTPUT
+    return src, out
+
+
+def main(argv: list[str]) -> int:
+    """Load ``/in/artifact`` with the real loaders and export plain data into ``/out``.
+
+    ``argv`` may name another input path and output folder (positionally), for running outside the
+    jail in tests; ``--mode X`` is ignored. Returns the process exit status: 0 on success, 1 when the
+    load or export failed (``error.json`` says why), 2 when a budget was exceeded. Never raises.
+    """
+    src, out_dir = _parse_args(argv)
+    try:
+        with open(src, "rb") as fh:
+            head = _read_head(fh)
+        fmt = _detect(head, src)
+    except _FormatError as exc:
+        return _fail(out_dir, "format", str(exc))
+    except OSError as exc:
+        return _fail(out_dir, "crash", f"cannot read the artifact: {exc}")
+    locations: dict[int, str] = {}
+    try:
+        obj = _load(src, fmt, locations)
+    except MemoryError:
+        return _fail(out_dir, "limit", "the checkpoint ran out of memory while loading")
+    except RecursionError:
+        return _fail(out_dir, "limit", "the checkpoint is nested too deeply to load")
+    except BaseException as exc:  # the checkpoint's own code may raise anything
+        return _fail(out_dir, "crash", f"loading the checkpoint raised {type(exc).__name__}: {exc}"[:2000])
+    try:
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * _MAX_DEPTH + 200))
+        exporter = _Exporter(locations)
+        root = exporter.node(obj)
+        if exporter.payloads:
+            _write_safetensors(os.path.join(out_dir, "tensors.safetensors"), exporter.payloads)
+        manifest = {
+            "version": 1,
+            "format": fmt,
+            "storages": exporter.storages,
+            "root": root,
+            "globals": [
+                {"module": m, "name": n, "verdict": "stub", "count": c}
+                for (m, n), c in exporter.globals.items()
+            ],
+            "byteorder": sys.byteorder,
+        }
+        _write_json_atomically(os.path.join(out_dir, "manifest.json"), manifest)
+    except (_LimitError, MemoryError, RecursionError) as exc:
+        return _fail(out_dir, "limit", f"exporting the checkpoint exceeded a budget: {exc}")
+    except BaseException as exc:  # a tampered process may fail anywhere
+        return _fail(out_dir, "crash", f"exporting the checkpoint failed: {type(exc).__name__}: {exc}"[:2000])
+    return 0
+
+
+def _read_head(fh: BinaryIO) -> bytes:
+    return fh.read(512)
+
+
+if __name__ == "__main__":  # pragma: no cover - the jail enters through worker.__main__
+    sys.exit(main(sys.argv[1:]))
