@@ -133,8 +133,9 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     architectures = config.get("architectures")
     architecture = (
-        architectures[0] if isinstance(architectures, list) and architectures and isinstance(
-            architectures[0], str) else None
+        architectures[0]
+        if isinstance(architectures, list) and architectures and isinstance(architectures[0], str)
+        else None
     )
     task = model.task
     if task is None and architecture is not None:

@@ -1,0 +1,110 @@
+"""The ``safeload`` command line.
+
+A thin layer over the library: every command calls the same code paths ``safeload.load`` and the
+drop-ins use (the jail, the policy, the verified store), never a second implementation. One module per
+command; each defines ``add_parser(subparsers)`` and ``run(args, ui) -> int``.
+
+Exit codes (the same for every command):
+
+* ``0`` — success; for ``inspect``, the file holds only data.
+* ``1`` — the command ran and the answer is "no": ``inspect`` found code-bearing globals, ``verify`` found
+  a file that does not match its pin or signature, a name or file is not allowed by the policy, ``policy
+  check`` found the policy invalid.
+* ``2`` — the command could not do its job: bad arguments, an unreadable or unsupported file, an invalid
+  policy (outside ``policy check``), no sandbox, a registry that cannot be reached.
+* ``130`` — interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
+from safeload.errors import (
+    IntegrityError,
+    SafeloadError,
+    SignatureError,
+    UnsafeContentError,
+    UntrustedSourceError,
+)
+
+__all__ = ["EXIT_ERROR", "EXIT_FINDING", "EXIT_OK", "build_parser", "main"]
+
+_DESCRIPTION = """\
+Load models without running code from strangers.
+
+safeload opens pickle-family checkpoints only inside a bubblewrap jail, resolves model names only through
+the allowlist in trust.toml, and checks every file against pinned sha256 digests and signatures."""
+
+_EPILOG = """\
+examples:
+  safeload inspect downloaded.ckpt            what a checkpoint holds and what code it references
+  safeload convert model.bin -o model.safetensors
+  safeload pin hf://acme/sentiment@4c7f9e0f3b1a2d5e6f708192a3b4c5d6e7f80912
+  safeload prefetch --all                     at image build time, so the container starts offline
+  safeload verify                             re-hash the store against the policy and signatures
+  safeload bom -o bom.json                    CycloneDX 1.6 ML-BOM of the deployed models
+
+exit codes: 0 ok, 1 refused or finding (code-bearing globals, tampering, not allowed), 2 error.
+Every command takes --json for machine-readable output. Docs: docs/cli.md"""
+
+# Failures that are answers ("this is not allowed / not intact"), not malfunctions.
+_FINDINGS: tuple[type[SafeloadError], ...] = (
+    IntegrityError,
+    SignatureError,
+    UntrustedSourceError,
+    UnsafeContentError,
+)
+
+
+def _commands() -> tuple[ModuleType, ...]:
+    from safeload.cli import bom, convert, gc, inspect, pin, policy, prefetch, verify
+
+    return (inspect, convert, pin, verify, prefetch, policy, gc, bom)
+
+
+def _version() -> str:
+    from safeload import __version__
+
+    return __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``safeload`` argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="safeload",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"safeload {_version()}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    for module in _commands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
+
+    Errors are printed as one line on stderr (the ``SafeloadError`` message), never as a traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ui = UI(json_mode=bool(getattr(args, "json", False)))
+    try:
+        code: int = args.run(args, ui)
+    except KeyboardInterrupt:
+        print("safeload: interrupted", file=sys.stderr)
+        return 130
+    except SafeloadError as exc:
+        print(f"safeload: error: {exc}", file=sys.stderr)
+        return EXIT_FINDING if isinstance(exc, _FINDINGS) else EXIT_ERROR
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"safeload: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    return code

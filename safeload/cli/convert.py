@@ -1,0 +1,191 @@
+"""``safeload convert``: pickle checkpoints to safetensors, opened only inside the jail."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from safeload.cli._common import add_policy, command_parser, load_policy
+from safeload.cli._ui import EXIT_OK, UI
+from safeload.errors import UnsupportedFormatError
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION = """\
+Convert a pickle checkpoint (torch zip or legacy, raw pickle) holding a state dict into safetensors.
+The checkpoint is opened by safeload.load(weights_only=True) inside the jail; its code never runs, and a
+checkpoint that references code-bearing globals is refused. Tensors that share storage (tied embeddings)
+are written as separate copies under every name, the way transformers expects to re-tie them.
+
+Given a model folder, converts pytorch_model.bin, or every shard of a sharded checkpoint named by
+pytorch_model.bin.index.json (writing model.safetensors.index.json), into the output folder and copies the
+folder's other non-pickle files (config, tokenizer) next to them, so the output loads with
+use_safetensors=True.
+
+Each output file's metadata records the source's sha256 (safeload.source_sha256) and the converter's
+version (safeload.version)."""
+
+_EPILOG = """\
+examples:
+  safeload convert pytorch_model.bin -o model.safetensors
+  safeload convert ./my-model -o ./my-model-safetensors
+  safeload convert lightning.ckpt -o weights.safetensors --json
+
+exit codes: 0 converted, 1 refused (code-bearing globals, pinned hash mismatch), 2 error."""
+
+# Files in a model folder that are pickles (never copied; the weights among them are converted).
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class _Converted:
+    source: Path
+    output: Path
+    source_sha256: str
+    tensors: int
+
+
+def add_parser(sub: Any) -> None:
+    parser = command_parser(
+        sub,
+        "convert",
+        help="convert a pickle checkpoint or model folder to safetensors",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+    )
+    parser.add_argument("input", metavar="IN", type=Path, help="a checkpoint file or a model folder")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        type=Path,
+        required=True,
+        help="the .safetensors file to write (for a folder: the output folder)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    add_policy(parser)
+    parser.set_defaults(run=run)
+
+
+def _metadata(digest: str) -> dict[str, str]:
+    from safeload import __version__
+
+    return {"safeload.source_sha256": digest, "safeload.version": __version__}
+
+
+def _tensor_count(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return len(list(f.keys()))
+
+
+def _convert_one(src: Path, dst: Path, args: argparse.Namespace) -> _Converted:
+    from safeload.convert import convert_file, sha256_file
+
+    digest = sha256_file(src)
+    out = convert_file(src, dst, policy=args.loaded_policy, metadata=_metadata(digest))
+    return _Converted(src, out, digest, _tensor_count(out))
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsError(17, "output exists (pass --force to overwrite)", str(path))
+
+
+def _convert_folder(
+    src: Path, dst: Path, args: argparse.Namespace, ui: UI
+) -> tuple[list[_Converted], Path | None]:
+    from safeload.convert import converted_index, safetensors_name
+
+    index = src / "pytorch_model.bin.index.json"
+    if index.is_file():
+        weight_map = converted_index(index)["weight_map"]
+        shards = sorted(
+            {name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
+        )
+        sources = [(src / shard, dst / safetensors_name(shard)) for shard in shards]
+    elif (src / "pytorch_model.bin").is_file():
+        weight_map = None
+        sources = [(src / "pytorch_model.bin", dst / "model.safetensors")]
+    else:
+        raise UnsupportedFormatError(
+            f"{src} has neither pytorch_model.bin nor pytorch_model.bin.index.json; "
+            "convert a single checkpoint with `safeload convert FILE -o OUT.safetensors`"
+        )
+    for _, out in sources:
+        _check_output(out, args.force)
+    dst.mkdir(parents=True, exist_ok=True)
+    done: list[_Converted] = []
+    total = sum(s.stat().st_size for s, _ in sources)
+    with ui.progress() as bar:
+        advanced = 0
+        bar("convert", 0, total)
+        for shard, out in sources:
+            done.append(_convert_one(shard, out, args))
+            advanced += shard.stat().st_size
+            bar("convert", advanced, total)
+    new_index: Path | None = None
+    if weight_map is not None:
+        new_index = dst / "model.safetensors.index.json"
+        new_index.write_text(
+            json.dumps(converted_index(index), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    for item in sorted(src.rglob("*")):
+        rel = item.relative_to(src)
+        if item.is_symlink() or not item.is_file() or item.name.endswith(_PICKLE_SUFFIXES):
+            continue
+        if rel.as_posix() == "pytorch_model.bin.index.json" or rel.parts[0] == ".git":
+            continue
+        target = dst / rel
+        if target.exists() and not args.force:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item, target)
+    return done, new_index
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    args.loaded_policy = load_policy(args)
+    src: Path = args.input
+    if not src.exists():
+        raise FileNotFoundError(2, "no such file or folder", str(src))
+    index: Path | None = None
+    if src.is_dir():
+        done, index = _convert_folder(src, args.output, args, ui)
+    else:
+        _check_output(args.output, args.force)
+        with ui.progress() as bar:
+            size = src.stat().st_size
+            bar("convert", 0, size)
+            done = [_convert_one(src, args.output, args)]
+            bar("convert", size, size)
+    data = {
+        "input": str(src),
+        "output": str(args.output),
+        "index": str(index) if index else None,
+        "files": [
+            {
+                "source": str(c.source),
+                "output": str(c.output),
+                "source_sha256": c.source_sha256,
+                "tensors": c.tensors,
+            }
+            for c in done
+        ],
+    }
+
+    def render(out: Console) -> None:
+        for c in done:
+            out.print(f"{c.source} -> {c.output}  ({c.tensors} tensors, source sha256:{c.source_sha256})")
+        if index is not None:
+            out.print(f"index -> {index}")
+
+    ui.emit(data, render)
+    return EXIT_OK

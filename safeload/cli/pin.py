@@ -1,0 +1,111 @@
+"""``safeload pin``: write a ``[models]`` entry with every file's sha256, like a lock file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from safeload.cli._common import command_parser
+from safeload.cli._ui import EXIT_OK, UI
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION = """\
+Pin a model: fetch the list of its files at one commit, hash every file, and write (or update) its
+[models."NAME"] entry in trust.toml with the registry, repository, revision and each file's sha256, the
+way pip-compile --generate-hashes writes a lock file. Other entries and comments are left as they are.
+
+URL forms:
+  hf://ORG/NAME@COMMIT     a Hugging Face registry (the policy's registry of kind "huggingface", or
+                           --registry); COMMIT must be a full 40-hex commit id. A branch or tag is
+                           accepted only with --resolve, which prints the commit it resolved to and pins it.
+  dir://ORG/NAME           a directory registry (kind "directory"): the files under <path>/ORG/NAME."""
+
+_EPILOG = """\
+examples:
+  safeload pin hf://acme/sentiment-classifier@4c7f9e0f3b1a2d5e6f708192a3b4c5d6e7f80912 --name acme/sentiment
+  safeload pin hf://acme/sentiment-classifier@main --resolve
+  safeload pin dir://acme/sentiment --registry local --policy /etc/safeload/trust.toml
+
+exit codes: 0 pinned, 1 refused (a branch without --resolve, a registry the policy does not allow),
+2 error (policy invalid, registry unreachable)."""
+
+
+def add_parser(sub: Any) -> None:
+    parser = command_parser(
+        sub,
+        "pin",
+        help="pin a model's files by sha256 into trust.toml",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+    )
+    parser.add_argument("url", metavar="URL", help="hf://ORG/NAME@COMMIT or dir://ORG/NAME")
+    parser.add_argument("--registry", metavar="NAME", help="the [registries.NAME] to fetch from")
+    parser.add_argument("--name", metavar="NAME", help="the name code asks for (default: the repository id)")
+    parser.add_argument(
+        "--resolve", action="store_true", help="accept a branch or tag and pin the commit it points at now"
+    )
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="the trust.toml to update (default: $SAFELOAD_POLICY, else ./trust.toml, created if missing)",
+    )
+    parser.set_defaults(run=run)
+
+
+def _policy_path(args: argparse.Namespace) -> Path:
+    import os
+
+    if args.policy is not None:
+        return Path(args.policy)
+    env = os.environ.get("SAFELOAD_POLICY")
+    return Path(env).expanduser() if env else Path("trust.toml")
+
+
+def _attr(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    from safeload.pinning import pin_model
+
+    path = _policy_path(args)
+    result = pin_model(
+        args.url, policy_path=path, registry=args.registry, name=args.name, resolve=args.resolve
+    )
+    entry = _attr(result, "entry") or result
+    name = _attr(entry, "name") or args.name
+    revision = _attr(entry, "revision")
+    files = dict(_attr(entry, "files") or {})
+    resolved_from = _attr(result, "resolved_from", "ref")
+    data = {
+        "policy": str(path),
+        "name": name,
+        "registry": _attr(entry, "registry"),
+        "repo": _attr(entry, "repo"),
+        "revision": revision,
+        "resolved_from": resolved_from,
+        "files": files,
+    }
+
+    def render(out: Console) -> None:
+        if args.resolve and revision:
+            out.print(f"resolved {args.url} to commit {revision}", markup=False)
+        out.print(
+            f"pinned {name} ({data['repo']} @ {revision or 'hashes'}) in {path}: {len(files)} files",
+            markup=False,
+        )
+        for rel, digest in sorted(files.items()):
+            out.print(f"  {rel} = {digest}", markup=False)
+
+    ui.emit(data, render)
+    return EXIT_OK

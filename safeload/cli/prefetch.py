@@ -1,0 +1,98 @@
+"""``safeload prefetch``: fetch, verify and convert at build time so a container starts offline."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from safeload.cli._common import add_policy, command_parser, load_policy
+from safeload.cli._ui import EXIT_ERROR, EXIT_OK, UI
+from safeload.errors import UntrustedSourceError
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION = """\
+Fetch every file a model needs from its allowlisted registry at the pinned revision, verify each against
+its pinned sha256 (and the signer's signature) into the store, and convert pickle weights
+(pytorch_model.bin, sharded .bin with an index) to safetensors in the jail, the same way
+safeload.transformers does on first load. Run it when building an image: afterwards loads need no network
+(set HF_HUB_OFFLINE=1 in the container to be sure)."""
+
+_EPILOG = """\
+examples:
+  safeload prefetch --all                       # in a Dockerfile, after COPY trust.toml
+  safeload prefetch acme/sentiment acme/ner --json
+
+exit codes: 0 every model ready, 1 refused (hash or signature mismatch, name not in the policy),
+2 error (registry unreachable, sandbox failure, nothing to prefetch)."""
+
+
+def add_parser(sub: Any) -> None:
+    parser = command_parser(
+        sub,
+        "prefetch",
+        help="fetch, verify and convert models so a container starts offline",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+    )
+    parser.add_argument("names", metavar="NAME", nargs="*", help="model names from [models]")
+    parser.add_argument("--all", action="store_true", help="every model in the policy")
+    add_policy(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    from safeload.transformers._folder import prepare
+
+    policy = load_policy(args)
+    if args.all and args.names:
+        ui.error("give model names or --all, not both")
+        return EXIT_ERROR
+    names: list[str] = sorted(policy.models) if args.all else list(args.names)
+    if not names:
+        ui.error(
+            f"nothing to prefetch: name models or pass --all (the policy {policy.source or '(built-in)'} "
+            f"has {len(policy.models)} [models] entries)"
+        )
+        return EXIT_ERROR
+    unknown = [n for n in names if n not in policy.models]
+    if unknown:
+        raise UntrustedSourceError(
+            f"not in the policy's [models]: {', '.join(unknown)}; pin them first with `safeload pin`"
+        )
+    ready: list[dict[str, Any]] = []
+    for name in names:
+        entry = policy.models[name]
+        prepared = prepare(
+            name, weights=True, trust_remote_code=bool(getattr(entry, "allow_code", False)), policy=policy
+        )
+        ready.append(
+            {
+                "name": name,
+                "revision": prepared.revision,
+                "folder": str(prepared.folder),
+                "converted": sorted(prepared.converted),
+                "excluded": list(prepared.excluded),
+            }
+        )
+        ui.note(f"ready: {name} -> {prepared.folder}")
+    data = {"store": str(policy.store), "models": ready}
+
+    def render(out: Console) -> None:
+        table = Table(title="prefetched", title_justify="left")
+        for col in ("model", "revision", "converted to safetensors", "left out (pickles)"):
+            table.add_column(col)
+        for m in ready:
+            table.add_row(
+                m["name"],
+                str(m["revision"] or "-"),
+                ", ".join(m["converted"]) or "-",
+                ", ".join(m["excluded"]) or "-",
+            )
+        out.print(table)
+
+    ui.emit(data, render)
+    return EXIT_OK
