@@ -1,17 +1,60 @@
 """``trust.toml``: the policy that decides what may be loaded, from where, and how.
 
-The shapes below are the contract other modules read; parsing, validation and discovery live here too.
+Each TOML table is a frozen dataclass; every validation error is a :class:`~safeload.errors.PolicyError`
+whose message starts with the dotted path of the bad field and says what is allowed, e.g.
+``models."acme/sentiment".revision: must be a 40-hex commit id, got 'main'``.
+
+Discovery (:func:`load_policy`): the ``policy=`` argument, ``$SAFELOAD_POLICY``, ``./trust.toml``,
+``~/.config/safeload/trust.toml``, then the built-in default (local files may be opened, always sandboxed;
+no remote name resolves). Relative paths inside a policy file resolve against the file's folder.
+
+Revisions. A ``huggingface`` model's ``revision`` must be a full 40-hex commit id, checked when the policy is
+parsed. A ``directory`` registry has no history: ``revision`` is optional there; when omitted, the store
+keys the model by the digest of its pin set (see :func:`ModelEntry.store_revision`), so changing a pin
+gives a new folder and never edits a verified one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from types import MappingProxyType
+from typing import Literal
 
-__all__ = ["Policy", "SandboxSettings"]
+from safeload._signing import CertificateSigner, KeySigner, Signer, SigstoreSigner
+from safeload._units import parse_duration, parse_size
+from safeload.errors import PolicyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DirectoryRegistrySpec",
+    "HuggingFaceRegistrySpec",
+    "ModelEntry",
+    "Policy",
+    "RegistrySpec",
+    "SandboxSettings",
+    "default_policy",
+    "dotted",
+    "load_policy",
+    "parse_policy",
+]
 
 _GiB = 1 << 30
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_SIGNATURE = "model.sig"
 
 
 @dataclass(frozen=True)
@@ -25,14 +68,403 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True)
+class HuggingFaceRegistrySpec:
+    """``[registries.NAME] kind = "huggingface"``: a Hub (or mirror) at ``endpoint``.
+
+    ``token_env`` names the environment variable holding the access token (default: huggingface_hub's own
+    ``HF_TOKEN`` / stored login).
+    """
+
+    name: str
+    endpoint: str
+    token_env: str | None = None
+    kind: Literal["huggingface"] = "huggingface"
+
+
+@dataclass(frozen=True)
+class DirectoryRegistrySpec:
+    """``[registries.NAME] kind = "directory"``: a local tree laid out as ``path/<repo>/<files>``."""
+
+    name: str
+    path: Path
+    kind: Literal["directory"] = "directory"
+
+
+RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """``[models."NAME"]``: where a name comes from and what its bytes must be."""
+
+    name: str
+    registry: str
+    repo: str
+    revision: str | None
+    # relative path inside the repo -> "sha256:<hex>"
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    signer: str | None = None
+    signature: str | None = None  # path of the signature file in the repo (when ``signer`` is set)
+
+    def store_revision(self) -> str:
+        """The revision the store files this model under: the commit, or ``pins-<digest of the pins>``."""
+        if self.revision is not None:
+            return self.revision
+        h = hashlib.sha256()
+        for rel in sorted(self.files):
+            h.update(f"{rel}\0{self.files[rel]}\n".encode())
+        return "pins-" + h.hexdigest()[:40]
+
+    @property
+    def signature_path(self) -> str:
+        return self.signature or DEFAULT_SIGNATURE
+
+
+@dataclass(frozen=True)
 class Policy:
     """A parsed ``trust.toml`` (or the built-in default)."""
 
     version: int = 1
     mode: Literal["enforce", "audit"] = "enforce"
-    store: Path = Path("~/.cache/safeload").expanduser()
+    store: Path = field(default_factory=lambda: Path("~/.cache/safeload").expanduser())
     audit_log: Path | None = None
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
-    # local path (absolute, as written) -> "sha256:<hex>"
-    files: Mapping[str, str] = field(default_factory=dict)
+    # local path (absolute, normalised) -> "sha256:<hex>"
+    files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None  # the file it was read from; None for the built-in default
+    registries: Mapping[str, RegistrySpec] = field(default_factory=lambda: MappingProxyType({}))
+    signers: Mapping[str, Signer] = field(default_factory=lambda: MappingProxyType({}))
+    models: Mapping[str, ModelEntry] = field(default_factory=lambda: MappingProxyType({}))
+    require_signatures: bool = False
+
+
+def default_policy() -> Policy:
+    """The built-in policy: local files may be opened (always sandboxed); no remote name resolves."""
+    return Policy()
+
+
+def dotted(*parts: str) -> str:
+    """``models."acme/sentiment".revision``: TOML's dotted-key spelling of a field's path."""
+    out = []
+    for p in parts:
+        out.append(p if _BARE_KEY.match(p) else '"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return ".".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+class _Table:
+    """A TOML table with typed getters that name the field's dotted path in every error."""
+
+    def __init__(self, data: Mapping[str, object], path: tuple[str, ...]) -> None:
+        self.data = data
+        self.path = path
+
+    def err(self, key: str | None, msg: str) -> PolicyError:
+        where = dotted(*self.path, key) if key is not None else (dotted(*self.path) or "<top level>")
+        return PolicyError(f"{where}: {msg}")
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.err(key, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+    def str_(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.err(key, "is required")
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.err(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def req_str(self, key: str) -> str:
+        value = self.str_(key, required=True)
+        assert value is not None
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.data.get(key, default)
+        if value == "" and key not in self.data:
+            raise self.err(key, f"is required: one of {', '.join(repr(a) for a in allowed)}")
+        if value not in allowed:
+            raise self.err(key, f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        assert isinstance(value, str)
+        return value
+
+    def table(self, key: str) -> _Table:
+        value = self.data.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.err(key, f"must be a table, got {type(value).__name__}")
+        return _Table(value, (*self.path, key))
+
+
+def _resolve_path(raw: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(raw))
+    return p if p.is_absolute() else base / p
+
+
+def _check_repo(t: _Table, key: str, repo: str) -> None:
+    parts = repo.split("/")
+    if not all(_NAME_PART.match(p) and p not in {".", ".."} for p in parts) or len(parts) > 3:
+        raise t.err(key, f"must be a repository id like 'org/name' (letters, digits, . _ -), got {repo!r}")
+
+
+def _check_relpath(t: _Table, key: str, rel: str) -> None:
+    """Refuse repo-relative file paths that could escape the model folder or name it ambiguously."""
+    parts = rel.split("/")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or any(p in {"", ".", ".."} for p in parts)
+    ):
+        raise t.err(key, f"must be a relative path inside the repository without '..', got {rel!r}")
+
+
+def _digest(t: _Table, key: str, value: object) -> str:
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise t.err(key, f"must be 'sha256:' followed by 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def _parse_sandbox(t: _Table) -> SandboxSettings:
+    t.check_keys({"unpickler", "timeout", "memory", "max_output"})
+    kw: dict[str, object] = {}
+    kw["unpickler"] = t.choice("unpickler", ("inert", "execute"), "inert")
+    for key, attr, parse in (
+        ("timeout", "timeout_s", parse_duration),
+        ("memory", "memory_bytes", parse_size),
+        ("max_output", "max_output_bytes", parse_size),
+    ):
+        if key in t.data:
+            try:
+                kw[attr] = parse(t.data[key])
+            except ValueError as e:
+                raise t.err(key, str(e)) from None
+    return SandboxSettings(**kw)  # type: ignore[arg-type]
+
+
+def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
+    kind = t.choice("kind", ("huggingface", "directory"), "")
+    if kind == "huggingface":
+        t.check_keys({"kind", "endpoint", "token_env"})
+        endpoint = t.req_str("endpoint")
+        if not re.match(r"^https?://[^/\s]+", endpoint):
+            raise t.err("endpoint", f"must be an http(s) URL like 'https://huggingface.co', got {endpoint!r}")
+        token_env = t.str_("token_env")
+        return HuggingFaceRegistrySpec(name=name, endpoint=endpoint.rstrip("/"), token_env=token_env)
+    t.check_keys({"kind", "path"})
+    return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
+
+
+def _parse_signer(t: _Table, name: str, base: Path) -> Signer:
+    kind = t.choice("kind", ("key", "certificate", "sigstore"), "")
+    if kind == "key":
+        t.check_keys({"kind", "public_key"})
+        return KeySigner(name=name, public_key=_resolve_path(t.req_str("public_key"), base))
+    if kind == "certificate":
+        t.check_keys({"kind", "chain", "leaf_sha256", "leaf_subject"})
+        chain = t.data.get("chain")
+        if not isinstance(chain, list) or not chain or not all(isinstance(c, str) and c for c in chain):
+            raise t.err("chain", "must be a non-empty list of PEM certificate paths (never the web roots)")
+        leaf_sha = t.str_("leaf_sha256")
+        if leaf_sha is not None:
+            _digest(t, "leaf_sha256", leaf_sha)
+        leaf_subject = t.str_("leaf_subject")
+        if leaf_sha is None and leaf_subject is None:
+            raise t.err(None, "a certificate signer needs 'leaf_sha256' or 'leaf_subject' to pin the signer")
+        return CertificateSigner(
+            name=name,
+            chain=tuple(_resolve_path(c, base) for c in chain),
+            leaf_sha256=leaf_sha,
+            leaf_subject=leaf_subject,
+        )
+    t.check_keys({"kind", "identity", "issuer", "trusted_root", "trusted_root_sha256"})
+    root_sha = t.str_("trusted_root_sha256")
+    if root_sha is not None:
+        _digest(t, "trusted_root_sha256", root_sha)
+    issuer = t.req_str("issuer")
+    if not issuer.startswith("https://"):
+        raise t.err("issuer", f"must be the OIDC issuer URL (https://...), got {issuer!r}")
+    return SigstoreSigner(
+        name=name,
+        identity=t.req_str("identity"),
+        issuer=issuer,
+        trusted_root=_resolve_path(t.req_str("trusted_root"), base),
+        trusted_root_sha256=root_sha,
+    )
+
+
+def _parse_model(
+    t: _Table,
+    name: str,
+    registries: Mapping[str, RegistrySpec],
+    signers: Mapping[str, Signer],
+    require_signatures: bool,
+) -> ModelEntry:
+    t.check_keys({"registry", "repo", "revision", "signer", "signature", "files"})
+    registry = t.req_str("registry")
+    if registry not in registries:
+        known = ", ".join(sorted(registries)) or "none defined"
+        raise t.err("registry", f"names no [registries.{registry}] table (known: {known})")
+    spec = registries[registry]
+    repo = t.str_("repo") or name
+    _check_repo(t, "repo", repo)
+    revision = t.data.get("revision")
+    if revision is None:
+        if spec.kind == "huggingface":
+            raise t.err("revision", "is required: a 40-hex commit id (branches and tags can move)")
+    elif not isinstance(revision, str) or not _COMMIT.match(revision):
+        raise t.err("revision", f"must be a 40-hex commit id, got {revision!r}")
+    signer = t.str_("signer")
+    if signer is not None and signer not in signers:
+        known = ", ".join(sorted(signers)) or "none defined"
+        raise t.err("signer", f"names no [signers.{signer}] table (known: {known})")
+    if signer is None and require_signatures:
+        raise t.err("signer", "is required because require_signatures = true")
+    signature = t.str_("signature")
+    if signature is not None:
+        if signer is None:
+            raise t.err("signature", "only makes sense with 'signer'")
+        _check_relpath(t, "signature", signature)
+    ft = t.table("files")
+    files: dict[str, str] = {}
+    for rel, digest in ft.data.items():
+        _check_relpath(ft, rel, rel)
+        files[rel] = _digest(ft, rel, digest)
+    if not files and signer is None:
+        raise t.err("files", "must pin at least one file ('path' = 'sha256:...'), or name a 'signer'")
+    sig_rel = signature or DEFAULT_SIGNATURE
+    if signer is not None and sig_rel in files:
+        raise t.err("signature", f"the signature file {sig_rel!r} cannot also be a pinned model file")
+    return ModelEntry(
+        name=name,
+        registry=registry,
+        repo=repo,
+        revision=revision,
+        files=MappingProxyType(files),
+        signer=signer,
+        signature=signature,
+    )
+
+
+def parse_policy(text: str, *, source: Path | None = None) -> Policy:
+    """Parse ``trust.toml`` text. ``source`` (the file's path) anchors relative paths and error messages.
+
+    Raises:
+        PolicyError: the text is not TOML or a field is malformed; the message names the dotted path.
+    """
+    where = f"{source}: " if source is not None else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{where}not valid TOML: {e}") from None
+    base = source.resolve().parent if source is not None else Path.cwd()
+    top = _Table(data, ())
+    try:
+        return _parse(top, base, source)
+    except PolicyError as e:
+        if where:
+            raise PolicyError(f"{where}{e}") from None
+        raise
+
+
+def _parse(top: _Table, base: Path, source: Path | None) -> Policy:
+    top.check_keys(
+        {"version", "mode", "store", "audit_log", "require_signatures", "sandbox", "registries", "signers",
+         "models", "files"}
+    )  # fmt: skip
+    version = top.data.get("version")
+    if version is None:
+        raise top.err("version", f"is required; this safeload reads version {SUPPORTED_VERSIONS[-1]}")
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        raise top.err("version", f"must be one of {list(SUPPORTED_VERSIONS)}, got {version!r}")
+    mode = top.choice("mode", ("enforce", "audit"), "enforce")
+    store_raw = top.str_("store")
+    store = _resolve_path(store_raw, base) if store_raw else Path("~/.cache/safeload").expanduser()
+    audit_raw = top.str_("audit_log")
+    audit_log = _resolve_path(audit_raw, base) if audit_raw else None
+    require_signatures = top.data.get("require_signatures", False)
+    if not isinstance(require_signatures, bool):
+        raise top.err("require_signatures", f"must be true or false, got {require_signatures!r}")
+
+    sandbox = _parse_sandbox(top.table("sandbox"))
+
+    registries: dict[str, RegistrySpec] = {}
+    rt = top.table("registries")
+    for name in rt.data:
+        registries[name] = _parse_registry(rt.table(name), name, base)
+
+    signers: dict[str, Signer] = {}
+    st = top.table("signers")
+    for name in st.data:
+        signers[name] = _parse_signer(st.table(name), name, base)
+
+    models: dict[str, ModelEntry] = {}
+    mt = top.table("models")
+    for name in mt.data:
+        models[name] = _parse_model(mt.table(name), name, registries, signers, require_signatures)
+
+    files: dict[str, str] = {}
+    ft = top.table("files")
+    for raw, digest in ft.data.items():
+        if not raw:
+            raise ft.err(raw, "must be a file path")
+        key = os.path.normpath(_resolve_path(raw, base))
+        files[key] = _digest(ft, raw, digest)
+
+    return Policy(
+        version=int(version),
+        mode=mode,  # type: ignore[arg-type]
+        store=store,
+        audit_log=audit_log,
+        sandbox=sandbox,
+        files=MappingProxyType(files),
+        source=source,
+        registries=MappingProxyType(registries),
+        signers=MappingProxyType(signers),
+        models=MappingProxyType(models),
+        require_signatures=require_signatures,
+    )
+
+
+def _read(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{path}: cannot read the policy file: {e}") from None
+    return parse_policy(text, source=path.absolute())
+
+
+def discover_policy_path() -> Path | None:
+    """The policy file :func:`load_policy` would read with no argument, or None for the default."""
+    env = os.environ.get("SAFELOAD_POLICY")
+    if env:
+        return Path(env).expanduser()
+    for candidate in (Path("trust.toml"), Path("~/.config/safeload/trust.toml").expanduser()):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_policy(policy: Policy | str | os.PathLike[str] | None = None) -> Policy:
+    """The policy to apply: ``policy`` itself, the file it names, or the discovered one.
+
+    Discovery order: the argument, ``$SAFELOAD_POLICY``, ``./trust.toml``, ``~/.config/safeload/trust.toml``,
+    then the built-in default (local files only, always sandboxed).
+
+    Raises:
+        PolicyError: the named or discovered file is missing, unreadable or malformed.
+    """
+    if isinstance(policy, Policy):
+        return policy
+    if policy is not None:
+        return _read(Path(os.fspath(policy)).expanduser())
+    path = discover_policy_path()
+    return _read(path) if path is not None else default_policy()

@@ -1,0 +1,67 @@
+"""Registries: where a pinned model's bytes come from.
+
+A registry only delivers bytes into a staging folder; it never decides whether they are trusted. The
+caller (``safeload.resolve``) hashes every file into the store and compares it with the pins. Adding a
+registry kind (OCI, S3...) means one more module implementing :class:`Registry` and one more branch in
+:func:`open_registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from safeload.policy import DirectoryRegistrySpec, HuggingFaceRegistrySpec, RegistrySpec
+
+__all__ = ["Delivered", "Registry", "open_registry"]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Files a registry made available: repo-relative path -> local path.
+
+    ``private`` is True when the paths live in the caller's own staging folder (downloads), so the store
+    may hash them in place; False when they are someone else's files (a directory registry) and must be
+    copied while hashed.
+    """
+
+    paths: Mapping[str, Path]
+    private: bool
+
+
+class Registry(Protocol):
+    """What ``resolve`` and ``pinning`` need from a source of models."""
+
+    name: str
+    kind: str
+
+    def deliver(self, repo: str, revision: str | None, files: Sequence[str], staging: Path) -> Delivered:
+        """Make ``files`` of ``repo`` at ``revision`` readable locally.
+
+        Raises:
+            UntrustedSourceError: the repo, revision or a file does not exist in this registry.
+        """
+        ...
+
+    def list_files(self, repo: str, revision: str | None) -> list[str]:
+        """Every file path in ``repo`` at ``revision`` (used by pinning and audit-mode resolution)."""
+        ...
+
+    def resolve_revision(self, repo: str, ref: str | None) -> str | None:
+        """The commit id ``ref`` (a branch, tag or None for the default branch) points at right now."""
+        ...
+
+
+def open_registry(spec: RegistrySpec) -> Registry:
+    """The registry client for a ``[registries.NAME]`` table."""
+    if isinstance(spec, HuggingFaceRegistrySpec):
+        from safeload.registries.huggingface import HuggingFaceRegistry
+
+        return HuggingFaceRegistry(spec)
+    if isinstance(spec, DirectoryRegistrySpec):
+        from safeload.registries.directory import DirectoryRegistry
+
+        return DirectoryRegistry(spec)
+    raise AssertionError(f"unknown registry spec {spec!r}")

@@ -1,0 +1,112 @@
+"""``kind = "huggingface"``: a Hugging Face Hub (or a mirror such as olah) through ``huggingface_hub``.
+
+The registry's ``endpoint`` is always passed explicitly, so a policy never reaches the public Hub by
+accident. Only the pinned files are downloaded, at the pinned commit, into a ``cache_dir`` inside the
+caller's private staging folder: the user's own Hub cache is neither read nor written (huggingface_hub
+returns cached files for a commit without looking at them, and never checks sha256 itself). The token is
+the one huggingface_hub would use (``HF_TOKEN`` or the stored login) unless the registry names another
+variable with ``token_env``; it is sent only to this registry's endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from safeload.errors import SafeloadError, UntrustedSourceError
+from safeload.policy import HuggingFaceRegistrySpec
+from safeload.registries import Delivered
+
+__all__ = ["HuggingFaceRegistry"]
+
+
+class HuggingFaceRegistry:
+    kind = "huggingface"
+
+    def __init__(self, spec: HuggingFaceRegistrySpec) -> None:
+        self.name = spec.name
+        self.endpoint = spec.endpoint
+        self._token_env = spec.token_env
+
+    @property
+    def _token(self) -> str | None:
+        if self._token_env is not None:
+            return os.environ.get(self._token_env) or None
+        return None  # huggingface_hub falls back to HF_TOKEN / the stored login
+
+    def _api(self) -> Any:
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=self.endpoint, token=self._token)
+
+    def _translate(self, exc: Exception, what: str) -> SafeloadError:
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        where = f"registry {self.name!r} ({self.endpoint})"
+        if isinstance(exc, GatedRepoError):
+            return UntrustedSourceError(
+                f"{where}: {what} is gated; set HF_TOKEN (or token_env) to a token with access"
+            )
+        if isinstance(exc, RepositoryNotFoundError):
+            return UntrustedSourceError(f"{where}: {what}: repository not found (or needs a token)")
+        if isinstance(exc, RevisionNotFoundError):
+            return UntrustedSourceError(f"{where}: {what}: revision not found; check the pinned commit")
+        if isinstance(exc, EntryNotFoundError):
+            return UntrustedSourceError(f"{where}: {what}: file not found at the pinned revision")
+        return SafeloadError(f"{where}: could not fetch {what}: {exc}")
+
+    def deliver(self, repo: str, revision: str | None, files: Sequence[str], staging: Path) -> Delivered:
+        from huggingface_hub import hf_hub_download
+
+        if revision is None:
+            raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a pinned 40-hex revision")
+        paths: dict[str, Path] = {}
+        for rel in files:
+            try:
+                local = hf_hub_download(
+                    repo_id=repo,
+                    filename=rel,
+                    revision=revision,
+                    cache_dir=staging / "hf-cache",
+                    endpoint=self.endpoint,
+                    token=self._token,
+                )
+            except Exception as e:
+                raise self._translate(e, f"{repo}@{revision}:{rel}") from e
+            paths[rel] = Path(local)
+        return Delivered(paths=paths, private=True)
+
+    def list_files(self, repo: str, revision: str | None) -> list[str]:
+        try:
+            return sorted(self._api().list_repo_files(repo, revision=revision))
+        except Exception as e:
+            raise self._translate(e, f"{repo}@{revision}") from e
+
+    def resolve_revision(self, repo: str, ref: str | None) -> str | None:
+        try:
+            sha = self._api().model_info(repo, revision=ref).sha
+        except Exception as e:
+            raise self._translate(e, f"{repo}@{ref or 'default branch'}") from e
+        if not isinstance(sha, str):
+            raise SafeloadError(f"registry {self.name!r}: {repo}@{ref} did not report a commit id")
+        return sha
+
+    def declared_digests(self, repo: str, revision: str, files: Sequence[str]) -> dict[str, str]:
+        """The sha256 the server declares for LFS files (a claim, checked against the bytes later)."""
+        try:
+            infos = self._api().get_paths_info(repo, list(files), revision=revision)
+        except Exception as e:
+            raise self._translate(e, f"{repo}@{revision}") from e
+        out: dict[str, str] = {}
+        for info in infos:
+            lfs = getattr(info, "lfs", None)
+            if lfs is not None and getattr(lfs, "sha256", None):
+                out[info.path] = "sha256:" + lfs.sha256
+        return out

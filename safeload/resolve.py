@@ -1,0 +1,480 @@
+"""From a name (or a local path) to verified bytes in the store.
+
+``fetch_model(name)`` looks the name up in the policy's ``[models]``, asks the one registry the entry
+names for the pinned files at the pinned revision, hashes each file into the store (in parallel) and
+compares it with its pin, verifies the signature when the entry names a signer, and only then makes the
+model's read-only folder visible. Warm calls find the folder and check it with one ``stat`` per file.
+
+Audit mode (``mode = "audit"``) relaxes only allowlisting. A name missing from ``[models]`` that looks
+like a Hub repo id (``org/name``, optionally ``org/name@<40-hex commit>``) resolves through the policy's
+only ``huggingface`` registry (none or several: refused, because guessing the source is exactly model
+confusion). Without ``@<commit>`` the default branch is resolved *once* to its current commit, and every
+file of the repo is fetched at that commit; the audit log line records the commit and the ``safeload pin``
+command that would allow it in enforce mode. Files are still hashed into the store, LFS files are checked
+against the sha256 the server declares, and every integrity or signature failure is fatal in both modes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from safeload import audit
+from safeload._hashing import Advance, parallel, progress_bar
+from safeload._signing import (
+    CertificateSigner,
+    KeySigner,
+    Signer,
+    SigstoreSigner,
+    VerifiedSignature,
+    verify_model_signature,
+)
+from safeload.errors import (
+    IntegrityError,
+    PolicyError,
+    SafeloadError,
+    SignatureError,
+    UntrustedSourceError,
+)
+from safeload.policy import HuggingFaceRegistrySpec, ModelEntry, Policy, load_policy
+from safeload.registries import Delivered, Registry, open_registry
+from safeload.store import BlobRecord, ModelRecord, Store
+
+__all__ = ["FetchedModel", "VerifiedFile", "fetch_model", "open_verified_local", "pin_hint"]
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DOWNLOAD_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """A model whose pinned (or signed) files are verified in the store."""
+
+    name: str
+    entry: ModelEntry
+    folder: Path  # the store's read-only folder: only pinned/signed files
+    files: Mapping[str, str]  # relative path -> "sha256:<hex>"
+    signature: VerifiedSignature | None
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A ``[files]``-pinned local file, copied into the store; loaders read ``path``, never the source."""
+
+    path: Path  # the read-only blob in the store
+    digest: str
+    source: str  # the pinned local path, as normalised in the policy
+
+
+def _hf_registries(policy: Policy) -> list[HuggingFaceRegistrySpec]:
+    return [r for r in policy.registries.values() if isinstance(r, HuggingFaceRegistrySpec)]
+
+
+def pin_hint(name: str, policy: Policy) -> str:
+    """What to run and what to add so that ``name`` resolves: part of every unknown-name error."""
+    hf = _hf_registries(policy)
+    registry = hf[0].name if len(hf) == 1 else "<registry>"
+    repo = name if _REPO_ID.match(name) else "<org>/<name>"
+    where = f" ({policy.source})" if policy.source else " (the built-in default policy: no trust.toml found)"
+    return (
+        f"{name!r} is not in the policy's [models]{where}, so it will not be loaded. To allow it, pin a "
+        f"commit and every file's hash:\n"
+        f"    safeload pin hf://{repo}@<40-hex commit> --name {json.dumps(name)}\n"
+        f"which adds to trust.toml an entry like:\n"
+        f"    [models.{json.dumps(name)}]\n"
+        f'    registry = "{registry}"\n'
+        f'    repo = "{repo}"\n'
+        f'    revision = "<40-hex commit>"\n'
+        f'    files = {{ "model.safetensors" = "sha256:<hex>", "config.json" = "sha256:<hex>" }}'
+    )
+
+
+def _unpinned_entry(policy: Policy, name: str) -> tuple[ModelEntry, str | None]:
+    """Audit mode: the entry an unpinned ``org/name[@commit]`` resolves to, and the ref it came from."""
+    repo, _, ref = name.partition("@")
+    if not _REPO_ID.match(repo):
+        raise UntrustedSourceError(pin_hint(name, policy) + "\n(audit mode resolves only 'org/name' ids)")
+    hf = _hf_registries(policy)
+    if len(hf) != 1:
+        raise UntrustedSourceError(
+            pin_hint(name, policy)
+            + f"\n(audit mode resolves unpinned names only through one huggingface registry; this policy "
+            f"has {len(hf)}, so the source would be a guess)"
+        )
+    spec = hf[0]
+    requested = ref or None
+    if requested is not None and _COMMIT.match(requested):
+        commit = requested
+    else:
+        commit = open_registry(spec).resolve_revision(repo, requested) or ""
+        if not _COMMIT.match(commit):
+            raise UntrustedSourceError(f"{spec.name}: {repo}@{requested} did not resolve to a commit id")
+    entry = ModelEntry(name=name, registry=spec.name, repo=repo, revision=commit)
+    return entry, requested
+
+
+def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | None = None) -> FetchedModel:
+    """Resolve ``name`` through the policy and return its verified, read-only folder in the store.
+
+    ``progress``: show a progress bar while hashing (default: when stderr is a terminal).
+
+    Raises:
+        UntrustedSourceError: the name is not pinned (the message shows the ``safeload pin`` command and
+            the entry to add), or the registry does not have the pinned repo/revision/file.
+        IntegrityError: a file's bytes differ from its pin, or the store was tampered with.
+        SignatureError: the entry names a signer and the signature is missing, invalid, or disagrees.
+        PolicyError: the policy is malformed, or the audit log cannot be written.
+    """
+    pol = load_policy(policy)
+    entry = pol.models.get(name)
+    unpinned = False
+    requested: str | None = None
+    if entry is None:
+        if pol.mode != "audit":
+            hint = pin_hint(name, pol)
+            audit.record(pol, name=name, decision="refuse", reason="not pinned in [models]")
+            raise UntrustedSourceError(hint)
+        try:
+            entry, requested = _unpinned_entry(pol, name)
+        except SafeloadError as e:
+            audit.record(pol, name=name, decision="refuse", reason=str(e))
+            raise
+        unpinned = True
+    base = {"name": name, "registry": entry.registry, "repo": entry.repo, "revision": entry.store_revision()}
+    try:
+        fetched = _materialize(pol, entry, progress=progress, unpinned=unpinned)
+    except SafeloadError as e:
+        audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
+        raise
+    reason = "pinned"
+    if unpinned:
+        reason = (
+            "not pinned in [models]; enforce mode would refuse it. Pin with: "
+            f"safeload pin hf://{entry.repo}@{entry.revision} --name {json.dumps(name)}"
+        )
+        if requested is not None and requested != entry.revision:
+            reason += f" (requested {requested!r}, resolved to that commit)"
+        if pol.require_signatures:
+            reason += "; unsigned, which require_signatures = true refuses in enforce mode"
+    sig = fetched.signature
+    audit.record(
+        pol,
+        **base,
+        files=dict(fetched.files),
+        signer=sig.signer if sig else None,
+        signer_identity=sig.identity if sig else None,
+        decision="allow-unpinned" if unpinned else "allow",
+        reason=reason,
+    )
+    return fetched
+
+
+# ------------------------------------------------------------------------------------------ model path
+
+
+def _signer_fingerprint(signer: Signer) -> str:
+    """Changes when the signer's settings or the key/chain/root files they name change."""
+    h = hashlib.sha256(repr(signer).encode())
+    paths: Sequence[Path]
+    if isinstance(signer, KeySigner):
+        paths = [signer.public_key]
+    elif isinstance(signer, CertificateSigner):
+        paths = list(signer.chain)
+    elif isinstance(signer, SigstoreSigner):
+        paths = [signer.trusted_root]
+    for p in paths:
+        try:
+            h.update(p.read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    return "sha256:" + h.hexdigest()
+
+
+def _warm_ok(record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpinned: bool) -> bool:
+    if unpinned:
+        return record.extra.get("listing") == "all"
+    if record.extra.get("listing") == "all":
+        return False
+    if signer is None:
+        return record.signer is None and record.digests == dict(entry.files)
+    if record.signer != signer.name or record.extra.get("signer_config") != _signer_fingerprint(signer):
+        return False
+    if entry.files:
+        return record.digests == dict(entry.files)
+    return True  # the signature defined the file set when the folder was built
+
+
+def _result(entry: ModelEntry, record: ModelRecord) -> FetchedModel:
+    sig = None
+    if record.signer is not None:
+        sig = VerifiedSignature(
+            signer=record.signer,
+            identity=record.signer_identity or "",
+            digests=MappingProxyType(record.digests),
+        )
+    return FetchedModel(
+        name=entry.name,
+        entry=entry,
+        folder=record.folder,
+        files=MappingProxyType(record.digests),
+        signature=sig,
+    )
+
+
+def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpinned: bool) -> FetchedModel:
+    spec = pol.registries.get(entry.registry)
+    if spec is None:  # parse_policy guarantees this for pinned entries
+        raise PolicyError(f"models.{entry.name}: registry {entry.registry!r} is not defined")
+    signer = pol.signers[entry.signer] if entry.signer else None
+    store = Store(pol.store)
+    revision = entry.store_revision()
+
+    def warm() -> FetchedModel | None:
+        record = store.read_model(entry.registry, entry.repo, revision)
+        if record is not None and _warm_ok(record, entry, signer, unpinned):
+            return _result(entry, store.check_model(record))
+        return None
+
+    hit = warm()
+    if hit is not None:
+        return hit
+    with store.lock(f"model:{entry.registry}/{entry.repo}@{revision}"):
+        hit = warm()  # another process may have finished it while we waited
+        if hit is not None:
+            return hit
+        registry = open_registry(spec)
+        return _cold(store, registry, entry, signer, progress=progress, unpinned=unpinned)
+
+
+def _signed_resources(sig_path: Path) -> dict[str, str]:
+    """The file list a model-signing bundle claims (unverified; verification confirms it later)."""
+    try:
+        bundle = json.loads(sig_path.read_bytes())
+        payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        resources = payload["predicate"]["resources"]
+        out = {
+            str(r["name"]): "sha256:" + str(r["digest"]) for r in resources if r.get("algorithm") == "sha256"
+        }
+    except (ValueError, KeyError, TypeError) as e:
+        raise SignatureError(f"{sig_path.name}: not a model-signing signature bundle ({e})") from None
+    if not out:
+        raise SignatureError(f"{sig_path.name}: the signature lists no sha256-hashed files")
+    return out
+
+
+def _cold(
+    store: Store,
+    registry: Registry,
+    entry: ModelEntry,
+    signer: Signer | None,
+    *,
+    progress: bool | None,
+    unpinned: bool,
+) -> FetchedModel:
+    revision = entry.store_revision()
+    label = f"{entry.registry}:{entry.repo}@{revision[:12]}"
+    with store.staging() as staging:
+        sig_record: BlobRecord | None = None
+        expected: dict[str, str | None] = dict(entry.files)
+        if signer is not None:
+            sig_rel = entry.signature_path
+            got = registry.deliver(entry.repo, entry.revision, [sig_rel], staging)
+            sig_record = _ingest(store, got, sig_rel, staging, None, f"{label}:{sig_rel}")
+            if not entry.files:
+                claimed = _signed_resources(store.blob_path(sig_record.digest))
+                for rel in claimed:
+                    if rel in {sig_rel} or not _safe_rel(rel):
+                        raise SignatureError(f"{label}: the signature names an unsafe path {rel!r}")
+                expected = dict(claimed)
+        elif unpinned:
+            names = [r for r in registry.list_files(entry.repo, entry.revision) if _safe_rel(r)]
+            declared: dict[str, str] = {}
+            lister = getattr(registry, "declared_digests", None)
+            if lister is not None and entry.revision is not None:
+                declared = lister(entry.repo, entry.revision, names)
+            expected = {rel: declared.get(rel) for rel in names}
+        if not expected:
+            raise UntrustedSourceError(f"{label}: nothing to fetch (no pinned files)")
+
+        records = _fetch_files(store, registry, entry, expected, staging, label, progress)
+        built = store.build_folder(staging, records)
+        verified: VerifiedSignature | None = None
+        if signer is not None:
+            assert sig_record is not None
+            digests = {rel: rec.digest for rel, rec in records.items()}
+            verified = verify_model_signature(
+                signer, built, store.blob_path(sig_record.digest), files=MappingProxyType(digests)
+            )
+            _check_coverage(label, verified, digests, entry.files)
+            verified = replace(verified, signer=signer.name)
+        extra: dict[str, str] = {}
+        if unpinned:
+            extra["listing"] = "all"
+        if signer is not None:
+            extra["signer_config"] = _signer_fingerprint(signer)
+        record = store.publish_model(
+            built,
+            registry=entry.registry,
+            repo=entry.repo,
+            revision=revision,
+            files=records,
+            signer=signer.name if signer else None,
+            signer_identity=verified.identity if verified else None,
+            signature_digest=sig_record.digest if sig_record else None,
+            extra=extra,
+        )
+    return _result(entry, record)
+
+
+def _safe_rel(rel: str) -> bool:
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and not rel.startswith("/")
+        and "\\" not in rel
+        and all(p not in {"", ".", ".."} for p in parts)
+    )
+
+
+def _check_coverage(
+    label: str, verified: VerifiedSignature, digests: Mapping[str, str], pins: Mapping[str, str]
+) -> None:
+    """Every file in the folder is covered by the signature with the same digest, and pins agree."""
+    for rel, digest in digests.items():
+        signed = verified.digests.get(rel)
+        if signed is None:
+            raise SignatureError(f"{label}: {rel} is not covered by the signature; it will not be loaded")
+        if signed != digest:
+            raise SignatureError(
+                f"{label}: the signature vouches for {rel} = {signed}, but the bytes are {digest}"
+            )
+        pin = pins.get(rel)
+        if pin is not None and pin != signed:
+            raise SignatureError(f"{label}: the signature says {rel} = {signed} but the policy pins {pin}")
+
+
+def _ingest(
+    store: Store,
+    got: Delivered,
+    rel: str,
+    staging: Path,
+    expected: str | None,
+    what: str,
+    advance: Advance | None = None,
+) -> BlobRecord:
+    path = got.paths[rel]
+    ingest = store.ingest_owned if got.private else store.ingest_copy
+    if advance is None:
+        return ingest(path, staging, expected=expected, what=what)
+    return ingest(path, staging, expected=expected, what=what, advance=advance)
+
+
+def _fetch_files(
+    store: Store,
+    registry: Registry,
+    entry: ModelEntry,
+    expected: Mapping[str, str | None],
+    staging: Path,
+    label: str,
+    progress: bool | None,
+) -> dict[str, BlobRecord]:
+    records: dict[str, BlobRecord] = {}
+    missing: list[str] = []
+    for rel, digest in expected.items():
+        # Content addressing: a pinned digest already in the store needs no download, only a re-hash
+        # (there is no fingerprint from this fetch to trust).
+        if digest is not None and store.blob_record(digest) is not None:
+            try:
+                records[rel] = store.rehash_blob(digest)
+                continue
+            except IntegrityError:
+                os.unlink(store.blob_path(digest))  # a corrupt blob is replaced by the fetch below
+        missing.append(rel)
+    if not missing:
+        return records
+
+    def download(rel: str) -> tuple[str, Delivered]:
+        return rel, registry.deliver(entry.repo, entry.revision, [rel], staging)
+
+    delivered = dict(parallel(download, missing, workers=_DOWNLOAD_WORKERS))
+    total = 0
+    for rel, got in delivered.items():
+        try:
+            total += got.paths[rel].stat().st_size
+        except OSError:
+            pass
+    with progress_bar(f"verifying {label}", total, progress) as advance:
+
+        def ingest(rel: str) -> tuple[str, BlobRecord]:
+            return rel, _ingest(store, delivered[rel], rel, staging, expected[rel], f"{label}:{rel}", advance)
+
+        records.update(parallel(ingest, missing))
+    return records
+
+
+# ------------------------------------------------------------------------------------------ local files
+
+
+def _pinned_key(path: str | os.PathLike[str], policy: Policy) -> str | None:
+    raw = os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if raw in policy.files:
+        return raw
+    real = os.path.realpath(raw)
+    return real if real in policy.files else None
+
+
+def open_verified_local(path: str | os.PathLike[str], policy: Policy) -> VerifiedFile | None:
+    """If ``path`` is pinned in ``[files]``, return its verified copy in the store; else None.
+
+    The file is opened once (no symlink following at the last component), copied into the store while
+    hashed, and the copy is what the loader reads. If the same file was verified before and its stat
+    (device, inode, size, mtime, ctime) is unchanged, the existing blob is reused after a cheap check.
+
+    Raises:
+        IntegrityError: the file's bytes differ from the pin (nothing is loaded).
+    """
+    key = _pinned_key(path, policy)
+    if key is None:
+        return None
+    pinned = policy.files[key]
+    store = Store(policy.store)
+    with store.lock(f"local:{key}"):
+        try:
+            st = os.stat(key)
+        except OSError as e:
+            raise IntegrityError(f"[files] {key}: cannot read the pinned file ({e})") from None
+        fp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        seen = store.read_local(key)
+        if seen is not None and seen.get("digest") == pinned and seen.get("source_stat") == fp:
+            blob = seen.get("blob")
+            if isinstance(blob, dict):
+                try:
+                    rec = store.check_blob(BlobRecord(**blob))
+                    return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
+                except (IntegrityError, TypeError):
+                    pass  # fall through to a fresh copy
+        with store.staging() as staging:
+            rec = store.ingest_copy(Path(key), staging, expected=pinned, what=f"[files] {key}")
+        store.write_local(
+            key,
+            {
+                "digest": rec.digest,
+                "source_stat": fp,
+                "blob": {
+                    "digest": rec.digest,
+                    "size": rec.size,
+                    "ino": rec.ino,
+                    "mtime_ns": rec.mtime_ns,
+                    "ctime_ns": rec.ctime_ns,
+                },
+            },
+        )
+        return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)

@@ -1,0 +1,559 @@
+"""The verified store: content-addressed read-only blobs and a read-only folder per model revision.
+
+Layout under the store root::
+
+    blobs/sha256/<hex>                          read-only (0444), named by the sha256 of their bytes
+    models/<registry>/<repo>/<revision>/        read-only folder of hard links to blobs (what loaders read)
+    manifests/<registry>/<repo>/<revision>.json what the folder holds, and each blob's stat fingerprint
+    local/<sha256 of path>.json                 ``[files]`` pins: the local file's stat when it was copied
+    staging/<random>/                           private work areas (downloads, temp blobs, folders in build)
+    locks/                                      fcntl locks (one per model, one store-wide)
+
+Bytes become visible only by ``rename``: a blob is hashed while it is written to a temp file in staging,
+fsynced, made read-only, then renamed to its digest; a model folder is built in staging and renamed into
+place after every file in it is verified. A process killed at any point leaves only staging litter, which
+:meth:`Store.gc` removes. Two processes fetching the same model serialise on the model's lock; the second
+finds the folder and returns it.
+
+Warm loads do not re-hash: each blob's size, inode, mtime and ctime are recorded when it is verified, and
+a warm load compares them with one ``stat`` per file. Any difference means the bytes may have changed: the
+blob is re-hashed and a mismatch raises :class:`~safeload.errors.IntegrityError`. :meth:`Store.verify`
+re-hashes everything on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from safeload._hashing import Advance, copy_and_hash, hash_fd
+from safeload.errors import IntegrityError, SafeloadError
+
+__all__ = ["BlobRecord", "GcReport", "ModelRecord", "Store", "VerifyReport"]
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    """A verified blob and the stat fingerprint it had when its bytes were last hashed."""
+
+    digest: str  # "sha256:<hex>"
+    size: int
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def from_stat(cls, digest: str, st: os.stat_result) -> BlobRecord:
+        return cls(digest, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.size, self.ino, self.mtime_ns, self.ctime_ns) == (
+            st.st_size,
+            st.st_ino,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What a published model folder holds (the manifest next to it)."""
+
+    registry: str
+    repo: str
+    revision: str
+    folder: Path
+    files: Mapping[str, BlobRecord]
+    signer: str | None = None
+    signer_identity: str | None = None
+    signature_digest: str | None = None
+    extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {rel: rec.digest for rel, rec in self.files.items()}
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed_blobs: tuple[str, ...]
+    freed_bytes: int
+    removed_staging: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int
+    bad: tuple[str, ...]  # digests whose bytes no longer hash to their name
+
+
+def _digest_hex(digest: str) -> str:
+    if not _DIGEST.match(digest):
+        raise IntegrityError(f"not a sha256 digest: {digest!r}")
+    return digest[7:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_writable_tree(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        os.chmod(dirpath, 0o700)
+        for d in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, d), 0o700)
+
+
+def _rmtree(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        _make_writable_tree(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Store:
+    """A verified store rooted at ``root`` (created on first use)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser()
+        self.blobs = self.root / "blobs" / "sha256"
+        self.models = self.root / "models"
+        self.manifests = self.root / "manifests"
+        self.local = self.root / "local"
+        self.staging_root = self.root / "staging"
+        self.locks = self.root / "locks"
+        for d in (self.blobs, self.models, self.manifests, self.local, self.locks):
+            d.mkdir(parents=True, exist_ok=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # ------------------------------------------------------------------------------------ locks, staging
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock on ``key`` (e.g. a model revision) shared by every process using this store."""
+        name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
+        with self._flock(name, fcntl.LOCK_EX):
+            yield
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private work folder, removed on exit; ``gc`` never removes it while it is in use."""
+        with self._flock("store.lock", fcntl.LOCK_SH):
+            path = self.staging_root / f"{os.getpid()}-{secrets.token_hex(8)}"
+            path.mkdir(mode=0o700)
+            try:
+                yield path
+            finally:
+                _rmtree(path)
+
+    # --------------------------------------------------------------------------------------------- blobs
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / _digest_hex(digest)
+
+    def blob_record(self, digest: str) -> BlobRecord | None:
+        """The blob's current fingerprint if it exists (not a statement that its bytes are intact)."""
+        try:
+            st = os.lstat(self.blob_path(digest))
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{self.blob_path(digest)} is not a regular file: remove it and fetch again")
+        return BlobRecord.from_stat(digest, st)
+
+    def _commit_blob(self, tmp: Path, fd: int, digest: str) -> BlobRecord:
+        os.fsync(fd)
+        os.fchmod(fd, 0o444)
+        dest = self.blob_path(digest)
+        if dest.exists():
+            # Same name means same bytes only if the existing blob is intact: check it like a warm load.
+            os.unlink(tmp)
+            return self.rehash_blob(digest)
+        os.rename(tmp, dest)
+        _fsync_dir(self.blobs)
+        return BlobRecord.from_stat(digest, os.lstat(dest))
+
+    def ingest_copy(
+        self,
+        src: Path,
+        staging: Path,
+        *,
+        expected: str | None,
+        what: str,
+        advance: Advance = _noop,
+    ) -> BlobRecord:
+        """Copy ``src`` into the store, hashing the bytes written; they become a blob only if they match.
+
+        ``src`` is opened once without following symlinks; whatever happens to it afterwards does not
+        matter because the blob is the copy. ``what`` names the file in error messages.
+
+        Raises:
+            IntegrityError: the bytes hash to something other than ``expected``, or ``src`` is not a
+                regular file.
+        """
+        try:
+            src_fd = os.open(src, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IntegrityError(f"{what}: {src} is a symbolic link; pin the real file instead") from None
+            raise
+        tmp = staging / f"blob-{secrets.token_hex(8)}"
+        try:
+            if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                raise IntegrityError(f"{what}: {src} is not a regular file")
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            try:
+                digest, _ = copy_and_hash(src_fd, dst_fd, advance)
+                self._check(what, expected, digest)
+                return self._commit_blob(tmp, dst_fd, digest)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def ingest_owned(
+        self,
+        src: Path,
+        staging: Path,
+        *,
+        expected: str | None,
+        what: str,
+        advance: Advance = _noop,
+    ) -> BlobRecord:
+        """Like :meth:`ingest_copy` for a file inside this process's own staging folder.
+
+        Nobody else can write there, so the file is hard-linked to a private name and hashed in place
+        instead of copied; the linked inode is what becomes the blob.
+
+        Raises:
+            IntegrityError: as :meth:`ingest_copy`.
+        """
+        real = Path(os.path.realpath(src))
+        if self.staging_root.resolve() not in real.parents:
+            return self.ingest_copy(src, staging, expected=expected, what=what, advance=advance)
+        tmp = staging / f"blob-{secrets.token_hex(8)}"
+        try:
+            os.link(real, tmp)
+        except OSError:
+            return self.ingest_copy(real, staging, expected=expected, what=what, advance=advance)
+        try:
+            fd = os.open(tmp, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            try:
+                digest, _ = hash_fd(fd, advance)
+                self._check(what, expected, digest)
+                return self._commit_blob(tmp, fd, digest)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @staticmethod
+    def _check(what: str, expected: str | None, digest: str) -> None:
+        if expected is not None and digest != expected:
+            raise IntegrityError(
+                f"{what}: expected {expected}, got {digest}. The bytes differ from the pin; nothing was "
+                "stored. If the change is legitimate, re-pin it (safeload pin) after checking why it changed."
+            )
+
+    def rehash_blob(self, digest: str) -> BlobRecord:
+        """Re-hash a blob; return its fresh fingerprint.
+
+        Raises:
+            IntegrityError: the blob is missing, not a regular file, or its bytes no longer match its name.
+        """
+        path = self.blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        except OSError as e:
+            raise IntegrityError(f"blob {digest} in {self.root} is unreadable ({e}); fetch again") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IntegrityError(f"{path} is not a regular file: remove it and fetch again")
+            actual, _ = hash_fd(fd)
+        finally:
+            os.close(fd)
+        if actual != digest:
+            raise IntegrityError(
+                f"the store blob {path} was modified after it was verified (now {actual}); it will not be "
+                f"loaded. Run `safeload verify` / `safeload gc` and fetch again."
+            )
+        return BlobRecord.from_stat(digest, st)
+
+    def check_blob(self, record: BlobRecord) -> BlobRecord:
+        """The cheap warm-load check: one ``stat``; re-hash only if the fingerprint changed.
+
+        Raises:
+            IntegrityError: the blob changed and its bytes no longer match.
+        """
+        try:
+            st = os.lstat(self.blob_path(record.digest))
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"blob {record.digest} vanished from the store {self.root}; fetch again"
+            ) from None
+        if stat.S_ISREG(st.st_mode) and record.matches(st):
+            return record
+        return self.rehash_blob(record.digest)
+
+    # -------------------------------------------------------------------------------------- model folders
+
+    def model_folder(self, registry: str, repo: str, revision: str) -> Path:
+        return self.models / registry / repo / revision
+
+    def _manifest_path(self, registry: str, repo: str, revision: str) -> Path:
+        return self.manifests / registry / repo / f"{revision}.json"
+
+    def read_model(self, registry: str, repo: str, revision: str) -> ModelRecord | None:
+        """The published record for a model revision, or None if there is no complete folder."""
+        folder = self.model_folder(registry, repo, revision)
+        try:
+            data = json.loads(self._manifest_path(registry, repo, revision).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not folder.is_dir():
+            return None
+        try:
+            files = {rel: BlobRecord(**rec) for rel, rec in data["files"].items()}
+            return ModelRecord(
+                registry=registry,
+                repo=repo,
+                revision=revision,
+                folder=folder,
+                files=MappingProxyType(files),
+                signer=data.get("signer"),
+                signer_identity=data.get("signer_identity"),
+                signature_digest=data.get("signature_digest"),
+                extra=MappingProxyType(dict(data.get("extra", {}))),
+            )
+        except (KeyError, TypeError):
+            return None
+
+    def check_model(self, record: ModelRecord) -> ModelRecord:
+        """Warm-load check of a published folder: exactly the recorded files, each linked to an intact blob.
+
+        Raises:
+            IntegrityError: a file was added, removed or replaced, or a blob's bytes changed.
+        """
+        folder = record.folder
+        found: set[str] = set()
+        for dirpath, _dirnames, filenames in os.walk(folder):
+            for name in filenames:
+                found.add(Path(dirpath, name).relative_to(folder).as_posix())
+        if found != set(record.files):
+            extra = sorted(found - set(record.files))
+            missing = sorted(set(record.files) - found)
+            raise IntegrityError(
+                f"the verified folder {folder} was modified (unexpected: {extra}, missing: {missing}); it "
+                "will not be loaded. Remove it (`safeload gc`) and fetch again."
+            )
+        fresh: dict[str, BlobRecord] = {}
+        changed = False
+        for rel, rec in record.files.items():
+            entry = os.lstat(folder / rel)
+            blob = self.blob_path(rec.digest)
+            if stat.S_ISLNK(entry.st_mode):
+                ok = os.readlink(folder / rel) == str(blob)
+            else:
+                ok = stat.S_ISREG(entry.st_mode) and entry.st_ino == os.lstat(blob).st_ino
+            if not ok:
+                raise IntegrityError(
+                    f"{folder / rel} no longer points at its verified blob {rec.digest}; it will not be "
+                    "loaded. Remove the folder (`safeload gc`) and fetch again."
+                )
+            new = self.check_blob(rec)
+            changed |= new != rec
+            fresh[rel] = new
+        if not changed:
+            return record
+        updated = replace(record, files=MappingProxyType(fresh))
+        self._write_manifest(updated)
+        return updated
+
+    def build_folder(self, staging: Path, files: Mapping[str, BlobRecord]) -> Path:
+        """A folder in ``staging`` holding ``files`` as hard links (or symlinks) to their blobs."""
+        folder = staging / f"folder-{secrets.token_hex(8)}"
+        folder.mkdir(mode=0o755)
+        for rel, rec in files.items():
+            dest = folder / rel
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            blob = self.blob_path(rec.digest)
+            try:
+                os.link(blob, dest)
+            except OSError:
+                os.symlink(blob, dest)
+        return folder
+
+    def publish_model(
+        self,
+        built: Path,
+        *,
+        registry: str,
+        repo: str,
+        revision: str,
+        files: Mapping[str, BlobRecord],
+        signer: str | None = None,
+        signer_identity: str | None = None,
+        signature_digest: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> ModelRecord:
+        """Make ``built`` the read-only folder for the model revision (replacing a stale one) atomically.
+
+        The caller holds the model's :meth:`lock`. Fingerprints are taken after linking, because adding
+        a hard link changes a blob's ctime.
+        """
+        for dirpath, _dirs, _files in os.walk(built, topdown=False):
+            os.chmod(dirpath, 0o555)  # noqa: S103 - read-only for everyone is the point
+        fresh = {
+            rel: BlobRecord.from_stat(rec.digest, os.lstat(self.blob_path(rec.digest)))
+            for rel, rec in files.items()
+        }
+        final = self.model_folder(registry, repo, revision)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        record = ModelRecord(
+            registry=registry,
+            repo=repo,
+            revision=revision,
+            folder=final,
+            files=MappingProxyType(fresh),
+            signer=signer,
+            signer_identity=signer_identity,
+            signature_digest=signature_digest,
+            extra=MappingProxyType(dict(extra or {})),
+        )
+        # Manifest first: a folder without a matching manifest is never served, and a manifest without a
+        # folder is ignored, so every crash point leaves either the old state or the new one.
+        if final.exists():
+            trash = built.parent / f"old-{secrets.token_hex(8)}"
+            os.rename(final, trash)
+        self._write_manifest(record)
+        os.rename(built, final)
+        _fsync_dir(final.parent)
+        return record
+
+    def _write_manifest(self, record: ModelRecord) -> None:
+        path = self._manifest_path(record.registry, record.repo, record.revision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "files": {rel: asdict(rec) for rel, rec in record.files.items()},
+            "signer": record.signer,
+            "signer_identity": record.signer_identity,
+            "signature_digest": record.signature_digest,
+            "extra": dict(record.extra),
+        }
+        _atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    # ----------------------------------------------------------------------------------------- local pins
+
+    def local_record_path(self, source: str) -> Path:
+        return self.local / (hashlib.sha256(source.encode()).hexdigest() + ".json")
+
+    def read_local(self, source: str) -> dict[str, object] | None:
+        try:
+            data = json.loads(self.local_record_path(source).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_local(self, source: str, data: Mapping[str, object]) -> None:
+        _atomic_write(self.local_record_path(source), json.dumps(dict(data), sort_keys=True).encode())
+
+    # ------------------------------------------------------------------------------------- maintenance
+
+    def referenced(self) -> set[str]:
+        """Digests named by a published model manifest or a ``[files]`` record."""
+        refs: set[str] = set()
+        for path in self.manifests.rglob("*.json"):
+            with contextlib.suppress(ValueError, OSError, KeyError, AttributeError):
+                data = json.loads(path.read_text())
+                refs.update(rec["digest"] for rec in data["files"].values())
+                if data.get("signature_digest"):
+                    refs.add(data["signature_digest"])
+        for path in self.local.glob("*.json"):
+            with contextlib.suppress(ValueError, OSError, KeyError, AttributeError):
+                refs.add(json.loads(path.read_text())["digest"])
+        return refs
+
+    def gc(self) -> GcReport:
+        """Remove unreferenced blobs, manifests without folders, and staging left by dead processes."""
+        with self._flock("store.lock", fcntl.LOCK_EX):
+            removed_staging = 0
+            for child in list(self.staging_root.iterdir()):
+                _rmtree(child)
+                removed_staging += 1
+            for path in list(self.manifests.rglob("*.json")):
+                rel = path.relative_to(self.manifests).with_suffix("")
+                if not (self.models / rel).is_dir():
+                    path.unlink()
+            refs = self.referenced()
+            removed: list[str] = []
+            freed = 0
+            for blob in list(self.blobs.iterdir()):
+                digest = "sha256:" + blob.name
+                if digest not in refs:
+                    freed += blob.lstat().st_size
+                    blob.unlink()
+                    removed.append(digest)
+            return GcReport(tuple(removed), freed, removed_staging)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob; list the ones whose bytes no longer match their name (they are not removed)."""
+        bad: list[str] = []
+        checked = 0
+        for blob in sorted(self.blobs.iterdir()):
+            checked += 1
+            try:
+                self.rehash_blob("sha256:" + blob.name)
+            except (IntegrityError, SafeloadError):
+                bad.append("sha256:" + blob.name)
+        return VerifyReport(checked, tuple(bad))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
