@@ -67,7 +67,7 @@ class UI:
 
     json_mode: bool = False
     out: Console = field(default_factory=_stdout_console)
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
 
     @property
     def interactive(self) -> bool:

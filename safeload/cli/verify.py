@@ -72,15 +72,18 @@ def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
         have = digests.get(rel)
         if have != pinned:
             result.problems.append(f"{rel}: pinned {pinned}, store has {have or 'nothing'}")
-    try:
-        store.check_model(record)
-    except IntegrityError as exc:
-        result.problems.append(str(exc))
+    rehashed_ok = True
     for rel, digest in sorted(digests.items()):
         try:
             store.rehash_blob(digest)
         except IntegrityError as exc:
+            rehashed_ok = False
             result.problems.append(f"{rel}: {exc}")
+    if rehashed_ok:  # the folder's shape: exactly the verified files, each linked to its blob
+        try:
+            store.check_model(record)
+        except IntegrityError as exc:
+            result.problems.append(str(exc))
     if entry.signer is not None:
         signer = policy.signers[entry.signer]
         if record.signature_digest is None:
