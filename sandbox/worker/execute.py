@@ -27,9 +27,10 @@ __all__ = ["main"]
 _DEFAULT_INPUT = "/in/artifact"
 _DEFAULT_OUTPUT = "/out"
 
-# Budgets shared in spirit with the inert worker: a result bigger than this is a bomb, not a model.
+# The inert worker's budgets (``_common.MAX_NODES``/``MAX_DEPTH``), which the host validates every
+# manifest against: a result bigger than this is a bomb, not a model.
 _MAX_NODES = 5_000_000
-_MAX_DEPTH = 400
+_MAX_DEPTH = 200
 
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -383,26 +384,22 @@ def _fail(out_dir: str, kind: str, message: str) -> int:
         )
     except OSError:
         pass
-    return 2 if kind == "limit" else 1
+    return {"format": 2, "limit": 3}.get(kind, 4)
 
 
 def _parse_args(argv: list[str]) -> tuple[str, str]:
-    rest: list[str] = []
-    skip = False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == "--mode":
-            skip = True
-        elif arg.startswith("--mode="):
-            pass
-        elif arg.startswith("--") and i + 1 < len(argv) and arg in ("--input", "--output"):
-            rest.append(argv[i + 1])
-            skip = True
+    """``--in PATH --out DIR`` as the worker entry point passes them, or the same two positionally."""
+    opts: dict[str, str] = {}
+    positional: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            opts[key] = value if sep else next(it, "")
         else:
-            rest.append(arg)
-    src = rest[0] if rest else _DEFAULT_INPUT
-    out = rest[1] if len(rest) > 1 else _DEFAULT_OUTPUT
+            positional.append(arg)
+    src = opts.get("in") or (positional[0] if positional else _DEFAULT_INPUT)
+    out = opts.get("out") or (positional[1] if len(positional) > 1 else _DEFAULT_OUTPUT)
     return src, out
 
 
@@ -410,8 +407,8 @@ def main(argv: list[str]) -> int:
     """Load ``/in/artifact`` with the real loaders and export plain data into ``/out``.
 
     ``argv`` may name another input path and output folder (positionally), for running outside the
-    jail in tests; ``--mode X`` is ignored. Returns the process exit status: 0 on success, 1 when the
-    load or export failed (``error.json`` says why), 2 when a budget was exceeded. Never raises.
+    jail in tests; ``--mode X`` is ignored. Returns the process exit status: 0 on success, else the
+    worker's codes (2 format, 3 limit, 4 crash), with ``error.json`` saying why. Never raises.
     """
     src, out_dir = _parse_args(argv)
     try:
