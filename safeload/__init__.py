@@ -18,6 +18,9 @@ from safeload.errors import (
     UnsupportedFormatError,
     UntrustedSourceError,
 )
+from safeload._stub import Stub
+from safeload.loader import load, state_dict
+from safeload.patching import patch, unpatch
 
 __version__ = "0.1.0"
 
@@ -30,8 +33,13 @@ __all__ = [
     "SandboxTimeoutError",
     "SandboxUnavailableError",
     "SignatureError",
+    "Stub",
     "UnsafeContentError",
     "UnsupportedFormatError",
     "UntrustedSourceError",
     "__version__",
+    "load",
+    "patch",
+    "state_dict",
+    "unpatch",
 ]

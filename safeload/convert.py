@@ -1,0 +1,261 @@
+"""Pickle checkpoints to safetensors, with the pickle opened only inside the jail.
+
+The checkpoint is read by :func:`safeload.load` (sandboxed, ``weights_only=True``); the host then writes
+plain tensors with the ``safetensors`` library. Tensors that share storage (tied embeddings, views) are
+written as separate copies: ``safetensors`` refuses shared storage, and copying keeps every name the
+checkpoint had, so transformers can re-tie them whatever the model's tying rules are.
+
+:func:`cached_conversion` keeps the result in the store under the source's sha256, so a checkpoint is
+converted once per machine however many folders or names point at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safeload.errors import UnsafeContentError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    import torch
+
+    from safeload.policy import Policy
+
+__all__ = [
+    "ShardedConversion",
+    "cached_conversion",
+    "convert_file",
+    "convert_sharded",
+    "converted_index",
+    "safetensors_name",
+    "sha256_file",
+]
+
+_CHUNK = 1 << 20
+_SHA_RE = re.compile(r"^(sha256:)?([0-9a-f]{64})$")
+# Common wrappers around a state dict (Lightning, many training scripts).
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+
+
+@dataclass(frozen=True)
+class ShardedConversion:
+    """The result of converting a sharded ``.bin`` checkpoint: the new index and its shard files."""
+
+    index: Path
+    shards: Mapping[str, Path]  # safetensors shard name -> path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safetensors_name(bin_name: str) -> str:
+    """The name transformers looks for once a ``.bin`` weight file is converted.
+
+    ``pytorch_model.bin`` -> ``model.safetensors``, ``pytorch_model-00001-of-00002.bin`` ->
+    ``model-00001-of-00002.safetensors``, ``pytorch_model.bin.index.json`` ->
+    ``model.safetensors.index.json`` (variants such as ``.fp16`` are kept in place).
+    """
+    base = bin_name.replace("pytorch_model", "model", 1)
+    if base.endswith(".bin"):
+        return base[: -len(".bin")] + ".safetensors"
+    return base.replace(".bin.", ".safetensors.", 1)
+
+
+def _state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            tensors = isinstance(inner, Mapping) and all(isinstance(v, torch.Tensor) for v in inner.values())
+            if inner and tensors:
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise UnsupportedFormatError(
+            f"{source} is not a state dict (a mapping of names to tensors), so it has no safetensors form; "
+            "open it with safeload.load() to see what it holds"
+        )
+    return {k: v.detach() for k, v in obj.items()}
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
+    if t.numel() == 0:
+        return None
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def _writable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors ``safetensors`` accepts: contiguous, on the CPU, no two sharing a storage."""
+    import torch
+
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        t = t.to("cpu") if t.device.type != "cpu" else t
+        key = _storage_key(t)
+        if key is not None and key in seen:
+            out[name] = t.clone(memory_format=torch.contiguous_format)
+            continue
+        if key is not None:
+            seen.add(key)
+        full = t.is_contiguous() and t.storage_offset() == 0 and t.nbytes == t.untyped_storage().nbytes()
+        out[name] = t if full else t.clone(memory_format=torch.contiguous_format)
+    return out
+
+
+def _atomic_save(tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        save_file(dict(tensors), tmp, metadata=dict(metadata))
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def convert_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    policy: Policy | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
+
+    The checkpoint is opened by ``safeload.load(src, map_location="cpu", weights_only=True)`` in the jail;
+    a state dict wrapped under ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped.
+    ``dst`` is written atomically (read-only). Returns ``dst``.
+
+    Raises:
+        UnsafeContentError: the checkpoint references code-bearing globals.
+        UnsupportedFormatError: the file is not a checkpoint format safeload reads, or holds no state dict.
+        SandboxError: the jail failed (and its subclasses for timeouts and limits).
+        IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
+    """
+    from safeload.loader import load
+
+    src_path = Path(src)
+    obj = load(src_path, map_location="cpu", weights_only=True, policy=policy)
+    state = _state_dict(obj, str(src_path))
+    meta = {"format": "pt", **(metadata or {})}
+    out = Path(dst)
+    _atomic_save(_writable(state), out, meta)
+    return out
+
+
+def _read_index(index: Path) -> dict[str, Any]:
+    try:
+        data: Any = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedFormatError(f"{index}: not a readable JSON weight index ({exc})") from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise UnsupportedFormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    assert isinstance(data, dict)
+    for shard in set(weight_map.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", "..") or not shard.endswith(".bin"):
+            raise UnsafeContentError(
+                f"{index}: shard {shard!r} is not a plain '.bin' file next to the index; "
+                "a weight index may only name files in its own folder"
+            )
+    return data
+
+
+def convert_sharded(
+    index: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    policy: Policy | None = None,
+) -> ShardedConversion:
+    """Convert a sharded checkpoint (``pytorch_model.bin.index.json`` and its shards) into ``out_dir``.
+
+    Writes one safetensors file per shard (``model-00001-of-0000N.safetensors``) and
+    ``model.safetensors.index.json`` whose ``weight_map`` names them. Shards are opened in the jail as in
+    :func:`convert_file`.
+
+    Raises:
+        UnsafeContentError: a shard name escapes the index's folder, or a shard references code.
+        UnsupportedFormatError: the index or a shard is malformed.
+        SandboxError: the jail failed.
+    """
+    index_path = Path(index)
+    data = _read_index(index_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards: dict[str, Path] = {}
+    for shard in sorted(set(data["weight_map"].values())):
+        name = safetensors_name(shard)
+        shards[name] = convert_file(index_path.parent / shard, out / name, policy=policy)
+    new_index = _converted_index(data)
+    target = out / safetensors_name(index_path.name)
+    target.write_text(json.dumps(new_index, indent=2, sort_keys=True), encoding="utf-8")
+    return ShardedConversion(index=target, shards=shards)
+
+
+def _converted_index(data: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = data.get("metadata")
+    return {
+        "metadata": dict(metadata) if isinstance(metadata, Mapping) else {},
+        "weight_map": {k: safetensors_name(v) for k, v in data["weight_map"].items()},
+    }
+
+
+def cached_conversion(
+    src: str | os.PathLike[str],
+    *,
+    policy: Policy,
+    sha256: str | None = None,
+) -> Path:
+    """The safetensors form of the checkpoint ``src``, converted once and kept in the store.
+
+    The result lives at ``<store>/converted/sha256/<hex>.safetensors`` where ``<hex>`` is the source's
+    sha256 (``sha256`` when the caller already verified it, as the store does; else computed here). A
+    second call for the same bytes returns the existing file without opening the checkpoint.
+
+    Raises:
+        The errors of :func:`convert_file`.
+    """
+    if sha256 is not None:
+        m = _SHA_RE.match(sha256)
+        if m is None:
+            raise UnsupportedFormatError(f"{sha256!r} is not a sha256 digest ('sha256:<64 hex>')")
+        digest = m.group(2)
+    else:
+        digest = sha256_file(src)
+    target = Path(policy.store).expanduser() / "converted" / "sha256" / f"{digest}.safetensors"
+    if target.is_file():
+        return target
+    return convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
+
+
+def converted_index(index: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``model.safetensors.index.json`` content for a ``pytorch_model.bin.index.json`` (validated).
+
+    Raises:
+        UnsafeContentError: a shard name escapes the index's folder.
+        UnsupportedFormatError: the index is malformed.
+    """
+    return _converted_index(_read_index(Path(index)))
