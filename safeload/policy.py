@@ -105,6 +105,9 @@ class ModelEntry:
     files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     signer: str | None = None
     signature: str | None = None  # path of the signature file in the repo (when ``signer`` is set)
+    # What the model card in `safeload bom` reports; informational, never used to decide a load.
+    task: str | None = None
+    datasets: tuple[str, ...] = ()
 
     def store_revision(self) -> str:
         """The revision the store files this model under: the commit, or ``pins-<digest of the pins>``."""
@@ -306,7 +309,11 @@ def _parse_model(
     signers: Mapping[str, Signer],
     require_signatures: bool,
 ) -> ModelEntry:
-    t.check_keys({"registry", "repo", "revision", "signer", "signature", "files"})
+    t.check_keys({"registry", "repo", "revision", "signer", "signature", "files", "task", "datasets"})
+    task = t.str_("task")
+    datasets = t.data.get("datasets", [])
+    if not isinstance(datasets, list) or not all(isinstance(d, str) and d for d in datasets):
+        raise t.err("datasets", f"must be a list of dataset names, got {datasets!r}")
     registry = t.req_str("registry")
     if registry not in registries:
         known = ", ".join(sorted(registries)) or "none defined"
@@ -349,6 +356,8 @@ def _parse_model(
         files=MappingProxyType(files),
         signer=signer,
         signature=signature,
+        task=task,
+        datasets=tuple(datasets),
     )
 
 
