@@ -278,12 +278,17 @@ class Store:
             try:
                 digest, _ = hash_fd(fd, advance)
                 self._check(what, expected, digest)
-                return self._commit_blob(tmp, fd, digest)
+                record = self._commit_blob(tmp, fd, digest)
             finally:
                 os.close(fd)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        # Drop the download's own link now: removing it later would change the blob's ctime after its
+        # fingerprint is recorded and cost a needless re-hash on the first warm load.
+        with contextlib.suppress(OSError):
+            os.unlink(real)
+        return record
 
     @staticmethod
     def _check(what: str, expected: str | None, digest: str) -> None:
@@ -440,14 +445,19 @@ class Store:
         The caller holds the model's :meth:`lock`. Fingerprints are taken after linking, because adding
         a hard link changes a blob's ctime.
         """
+        final = self.model_folder(registry, repo, revision)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            # Removed before fingerprints are taken: unlinking changes the ctime of shared blobs.
+            trash = built.parent / f"old-{secrets.token_hex(8)}"
+            os.rename(final, trash)
+            _rmtree(trash)
         for dirpath, _dirs, _files in os.walk(built, topdown=False):
             os.chmod(dirpath, 0o555)  # noqa: S103 - read-only for everyone is the point
         fresh = {
             rel: BlobRecord.from_stat(rec.digest, os.lstat(self.blob_path(rec.digest)))
             for rel, rec in files.items()
         }
-        final = self.model_folder(registry, repo, revision)
-        final.parent.mkdir(parents=True, exist_ok=True)
         record = ModelRecord(
             registry=registry,
             repo=repo,
@@ -461,9 +471,6 @@ class Store:
         )
         # Manifest first: a folder without a matching manifest is never served, and a manifest without a
         # folder is ignored, so every crash point leaves either the old state or the new one.
-        if final.exists():
-            trash = built.parent / f"old-{secrets.token_hex(8)}"
-            os.rename(final, trash)
         self._write_manifest(record)
         os.rename(built, final)
         _fsync_dir(final.parent)

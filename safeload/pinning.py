@@ -1,0 +1,242 @@
+"""Writing ``[models]`` entries: what ``safeload pin`` does, like ``pip-compile --generate-hashes``.
+
+``pin_model("hf://org/name@<commit>", policy_path=...)`` lists every file of the repo at that commit,
+downloads each into the store (hashing it while it is copied; LFS files are checked against the sha256 the
+server declares), and writes ``[models."<name>"]`` with the commit and every file's hash. Only the tables of
+that one entry are replaced; the rest of the file, comments included, is kept byte for byte. The new file is
+re-parsed before it atomically replaces the old one.
+
+URLs:
+- ``hf://org/name@<40-hex commit>``: through a ``huggingface`` registry (``registry=`` or the policy's only
+  one; a policy with none gets ``[registries.hub]`` pointing at ``$HF_ENDPOINT`` or https://huggingface.co).
+  ``@<branch or tag>`` or no ``@`` is accepted only with ``resolve=True``, which asks the registry which
+  commit it points at now and pins that commit.
+- ``dir://org/name``: through a ``directory`` registry; no revision (the pin set keys the store folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from types import MappingProxyType
+
+from safeload._hashing import parallel
+from safeload.errors import PolicyError, UntrustedSourceError
+from safeload.policy import (
+    DirectoryRegistrySpec,
+    HuggingFaceRegistrySpec,
+    ModelEntry,
+    Policy,
+    RegistrySpec,
+    dotted,
+    parse_policy,
+)
+from safeload.registries import open_registry
+from safeload.store import Store
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["hash_repo", "pin_model", "render_entry", "write_entry"]
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_HEADER = re.compile(r"^\s*\[(?!\[)(.*)\]\s*(#.*)?$")
+_URL = re.compile(r"^(hf|dir)://([A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*){0,2})(?:@(.+))?$")
+
+
+def _q(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+def render_entry(entry: ModelEntry) -> str:
+    """The TOML text of one ``[models."name"]`` entry (with its ``files`` sub-table)."""
+    head = dotted("models", entry.name)
+    lines = [f"[{head}]", f"registry = {_q(entry.registry)}", f"repo = {_q(entry.repo)}"]
+    if entry.revision is not None:
+        lines.append(f"revision = {_q(entry.revision)}")
+    if entry.signer is not None:
+        lines.append(f"signer = {_q(entry.signer)}")
+    if entry.signature is not None:
+        lines.append(f"signature = {_q(entry.signature)}")
+    lines.append(f"[{head}.files]")
+    lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
+    return "\n".join(lines) + "\n"
+
+
+def _header_path(inner: str) -> tuple[str, ...] | None:
+    try:
+        data = tomllib.loads(f"[{inner}]")
+    except tomllib.TOMLDecodeError:
+        return None
+    path: list[str] = []
+    node: object = data
+    while isinstance(node, dict) and len(node) == 1:
+        key = next(iter(node))
+        path.append(key)
+        node = node[key]
+    return tuple(path)
+
+
+def write_entry(policy_path: Path, entry: ModelEntry, *, extra_text: str = "") -> Policy:
+    """Replace (or add) ``entry``'s tables in ``policy_path``, keeping everything else; return the policy.
+
+    Raises:
+        PolicyError: the entry is written inline (not as its own tables) so it cannot be edited safely,
+            or the result does not parse.
+    """
+    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
+    before = parse_policy(text, source=policy_path)
+    lines = text.splitlines(keepends=True)
+    keep: list[str] = []
+    removing = False
+    found = False
+    for line in lines:
+        m = _HEADER.match(line)
+        if m is not None:
+            path = _header_path(m.group(1))
+            removing = path is not None and len(path) >= 2 and path[0] == "models" and path[1] == entry.name
+            found |= removing
+        if not removing:
+            keep.append(line)
+    if entry.name in before.models and not found:
+        raise PolicyError(
+            f'{dotted("models", entry.name)}: written inline rather than as its own [models."..."] table; '
+            "edit it by hand or move it to its own table so `safeload pin` can replace it"
+        )
+    new_text = "".join(keep)
+    if new_text and not new_text.endswith("\n"):
+        new_text += "\n"
+    new_text = new_text.rstrip("\n") + "\n\n" + extra_text + render_entry(entry)
+    policy = parse_policy(new_text, source=policy_path)
+    if policy.models.get(entry.name) != entry:
+        raise PolicyError(f"{dotted('models', entry.name)}: the rewritten policy does not hold the new entry")
+    tmp = policy_path.with_name(f".{policy_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(new_text, encoding="utf-8")
+    if policy_path.exists():
+        os.chmod(tmp, policy_path.stat().st_mode & 0o7777)
+    os.replace(tmp, policy_path)
+    return policy
+
+
+def hash_repo(
+    policy: Policy, spec: RegistrySpec, repo: str, revision: str | None, *, progress: bool | None = None
+) -> dict[str, str]:
+    """Every file of ``repo`` at ``revision``, downloaded into the store and hashed: path -> digest.
+
+    Raises:
+        UntrustedSourceError: the registry does not have the repo or revision.
+        IntegrityError: a file's bytes differ from the sha256 the server declares for it.
+    """
+    registry = open_registry(spec)
+    names = registry.list_files(repo, revision)
+    if not names:
+        raise UntrustedSourceError(f"{spec.name}: {repo}@{revision} has no files")
+    declared: dict[str, str] = {}
+    lister = getattr(registry, "declared_digests", None)
+    if lister is not None and revision is not None:
+        declared = lister(repo, revision, names)
+    store = Store(policy.store)
+    with store.staging() as staging:
+
+        def one(rel: str) -> tuple[str, str]:
+            got = registry.deliver(repo, revision, [rel], staging)
+            ingest = store.ingest_owned if got.private else store.ingest_copy
+            rec = ingest(
+                got.paths[rel], staging, expected=declared.get(rel), what=f"{spec.name}:{repo}:{rel}"
+            )
+            return rel, rec.digest
+
+        return dict(parallel(one, names, workers=4))
+
+
+def pin_model(
+    url: str,
+    *,
+    policy_path: Path,
+    registry: str | None = None,
+    name: str | None = None,
+    resolve: bool = False,
+) -> tuple[str, ModelEntry]:
+    """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``.
+
+    Returns the model's name and the entry written. An existing entry's ``signer``/``signature`` are kept.
+
+    Raises:
+        PolicyError: the URL is malformed, the revision is not a commit (and ``resolve`` is False), the
+            registry is unknown or ambiguous, or the policy file cannot be rewritten safely.
+        UntrustedSourceError: the registry does not have the repo, revision or files.
+        IntegrityError: a downloaded file does not match the digest the server declared for it.
+    """
+    m = _URL.match(url)
+    if m is None:
+        raise PolicyError(f"{url!r}: expected hf://org/name@<40-hex commit> or dir://org/name")
+    scheme, repo, ref = m.group(1), m.group(2), m.group(3)
+    policy_path = Path(policy_path)
+    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
+    policy = parse_policy(text, source=policy_path)
+    kind: type[HuggingFaceRegistrySpec] | type[DirectoryRegistrySpec] = (
+        HuggingFaceRegistrySpec if scheme == "hf" else DirectoryRegistrySpec
+    )
+    extra_text = ""
+    if registry is not None:
+        spec = policy.registries.get(registry)
+        if spec is None or not isinstance(spec, kind):
+            want = "huggingface" if scheme == "hf" else "directory"
+            raise PolicyError(f"registries.{registry}: no {want} registry by that name in {policy_path}")
+    else:
+        candidates = [r for r in policy.registries.values() if isinstance(r, kind)]
+        if len(candidates) == 1:
+            spec = candidates[0]
+        elif not candidates and scheme == "hf":
+            endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+            spec = HuggingFaceRegistrySpec(name="hub", endpoint=endpoint)
+            if "hub" in policy.registries:
+                raise PolicyError("registries.hub: exists but is not a huggingface registry; pass registry=")
+            extra_text = f'[registries.hub]\nkind = "huggingface"\nendpoint = {_q(endpoint)}\n\n'
+        else:
+            raise PolicyError(
+                f"{len(candidates)} {scheme}:// registries in {policy_path}; name one with --registry"
+            )
+    revision: str | None
+    if isinstance(spec, HuggingFaceRegistrySpec):
+        if ref is not None and _COMMIT.match(ref):
+            revision = ref
+        elif resolve:
+            revision = open_registry(spec).resolve_revision(repo, ref)
+            if revision is None or not _COMMIT.match(revision):
+                raise UntrustedSourceError(f"{spec.name}: {repo}@{ref} did not resolve to a commit id")
+        else:
+            raise PolicyError(
+                f"{url}: the revision must be a 40-hex commit id, got {ref!r}; pass the commit, or resolve "
+                "the branch to its current commit explicitly (safeload pin --resolve)"
+            )
+    else:
+        if ref is not None and not _COMMIT.match(ref):
+            raise PolicyError(
+                f"{url}: a directory revision is optional and, if given, a 40-hex id; got {ref!r}"
+            )
+        revision = ref
+    model_name = name or repo
+    old = policy.models.get(model_name)
+    signer = old.signer if old is not None else None
+    signature = old.signature if old is not None else None
+    digests = hash_repo(policy, spec, repo, revision)
+    sig_rel = signature or ("model.sig" if signer else None)
+    if sig_rel is not None:
+        digests.pop(sig_rel, None)
+    entry = ModelEntry(
+        name=model_name,
+        registry=spec.name,
+        repo=repo,
+        revision=revision,
+        files=MappingProxyType(dict(sorted(digests.items()))),
+        signer=signer,
+        signature=signature,
+    )
+    write_entry(policy_path, entry, extra_text=extra_text)
+    return model_name, entry
