@@ -32,6 +32,7 @@ import re
 import stat
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -114,6 +115,7 @@ _SUPPORTED_CURVES: dict[str, hashes.HashAlgorithm] = {
     "secp521r1": hashes.SHA512(),
 }
 _MAX_LISTED = 10
+_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def verify_model_signature(
@@ -150,15 +152,24 @@ def verify_model_signature(
     """
     pins = _normalise_pins(signer.name, files)
     raw_signature = _read_capped(signature, _MAX_SIGNATURE_BYTES, what=f"signature {signature}")
-    if isinstance(signer, KeySigner):
-        payload_type, payload, identity = _verify_key_bundle(signer, raw_signature)
-    elif isinstance(signer, CertificateSigner):
-        payload_type, payload, identity = _verify_certificate_bundle(signer, raw_signature)
-    elif isinstance(signer, SigstoreSigner):
-        payload_type, payload, identity = _verify_sigstore_bundle(signer, raw_signature)
-    else:  # pragma: no cover - the union is closed; a new kind must be added above
-        raise SignatureError(f"unknown signer kind {type(signer).__name__} for signer {signer.name!r}")
-    signed = _signed_digests(signer.name, payload_type, payload)
+    try:
+        if isinstance(signer, KeySigner):
+            payload_type, payload, identity = _verify_key_bundle(signer, raw_signature)
+        elif isinstance(signer, CertificateSigner):
+            payload_type, payload, identity = _verify_certificate_bundle(signer, raw_signature)
+        elif isinstance(signer, SigstoreSigner):
+            payload_type, payload, identity = _verify_sigstore_bundle(signer, raw_signature)
+        else:  # pragma: no cover - the union is closed; a new kind must be added above
+            raise SignatureError(f"unknown signer kind {type(signer).__name__} for signer {signer.name!r}")
+        signed = _signed_digests(signer.name, payload_type, payload)
+    except SignatureError:
+        raise
+    except Exception as exc:
+        # The checks above name the failures they expect; whatever else a hostile bundle provokes in the
+        # parsers and crypto libraries still refuses the model, never escapes as a foreign exception.
+        raise SignatureError(
+            f"the signature {signature} for signer {signer.name!r} could not be verified: {exc!r}"
+        ) from exc
     exempt = _exempt_paths(model_dir, signature)
     _check_coverage(signer.name, signed, pins, frozenset(optional), exempt)
     return VerifiedSignature(signer=signer.name, identity=identity, digests=MappingProxyType(signed))
@@ -170,7 +181,7 @@ def verify_model_signature(
 def _normalise_pins(signer_name: str, files: Mapping[str, str]) -> dict[str, str]:
     pins: dict[str, str] = {}
     for rel, digest in files.items():
-        value = digest.lower()
+        value = digest.lower() if isinstance(digest, str) else ""
         if not (value.startswith("sha256:") and _HEX64.fullmatch(value[7:])):
             raise SignatureError(
                 f"cannot check the signature from signer {signer_name!r}: the digest given for {rel!r} is "
@@ -182,7 +193,8 @@ def _normalise_pins(signer_name: str, files: Mapping[str, str]) -> dict[str, str
 
 def _read_capped(path: Path, limit: int, *, what: str) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted in place of the file must not hang the load before fstat refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise SignatureError(f"cannot read {what}: {exc.strerror or exc}") from exc
     try:
@@ -245,7 +257,7 @@ def _parse_bundle(signer_name: str, raw: bytes) -> tuple[dict[str, Any], _Envelo
             payload=base64.b64decode(envelope["payload"], validate=True),
             signature=base64.b64decode(signatures[0]["sig"], validate=True),
         )
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError, binascii.Error) as exc:
         raise SignatureError(
             f"the signature for signer {signer_name!r} is not a model-signing bundle ({exc}); "
             "re-create it with `model_signing sign`"
@@ -300,7 +312,8 @@ def _verify_key_bundle(signer: KeySigner, raw: bytes) -> tuple[str, bytes, str]:
         )
     # model-signing records a hint (sha256 of the key's PEM); used only to say which key signed.
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    hint = (material.get("publicKey") or {}).get("hint")
+    public_key_material = material.get("publicKey")
+    hint = public_key_material.get("hint") if isinstance(public_key_material, dict) else None
     if hint and hint != hashlib.sha256(pem).hexdigest():
         raise SignatureError(
             f"the signature was made with another key (key hint {hint}) than signer {signer.name!r}'s "
@@ -367,6 +380,12 @@ def _verify_certificate_bundle(signer: CertificateSigner, raw: bytes) -> tuple[s
             f"expects {signer.leaf_subject!r}"
         )
 
+    now = datetime.now(timezone.utc)
+    if leaf.not_valid_before_utc > now + _CLOCK_SKEW:
+        raise SignatureError(
+            f"the signing certificate ({subject}) is not valid before "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; a signature cannot predate its certificate"
+        )
     # As model-signing does: the bundle has no trusted timestamp, so the chain is checked at the leaf's
     # notBefore (the earliest moment it could have signed). The leaf's own expiry is not enforced.
     store = crypto.X509Store()
@@ -431,7 +450,7 @@ def _client_trust_config_json(signer: SigstoreSigner) -> str:
     try:
         document = json.loads(raw)
         media_type = document.get("mediaType") if isinstance(document, dict) else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SignatureError(f"{field}: {signer.trusted_root} is not JSON ({exc})") from exc
     if media_type == _CLIENT_TRUST_CONFIG_MEDIA_TYPE:
         return raw.decode()
@@ -502,7 +521,7 @@ def _signed_digests(signer_name: str, payload_type: str, payload: bytes) -> dict
         raise refuse(f"payload type {payload_type!r}, expected {_IN_TOTO_PAYLOAD_TYPE!r}")
     try:
         statement = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise refuse(f"not JSON ({exc})") from exc
     if not isinstance(statement, dict) or statement.get("_type") != _IN_TOTO_STATEMENT_TYPE:
         raise refuse(f"not an in-toto {_IN_TOTO_STATEMENT_TYPE} statement")
@@ -515,7 +534,8 @@ def _signed_digests(signer_name: str, payload_type: str, payload: bytes) -> dict
     predicate = statement.get("predicate")
     if not isinstance(subjects, list) or len(subjects) != 1 or not isinstance(predicate, dict):
         raise refuse("expected exactly one subject and a predicate")
-    root = subjects[0].get("digest", {}).get("sha256") if isinstance(subjects[0], dict) else None
+    subject_digest = subjects[0].get("digest") if isinstance(subjects[0], dict) else None
+    root = subject_digest.get("sha256") if isinstance(subject_digest, dict) else None
     serialization_args = predicate.get("serialization")
     if not isinstance(serialization_args, dict):
         raise refuse("no serialization description")

@@ -224,14 +224,16 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
     return path
 
 
-def issue_sibling_leaf(chain: Chain, directory: Path, *, leaf_cn: str) -> Chain:
+def issue_sibling_leaf(
+    chain: Chain, directory: Path, *, leaf_cn: str, not_before: datetime.datetime | None = None
+) -> Chain:
     """Another code-signing leaf from the same intermediate: same CA, different signer."""
     directory.mkdir(parents=True, exist_ok=True)
     int_key = serialization.load_pem_private_key(chain.intermediate_key.read_bytes(), None)
     assert isinstance(int_key, ec.EllipticCurvePrivateKey)
     inter = x509.load_pem_x509_certificate(chain.intermediate.read_bytes())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = not_before or datetime.datetime.now(datetime.timezone.utc)
     leaf = _certificate(
         _name(leaf_cn),
         inter.subject,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from safeload._signing import CertificateSigner, KeySigner, verify_model_signature
 from safeload.errors import SignatureError
@@ -367,3 +371,78 @@ def test_certificate_bundle_under_a_key_signer_is_refused(cert_model: tuple[Path
     model, _ = cert_model
     with pytest.raises(SignatureError, match="carries a certificate"):
         _verify_key(model, key, files_map(model))
+
+
+def test_certificate_not_yet_valid_is_refused(cert_model: tuple[Path, Any], tmp_path: Path) -> None:
+    model, chain = cert_model
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    future = issue_sibling_leaf(chain, tmp_path / "future", leaf_cn="future", not_before=later)
+    sign_with_certificate(model, future)
+    with pytest.raises(SignatureError, match="not valid before"):
+        _verify_cert(model, CertificateSigner("acme", (chain.root,), leaf_sha256=future.leaf_sha256))
+
+
+# --- what verification reads ----------------------------------------------------------------------
+
+
+def test_model_files_are_not_read_again(signed_model: Path, key: KeyPair) -> None:
+    """The store's digests are the evidence: verification reads the signature, never the weights."""
+    files = files_map(signed_model)
+    for name in TINY_FILES:
+        (signed_model / name).unlink()
+    assert dict(_verify_key(signed_model, key, files).digests) == files
+
+
+def test_fifo_in_place_of_the_signature_is_refused_without_hanging(signed_model: Path, key: KeyPair) -> None:
+    (signed_model / "model.sig").unlink()
+    os.mkfifo(signed_model / "model.sig")
+    with pytest.raises(SignatureError, match="not a regular file"):
+        _verify_key(signed_model, key, files_map(signed_model, list(TINY_FILES)))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _paths(v, (*prefix, i))
+    return found
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mangled_bundles_only_ever_raise_signature_error(
+    signed_model: Path, key: KeyPair, data: st.DataObject
+) -> None:
+    """Any JSON value at any place in a real bundle (or its statement) refuses cleanly or still verifies."""
+    original = json.loads((signed_model / "model.sig").read_text())
+    statement = json.loads(base64.b64decode(original["dsseEnvelope"]["payload"]))
+    target_statement = data.draw(st.booleans())
+    document = statement if target_statement else original
+    path = data.draw(st.sampled_from(_paths(document)[1:]))
+    node = document
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = data.draw(_JSON)
+    if target_statement:
+        payload = json.dumps(statement).encode()
+        original["dsseEnvelope"]["payload"] = base64.b64encode(payload).decode()
+    sig = signed_model / "model.sig"
+    saved = sig.read_bytes()
+    try:
+        sig.write_text(json.dumps(original))
+        try:
+            _verify_key(signed_model, key, files_map(signed_model))
+        except SignatureError:
+            pass
+    finally:
+        sig.write_bytes(saved)
