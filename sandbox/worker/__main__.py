@@ -1,8 +1,97 @@
-"""Worker entry point (runs inside the jail; standard library only)."""
+"""Worker entry point (runs inside the jail; standard library only on the inert path).
 
+``--mode inert`` reads ``/in/artifact`` with the inert unpickler and writes ``/out/manifest.json`` (and
+``/out/tensors.safetensors`` when some bytes cannot be referenced in place). ``--mode execute`` hands
+over to ``execute.main``. On failure it writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
 import json
+import mmap
+import os
 import sys
+from collections.abc import Sequence
+
+from ._common import Budgets, FormatError, LimitError
+
+_EXIT_FORMAT = 2
+_EXIT_LIMIT = 3
+_EXIT_CRASH = 4
+
+
+def _write_json(out_dir: str, name: str, obj: object) -> None:
+    fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, separators=(",", ":"), allow_nan=False)
+
+
+def _error(out_dir: str, kind: str, message: str) -> None:
+    try:
+        _write_json(out_dir, "error.json", {"version": 1, "kind": kind, "message": message[:4000]})
+    except OSError:
+        pass
+
+
+def _options(argv: Sequence[str]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    it = iter(argv)
+    for arg in it:
+        if not arg.startswith("--"):
+            raise SystemExit(f"worker: unexpected argument {arg!r}")
+        opts[arg[2:]] = next(it, "")
+    return opts
+
+
+def _inert(path: str, out_dir: str, budgets: Budgets) -> None:
+    from ._emit import build_manifest, write_outputs
+    from ._formats import parse
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise FormatError("the file is empty")
+        data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    parsed, table = parse(data, budgets)
+    manifest = build_manifest(parsed.fmt, parsed.root, table, parsed.globals_seen, budgets)
+    write_outputs(out_dir, table)
+    _write_json(out_dir, "manifest.json", manifest)
+
+
+def main(argv: Sequence[str]) -> int:
+    opts = _options(argv)
+    mode = opts.get("mode", "inert")
+    out_dir = opts.get("out", "/out")
+    if mode == "execute":
+        try:
+            execute = importlib.import_module(f"{__package__}.execute")
+        except ImportError as exc:
+            _error(out_dir, "crash", f"execute mode is not available in this build: {exc}")
+            return _EXIT_CRASH
+        rc: int = execute.main(list(argv))
+        return rc
+    if mode != "inert":
+        _error(out_dir, "crash", f"unknown worker mode {mode!r}")
+        return _EXIT_CRASH
+    sys.setrecursionlimit(20_000)
+    budgets = Budgets(max_output_bytes=int(opts.get("max-output", str(Budgets().max_output_bytes))))
+    try:
+        _inert(opts.get("in", "/in/artifact"), out_dir, budgets)
+    except FormatError as exc:
+        _error(out_dir, "format", str(exc))
+        return _EXIT_FORMAT
+    except (LimitError, MemoryError, RecursionError) as exc:
+        _error(out_dir, "limit", str(exc) or type(exc).__name__)
+        return _EXIT_LIMIT
+    except Exception as exc:  # the host reports any other failure as a sandbox crash
+        _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
+        return _EXIT_CRASH
+    return 0
+
 
 if __name__ == "__main__":
-    with open("/out/manifest.json", "w") as fh:
-        json.dump({"version": 1, "argv": sys.argv[1:]}, fh)
+    sys.exit(main(sys.argv[1:]))

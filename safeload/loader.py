@@ -1,0 +1,346 @@
+"""``safeload.load``: a drop-in for ``torch.load`` that never unpickles in the calling process.
+
+The file is opened once. Safetensors files are mapped directly. Every other format is read by the worker
+inside the bubblewrap jail, which answers with a manifest (validated by :mod:`safeload._manifest`) and,
+when some bytes cannot be referenced in place, a safetensors file; tensors are then views on the file
+the host opened (mapped copy-on-write, zero-copy) or on that safetensors file.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Literal, Union
+
+import torch
+
+from safeload._formats import sniff
+from safeload._manifest import Manifest, parse_manifest
+from safeload._rebuild import MapLocation, build, make_restore
+from safeload._stub import Stub
+from safeload.errors import (
+    SandboxError,
+    SandboxLimitError,
+    UnsafeContentError,
+    UnsupportedFormatError,
+)
+from safeload.policy import Policy, load_policy
+from safeload.resolve import local_load_path
+
+__all__ = ["FileLike", "load", "state_dict"]
+
+FileLike = Union[str, "os.PathLike[str]", IO[bytes]]
+
+_MANIFEST_CAP = 1 << 30
+_ERROR_CAP = 1 << 16
+_COPY_CHUNK = 1 << 22
+
+
+def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
+    """Open ``f`` once for reading; return the descriptor and a name for messages.
+
+    A path is opened read-only and must be a regular file. A file object is copied, from its current
+    position, into a private memory file, so that the bytes loaded cannot change under the loader.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` would.
+        TypeError: ``f`` is neither a path nor a binary file object.
+    """
+    if isinstance(f, (str, os.PathLike)):
+        name = os.fspath(f)
+        # [files] pins: a pinned path is copied into the store while hashed and the copy is opened.
+        fd = os.open(local_load_path(name, policy), os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(f"{name} is not a regular file")
+        return fd, name
+    read = getattr(f, "read", None)
+    if read is None:
+        raise TypeError(f"safeload.load expects a path or a binary file object, not {type(f).__name__}")
+    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC)
+    try:
+        while True:
+            chunk = read(_COPY_CHUNK)
+            if not chunk:
+                break
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise TypeError("safeload.load needs a file object opened in binary mode")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, str(getattr(f, "name", "<file object>"))
+
+
+def _sandbox_limits(policy: Policy) -> Any:
+    from sandbox.launcher import Limits
+
+    s = policy.sandbox
+    return Limits(timeout_s=s.timeout_s, memory_bytes=s.memory_bytes, max_output_bytes=s.max_output_bytes)
+
+
+def _open_output(dir_fd: int, name: str, cap: int) -> int | None:
+    """Open a file the worker wrote: no symlink, regular, one link, at most ``cap`` bytes."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SandboxError(f"the sandboxed worker left an unusable {name} ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > cap:
+        os.close(fd)
+        raise SandboxError(
+            f"the sandboxed worker left a {name} that is not a regular, single-link file under {cap} bytes"
+        )
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0) if size else b""
+    finally:
+        os.close(fd)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _worker_error(dir_fd: int, returncode: int, stderr: str) -> Exception:
+    import json
+
+    fd = _open_output(dir_fd, "error.json", _ERROR_CAP)
+    kind, message = "crash", ""
+    if fd is not None:
+        try:
+            doc = json.loads(_read_fd(fd))
+            fields_ok = isinstance(doc, dict) and isinstance(doc.get("kind"), str)
+            if fields_ok and isinstance(doc.get("message"), str):
+                kind, message = doc["kind"], _CONTROL.sub("?", doc["message"])[:2000]
+        except (ValueError, RecursionError):
+            pass
+    if kind == "format":
+        return UnsupportedFormatError(f"{message}. safeload opens safetensors, torch checkpoints (zip and "
+                                      "legacy), pickles, numpy files and TorchScript archives")
+    if kind == "limit":
+        return SandboxLimitError(f"{message}; raise the [sandbox] limits in trust.toml only if the artifact "
+                                 "is trusted to need more")
+    detail = message or _CONTROL.sub("?", stderr.strip().splitlines()[-1] if stderr.strip() else "")
+    return SandboxError(f"the sandboxed worker failed (exit status {returncode}): {detail[:2000]}")
+
+
+@contextmanager
+def _output_dir() -> Iterator[tuple[Path, int]]:
+    path = Path(tempfile.mkdtemp(prefix="safeload-"))
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield path, dir_fd
+    finally:
+        os.close(dir_fd)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _output_tensors(fd: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(f"/proc/self/fd/{fd}", framework="pt") as st:
+            out: dict[str, torch.Tensor] = {}
+            for key in st.keys():
+                sl = st.get_slice(key)
+                if sl.get_dtype() != "U8" or len(sl.get_shape()) != 1:
+                    raise SandboxError(f"the worker's tensors.safetensors holds a non-byte tensor {key!r}")
+                out[key] = st.get_tensor(key)
+            return out
+    except SafetensorError as exc:
+        raise SandboxError(f"the worker's tensors.safetensors is malformed: {exc}") from None
+
+
+def _run_jail(
+    fd: int, size: int, policy: Policy, mode: Literal["inert", "execute"]
+) -> tuple[Manifest, dict[str, torch.Tensor]]:
+    from sandbox.launcher import run_worker
+
+    limits = _sandbox_limits(policy)
+    with _output_dir() as (out, dir_fd):
+        args = ["--max-output", str(limits.max_output_bytes)]
+        run = run_worker(fd, out, mode=mode, limits=limits, args=args)
+        if run.returncode != 0:
+            raise _worker_error(dir_fd, run.returncode, run.stderr)
+        mfd = _open_output(dir_fd, "manifest.json", _MANIFEST_CAP)
+        if mfd is None:
+            raise SandboxError("the sandboxed worker exited without writing its manifest")
+        raw = _read_fd(mfd)
+        tfd = _open_output(dir_fd, "tensors.safetensors", limits.max_output_bytes)
+        tensors: dict[str, torch.Tensor] = {}
+        if tfd is not None:
+            try:
+                tensors = _output_tensors(tfd)
+            finally:
+                os.close(tfd)
+    manifest = parse_manifest(raw, input_size=size, outputs={k: v.numel() for k, v in tensors.items()})
+    return manifest, tensors
+
+
+def _raw_storages(
+    manifest: Manifest, fd: int, size: int, tensors: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    mapping: _mmap.mmap | None = None
+    raw: list[torch.Tensor] = []
+    for spec in manifest.storages:
+        if spec.nbytes == 0:
+            raw.append(torch.empty(0, dtype=torch.uint8))
+            continue
+        if spec.kind == "output":
+            t = tensors[spec.key]
+        else:
+            if mapping is None:
+                # Copy-on-write: tensors are writable, and writes never reach the verified file.
+                mapping = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
+            t = torch.frombuffer(mapping, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
+        if t.data_ptr() % spec.align:
+            t = t.clone()  # e.g. legacy files store raw storages at unaligned offsets
+        raw.append(t)
+    return raw
+
+
+def _load_safetensors(fd: int, name: str, map_location: MapLocation) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors: dict[str, torch.Tensor] = load_file(f"/proc/self/fd/{fd}")
+    except SafetensorError as exc:
+        raise UnsupportedFormatError(f"{name} looks like safetensors but is malformed: {exc}") from None
+    if map_location is None:
+        return tensors
+    restore = make_restore(map_location)
+    out: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        storage = restore(t.untyped_storage(), "cpu")
+        if storage is not t.untyped_storage():
+            t = torch.empty(0, dtype=t.dtype, device=storage.device).set_(
+                storage, t.storage_offset(), t.shape, t.stride()
+            )
+        out[key] = t
+    return out
+
+
+def load(
+    f: FileLike,
+    map_location: MapLocation = None,
+    *,
+    weights_only: bool | None = None,
+    mmap: bool | None = None,
+    policy: Policy | None = None,
+    unpickler: Literal["inert", "execute"] = "inert",
+) -> Any:
+    """Load a checkpoint like ``torch.load``, without running any of its code in this process.
+
+    ``f`` is a path or a binary file object. ``map_location`` takes every form ``torch.load`` takes.
+    Objects the inert unpickler will not build come back as :class:`safeload.Stub`; with
+    ``weights_only=True`` any such object is an error instead. ``mmap`` is accepted for compatibility:
+    storages are always mapped. ``unpickler="execute"`` (or ``[sandbox] unpickler`` in the policy) runs
+    the real ``torch.load`` inside the jail instead of the inert unpickler.
+
+    Raises:
+        UnsupportedFormatError: the content is not a format safeload opens.
+        UnsafeContentError: ``weights_only=True`` and the checkpoint references code-bearing globals.
+        SandboxUnavailableError: bubblewrap or user namespaces are missing.
+        SandboxTimeoutError: the worker ran past the policy's timeout.
+        SandboxLimitError: the artifact hit a memory, output, object or depth budget.
+        SandboxError: the worker crashed or returned output that does not validate.
+        RuntimeError: ``map_location`` names a device this machine lacks (as ``torch.load`` does).
+    """
+    del mmap
+    if unpickler not in ("inert", "execute"):
+        raise ValueError(f"unpickler must be 'inert' or 'execute', not {unpickler!r}")
+    pol = load_policy(policy)
+    mode: Literal["inert", "execute"] = (
+        "execute" if "execute" in (unpickler, pol.sandbox.unpickler) else "inert"
+    )
+    fd, name = _open_source(f, pol)
+    try:
+        size = os.fstat(fd).st_size
+        if sniff(fd, size) == "safetensors":
+            return _load_safetensors(fd, name, map_location)
+        manifest, tensors = _run_jail(fd, size, pol, mode)
+        if weights_only and manifest.stub_globals:
+            names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
+            raise UnsafeContentError(
+                f"{name} references globals that are not plain data ({names}); nothing from it was run. "
+                "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
+                "tensors with safeload convert"
+            )
+        raw = _raw_storages(manifest, fd, size, tensors)
+        result = build(manifest, raw, make_restore(map_location))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return result
+    finally:
+        os.close(fd)
+
+
+def _module_state(stub: Stub) -> dict[str, Any] | None:
+    state = stub.state
+    if isinstance(state, dict) and isinstance(state.get("_parameters"), dict):
+        return state
+    return None
+
+
+def _walk(stub: Stub, prefix: str, out: OrderedDict[str, torch.Tensor], depth: int) -> None:
+    if depth > 200:
+        raise ValueError("module tree nests deeper than 200 levels")
+    state = _module_state(stub)
+    if state is None:
+        # TorchScript objects keep attributes directly in their state: tensors and submodules.
+        if isinstance(stub.state, dict):
+            for key, value in stub.state.items():
+                if isinstance(value, torch.Tensor):
+                    out[prefix + str(key)] = value.detach()
+                elif isinstance(value, Stub):
+                    _walk(value, f"{prefix}{key}.", out, depth + 1)
+        return
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for key, value in state["_parameters"].items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + str(key)] = value.detach()
+    buffers = state.get("_buffers")
+    if isinstance(buffers, dict):
+        for key, value in buffers.items():
+            if isinstance(value, torch.Tensor) and key not in skip:
+                out[prefix + str(key)] = value.detach()
+    modules = state.get("_modules")
+    if isinstance(modules, dict):
+        for key, value in modules.items():
+            if isinstance(value, Stub):
+                _walk(value, f"{prefix}{key}.", out, depth + 1)
+
+
+def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
+    """The ``state_dict()`` a pickled ``nn.Module`` (loaded as a :class:`Stub` tree) would return.
+
+    Parameters, then persistent buffers, then each submodule's entries under ``name.``, in the order the
+    module defined them, detached as ``nn.Module.state_dict`` returns them.
+
+    Raises:
+        TypeError: ``obj`` is not a stub of a pickled module.
+    """
+    if isinstance(obj, torch.nn.Module):
+        return OrderedDict(obj.state_dict())
+    if not isinstance(obj, Stub) or not isinstance(obj.state, dict):
+        raise TypeError(f"state_dict expects a pickled nn.Module loaded as a safeload.Stub, got {obj!r}")
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    _walk(obj, "", out, 0)
+    return out

@@ -1,0 +1,68 @@
+"""Errors and budgets shared by the worker's parsers (standard library only).
+
+The host imports the budget constants too, so that it validates a manifest against exactly the limits the
+worker enforced while writing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DTYPE_SIZES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "Budgets",
+    "FormatError",
+    "LimitError",
+]
+
+# Nesting depth of the object tree a checkpoint may describe; the host rebuilds it recursively, so this
+# stays well under Python's default recursion limit.
+MAX_DEPTH = 200
+# Objects (containers, scalars, tensors, stubs) in one manifest.
+MAX_NODES = 5_000_000
+
+# The element sizes of the torch dtypes the manifest may name.
+DTYPE_SIZES: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+    "bool": 1,
+    "complex64": 8,
+    "complex128": 16,
+    "complex32": 4,
+}
+
+
+class FormatError(Exception):
+    """The artifact is not in a format the worker can read (reported as kind ``format``)."""
+
+
+class LimitError(Exception):
+    """The artifact exceeds a budget (reported as kind ``limit``)."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits that end decompression, allocation and nesting bombs."""
+
+    max_nodes: int = MAX_NODES
+    max_depth: int = MAX_DEPTH
+    max_memo: int = 10_000_000
+    max_ops: int = 200_000_000
+    max_int_bytes: int = 4096
+    max_output_bytes: int = 64 << 30

@@ -1,0 +1,338 @@
+"""Format detection from content and one reader per pickle-family format (standard library only)."""
+
+from __future__ import annotations
+
+import ast
+import mmap
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
+from ._emit import StorageTable
+from ._unpickle import Global, NDArray, StorageRef, unpickle
+from ._zip import ZipArchive, is_zip
+
+__all__ = ["Parsed", "parse"]
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+_MAX_PICKLE = 1 << 31
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16", "LongStorage": "int64",
+    "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+    "BoolStorage": "bool", "BFloat16Storage": "bfloat16", "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64", "UntypedStorage": "uint8",
+}
+# numpy type strings the host may rebuild as numeric arrays.
+_NP_KINDS = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8), "c": (8, 16)}
+
+
+class Parsed:
+    def __init__(self, fmt: str, root: Any, globals_seen: dict[tuple[str, str], int]) -> None:
+        self.fmt = fmt
+        self.root = root
+        self.globals_seen = globals_seen
+
+
+def _storage_dtype(stype: Any) -> str:
+    if not isinstance(stype, Global) or stype.module not in ("torch", "torch.storage", "torch.cuda"):
+        raise FormatError("torch persistent id names an unknown storage type")
+    dtype = _STORAGE_DTYPES.get(stype.name)
+    if dtype is None:
+        raise FormatError(f"torch storage type {stype.name!r} is not supported")
+    return dtype
+
+
+def _check_str(v: Any, what: str) -> str:
+    if type(v) is bytes:
+        try:
+            v = v.decode("ascii")
+        except UnicodeDecodeError:
+            raise FormatError(f"torch {what} is not ASCII") from None
+    if type(v) is not str or not v or len(v) > 256:
+        raise FormatError(f"torch {what} is malformed")
+    return v
+
+
+def _np_typestr(descr: Any) -> str:
+    if type(descr) is not str or len(descr) < 3 or descr[0] not in "<>|=":
+        raise FormatError(f"npy dtype {descr!r} is not a plain numeric dtype")
+    kind, size = descr[1], descr[2:]
+    if kind not in _NP_KINDS or not size.isdigit() or int(size) not in _NP_KINDS[kind]:
+        raise FormatError(f"npy dtype {descr!r} is not a plain numeric dtype")
+    order = descr[0]
+    if order == "=":
+        order = "<"
+    if int(size) == 1:
+        order = "|"
+    return order + kind + size
+
+
+def _prod(shape: Iterable[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class _Reader:
+    def __init__(self, data: mmap.mmap, budgets: Budgets) -> None:
+        self.data = data
+        self.budgets = budgets
+        self.table = StorageTable(budgets)
+        self.globals_seen: dict[tuple[str, str], int] = {}
+
+    def merge_globals(self, seen: dict[tuple[str, str], int]) -> None:
+        for k, v in seen.items():
+            self.globals_seen[k] = self.globals_seen.get(k, 0) + v
+
+    def unpickle(self, data: Any, **kw: Any) -> tuple[Any, int]:
+        result, end = unpickle(data, budgets=self.budgets, **kw)
+        self.merge_globals(result.globals_seen)
+        return result.root, end
+
+    # -- torch zip and TorchScript ----------------------------------------------------------------------
+    def torch_zip(self, z: ZipArchive, prefix: str, pkl: str, data_dir: str) -> Any:
+        storages: dict[str, StorageRef] = {}
+
+        def persistent_load(pid: Any) -> StorageRef:
+            if type(pid) is not tuple or len(pid) != 5 or _check_str(pid[0], "persistent id") != "storage":
+                raise FormatError("torch persistent id is not ('storage', type, key, location, numel)")
+            dtype = _storage_dtype(pid[1])
+            key = _check_str(pid[2], "storage key")
+            location = _check_str(pid[3], "storage location")
+            numel = pid[4]
+            if type(numel) is not int or numel < 0:
+                raise FormatError("torch storage size is malformed")
+            if key in storages:
+                return storages[key]
+            name = f"{prefix}{data_dir}{key}"
+            member = z.members.get(name)
+            if member is None:
+                raise FormatError(f"torch storage {name!r} is missing from the archive")
+            nbytes = numel * DTYPE_SIZES[dtype]
+            if member.size < nbytes:
+                raise FormatError(f"torch storage {name!r} is shorter than the tensor it holds")
+            if member.method == 0:
+                ref = self.table.add_input(dtype, nbytes, location, member.data_offset)
+            else:
+                ref = self.table.add_output(dtype, nbytes, location, lambda: _take(z.stream(name), nbytes))
+            storages[key] = ref
+            return ref
+
+        raw = z.read(prefix + pkl, _MAX_PICKLE)
+        root, _ = self.unpickle(raw, persistent_load=persistent_load)
+        return root
+
+    # -- legacy torch ------------------------------------------------------------------------------------
+    def torch_legacy(self) -> Any:
+        data = self.data
+        magic, pos = self.unpickle(data)
+        if magic != _LEGACY_MAGIC:
+            raise FormatError("not a torch legacy file")
+        proto, pos = self.unpickle(data, start=pos)
+        if proto != _LEGACY_PROTOCOL:
+            raise FormatError(f"torch legacy protocol {proto!r} is not supported")
+        sys_info, pos = self.unpickle(data, start=pos)
+        if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+            raise FormatError("torch legacy file is not little-endian (or lacks its system info)")
+        roots: dict[str, tuple[StorageRef, str, int]] = {}
+        views: list[tuple[StorageRef, str, int]] = []
+
+        def persistent_load(pid: Any) -> Any:
+            if type(pid) is tuple and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], Global):
+                # Legacy files persist a module's class with its source code; the class stays a name.
+                return pid[1]
+            if type(pid) is not tuple or len(pid) != 6 or _check_str(pid[0], "persistent id") != "storage":
+                raise FormatError("torch legacy persistent id is malformed")
+            dtype = _storage_dtype(pid[1])
+            key = _check_str(pid[2], "storage key")
+            location = _check_str(pid[3], "storage location")
+            numel, view = pid[4], pid[5]
+            if type(numel) is not int or numel < 0:
+                raise FormatError("torch storage size is malformed")
+            if key not in roots:
+                roots[key] = (self.table.add_input(dtype, numel * DTYPE_SIZES[dtype], location, None), dtype,
+                              numel)
+            root_ref, root_dtype, root_numel = roots[key]
+            if view is None:
+                return root_ref
+            if (type(view) is not tuple or len(view) != 3 or type(view[1]) is not int
+                    or type(view[2]) is not int or view[1] < 0 or view[2] < 0
+                    or view[1] + view[2] > root_numel):
+                raise FormatError("torch legacy storage view is malformed")
+            size = DTYPE_SIZES[root_dtype]
+            ref = self.table.add_input(root_dtype, view[2] * size, location, None)
+            views.append((ref, key, view[1] * size))
+            return ref
+
+        root, pos = self.unpickle(data, start=pos, persistent_load=persistent_load)
+        keys, pos = self.unpickle(data, start=pos)
+        if not isinstance(keys, list) or any(type(k) is not str for k in keys):
+            raise FormatError("torch legacy storage key list is malformed")
+        offsets: dict[str, int] = {}
+        size = len(data)
+        for key in keys:
+            if key not in roots:
+                raise FormatError(f"torch legacy storage {key!r} is not referenced by the pickle")
+            ref, dtype, numel = roots[key]
+            if pos + 8 > size:
+                raise FormatError("torch legacy file is truncated")
+            (stored_numel,) = struct.unpack("<q", data[pos : pos + 8])
+            if stored_numel != numel:
+                raise FormatError(f"torch legacy storage {key!r} has {stored_numel} elements, not {numel}")
+            pos += 8
+            end = pos + numel * DTYPE_SIZES[dtype]
+            if end > size:
+                raise FormatError("torch legacy file is truncated")
+            self.table.set_offset(ref, pos)
+            offsets[key] = pos
+            pos = end
+        for ref, key, byte_offset in views:
+            if key not in offsets:
+                raise FormatError(f"torch legacy storage {key!r} has no data")
+            self.table.set_offset(ref, offsets[key] + byte_offset)
+        return root
+
+    # -- numpy ------------------------------------------------------------------------------------------
+    def npy(self, data: Any, base: int | None, chunks_of: Any = None) -> Any:
+        """An .npy file in ``data``; ``base`` is its absolute offset in the input (None: not mappable)."""
+        head = bytes(data[:10])
+        if head[:6] != b"\x93NUMPY":
+            raise FormatError("not a .npy file")
+        major = head[6]
+        if major == 1:
+            (hlen,) = struct.unpack("<H", head[8:10])
+            start = 10
+        elif major in (2, 3):
+            (hlen,) = struct.unpack("<I", bytes(data[8:12]))
+            start = 12
+        else:
+            raise FormatError(f".npy version {major} is not supported")
+        if hlen > 100_000:
+            raise LimitError(".npy header is longer than 100000 bytes")
+        try:
+            header = ast.literal_eval(bytes(data[start : start + hlen]).decode("latin-1"))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise FormatError(".npy header is not a Python literal") from None
+        if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+            raise FormatError(".npy header lacks descr, fortran_order or shape")
+        shape, fortran = header["shape"], header["fortran_order"]
+        if (type(shape) is not tuple or any(type(s) is not int or s < 0 for s in shape)
+                or type(fortran) is not bool or len(shape) > 64):
+            raise FormatError(".npy header shape is malformed")
+        body = start + hlen
+        if header["descr"] in ("|O", "O"):
+            root, _ = self.unpickle(data if isinstance(data, (bytes, mmap.mmap)) else bytes(data), start=body)
+            return root
+        typestr = _np_typestr(header["descr"])
+        nbytes = _prod(shape) * int(typestr[2:])
+        if body + nbytes > len(data):
+            raise FormatError(".npy file is shorter than its header says")
+        arr = NDArray()
+        arr.dtype, arr.shape, arr.order = typestr, shape, "F" if fortran else "C"
+        if base is not None:
+            arr.storage = self.table.add_input("uint8", nbytes, "cpu", base + body)
+        else:
+            arr.storage = self.table.add_output(
+                "uint8", nbytes, "cpu", lambda: (bytes(data[body : body + nbytes]),)
+            )
+        return arr
+
+    def npz(self, z: ZipArchive) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, member in z.members.items():
+            key = name[:-4] if name.endswith(".npy") else name
+            if member.method == 0:
+                view = _Slice(self.data, member.data_offset, member.size)
+                out[key] = self.npy(view, member.data_offset)
+            else:
+                out[key] = self.npy(z.read(name, self.budgets.max_output_bytes), None)
+        return out
+
+
+class _Slice:
+    """A window on the input, indexable like bytes, without copying it."""
+
+    def __init__(self, data: mmap.mmap, start: int, size: int) -> None:
+        self.data = data
+        self.start = start
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> bytes:
+        lo, hi, _ = s.indices(self.size)
+        return bytes(self.data[self.start + lo : self.start + max(lo, hi)])
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.data[self.start : self.start + self.size])
+
+
+def _take(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:
+    got = 0
+    for chunk in chunks:
+        if got + len(chunk) > n:
+            chunk = chunk[: n - got]
+        got += len(chunk)
+        if chunk:
+            yield chunk
+        if got >= n:
+            break
+
+
+def _zip_kind(z: ZipArchive) -> tuple[str, str]:
+    names = list(z.members)
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz", ""
+    pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkls) != 1:
+        raise FormatError("zip archive is neither a torch checkpoint (one <dir>/data.pkl) nor an .npz")
+    prefix = pkls[0][: -len("data.pkl")]
+    if any(not n.startswith(prefix) for n in names):
+        raise FormatError("torch zip archive has members outside its record folder")
+    if f"{prefix}constants.pkl" in z.members or any(n.startswith(f"{prefix}code/") for n in names):
+        return "torchscript", prefix
+    return "torch_zip", prefix
+
+
+def parse(data: mmap.mmap, budgets: Budgets) -> tuple[Parsed, StorageTable]:
+    """Detect the format of ``data`` from its content and read it inertly.
+
+    Raises:
+        FormatError: not a format the worker reads.
+        LimitError: a budget ran out.
+    """
+    r = _Reader(data, budgets)
+    head = bytes(data[:512])
+    if is_zip(head):
+        z = ZipArchive(data)
+        kind, prefix = _zip_kind(z)
+        if kind == "npz":
+            root: Any = r.npz(z)
+        elif kind == "torch_zip":
+            root = r.torch_zip(z, prefix, "data.pkl", "data/")
+        else:
+            root = {"data": r.torch_zip(z, prefix, "data.pkl", "data/")}
+            if f"{prefix}constants.pkl" in z.members:
+                root["constants"] = r.torch_zip(z, prefix, "constants.pkl", "constants/")
+        return Parsed(kind, root, r.globals_seen), r.table
+    if head[:6] == b"\x93NUMPY":
+        return Parsed("npy", r.npy(data, 0), r.globals_seen), r.table
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise FormatError("the torch legacy tar format (torch < 0.4) is not supported; re-save the file")
+    if head[:3] == b"\x80\x02\x8a" and head[4:14] == _LEGACY_MAGIC.to_bytes(10, "little"):
+        return Parsed("torch_legacy", r.torch_legacy(), r.globals_seen), r.table
+    if not head or head[0] not in _PICKLE_FIRST:
+        raise FormatError(
+            "the file is not safetensors, a torch checkpoint, a pickle or a numpy file; "
+            "safeload opens only those formats"
+        )
+    root, _ = r.unpickle(data)
+    return Parsed("pickle", root, r.globals_seen), r.table
+
+
+# Opcodes a pickle can start with (PROTO for protocol 2+, anything pushing a value for 0 and 1).
+_PICKLE_FIRST = frozenset(b"\x80(NIJKLMFGSTUVXBC]})lcdig" + bytes([0x8C, 0x8D, 0x8E, 0x95]))
