@@ -1,37 +1,71 @@
 """Starts the worker inside a bubblewrap jail and waits for it, within limits.
 
-This is a first, minimal baseline; hardening (seccomp, rlimits, privilege drop) is layered on here.
+The jail (DESIGN.md, "Sandbox"): new user, mount, pid, network, ipc, uts and cgroup namespaces with
+further user namespaces disabled, ``--die-with-parent``, ``--new-session``, no capabilities, an empty
+environment, a root that is an empty read-only tmpfs holding only read-only binds of ``/usr``, the
+Python installation and the worker's source, a size-capped ``/tmp``, a read-only ``/dev`` with the
+usual device nodes, a fresh ``/proc`` with ``/proc/sys`` bound read-only over it, the artifact at
+``/in/artifact`` and one writable folder, ``/out``. The worker is pid 1 of its pid namespace, so when it
+exits or is killed the kernel kills everything it started, however it daemonised.
+
+On top: the seccomp filter of :mod:`sandbox._seccomp` (passed by memfd), the rlimits of
+:mod:`sandbox._limits` (set by ``prlimit`` right before bubblewrap starts), the privilege drop of
+:mod:`sandbox._privileges` when started as root, a wall-clock timeout that SIGKILLs bubblewrap's process
+group and the jail's pid 1 (through a pidfd, so never a recycled pid), and a cap on the output folder
+checked while the worker runs and after it exits.
+
+The launcher never falls back to anything outside the jail: each failure is a typed ``SandboxError``.
+
+Measured here (2 cores, Debian 12, bubblewrap 0.8, as root): a standard-library worker is up and has
+answered (exited 0 after writing its output) in a median of about 30 ms through :func:`run_worker`
+(``tests/integration/test_jail.py::test_startup_latency`` measures 20 runs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import json
 import os
+import select
 import shutil
+import signal
+import stat
 import subprocess
-import sys
 import sysconfig
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from safeload.errors import SandboxError, SandboxTimeoutError, SandboxUnavailableError
 
+from ._limits import TIMEOUT_KEY, Limits, limit_error, output_error, prlimit_args
+from ._privileges import (
+    JAIL_GID,
+    JAIL_UID,
+    drop_privileges,
+    jail_interpreter,
+    probe_bwrap,
+    reachable,
+    readable_input,
+    staging_dir,
+)
+from ._seccomp import build_filter, native_arch, seccomp_memfd
+
 __all__ = ["Limits", "WorkerRun", "run_worker"]
 
-_GiB = 1 << 30
 _WORKER_SRC = Path(__file__).resolve().parent / "worker"
 _JAIL_WORKER_ROOT = "/opt/safeload"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits for one worker run."""
-
-    timeout_s: float = 120.0
-    memory_bytes: int = 8 * _GiB
-    max_output_bytes: int = 64 * _GiB
-    open_files: int = 256
+_STDERR_TAIL = 64 * 1024
+_STDOUT_CAP = 1 << 20
+_POLL_S = 0.1
+# Paths inside the jail, whose /tmp is its own tmpfs.
+_JAIL_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}  # noqa: S108
+_DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -41,14 +75,21 @@ class WorkerRun:
     returncode: int
     stderr: str
     elapsed_s: float
+    stdout: str = ""
 
 
-def _bwrap() -> str:
-    path = shutil.which("bwrap")
+@functools.cache
+def _filter_program() -> bytes:
+    return build_filter(native_arch())
+
+
+@functools.cache
+def _prlimit() -> str:
+    path = shutil.which("prlimit")
     if path is None:
         raise SandboxUnavailableError(
-            "bubblewrap is not installed, and safeload never opens pickle files outside its jail; "
-            "install it with: apt-get install -y bubblewrap"
+            "util-linux's prlimit, which puts the resource limits on the jail, is missing; "
+            "install it with: apt-get install -y util-linux"
         )
     return path
 
@@ -58,59 +99,335 @@ def run_worker(
     output_dir: Path,
     *,
     mode: Literal["inert", "execute"] = "inert",
-    limits: Limits = Limits(),
+    limits: Limits = _DEFAULT_LIMITS,
     args: Sequence[str] = (),
 ) -> WorkerRun:
     """Run the worker on the artifact open at ``input_fd``, writing into ``output_dir``.
 
-    Inside the jail the artifact is ``/in/artifact`` (read-only) and the output folder is ``/out``.
+    Inside the jail the artifact is ``/in/artifact`` (read-only; it may be a symlink to the inherited
+    descriptor, so open it without ``O_NOFOLLOW``) and the output folder is ``/out``. ``output_dir`` is
+    created by the caller and should be empty; when the launcher runs as root the worker writes to a
+    staging folder whose entries are moved into ``output_dir`` after a successful run.
 
     Raises:
-        SandboxUnavailableError: bubblewrap or user namespaces are missing.
-        SandboxTimeoutError: the worker ran past ``limits.timeout_s``.
-        SandboxError: the worker could not be started.
+        SandboxUnavailableError: bubblewrap, user namespaces, prlimit or a seccomp table for this
+            architecture are missing, or the jail's uid cannot reach its interpreter.
+        SandboxTimeoutError: the worker ran past ``limits.timeout_s`` (it was killed with everything it
+            started).
+        SandboxLimitError: the worker hit its memory, CPU, file size or output limit.
+        SandboxError: bubblewrap could not set up the jail or could not be started.
     """
-    prefix = sys.base_prefix
-    out_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    boot = f"import sys; sys.path[:0] = [{_JAIL_WORKER_ROOT!r}]"
+    if mode == "execute":
+        for site in _site_dirs():
+            boot += f"; sys.path.append({site!r})"
+    boot += "; import runpy; runpy.run_module('worker', run_name='__main__')"
+    return _launch(["-c", boot, "--mode", mode, *args], input_fd, output_dir, mode, limits, capture=False)
+
+
+def _run_python_in_jail(
+    code: str,
+    *,
+    input_fd: int | None = None,
+    output_dir: Path | None = None,
+    limits: Limits = _DEFAULT_LIMITS,
+    mode: Literal["inert", "execute"] = "inert",
+) -> WorkerRun:
+    """Run ``code`` with the jail's interpreter in the very jail :func:`run_worker` builds (tests only).
+
+    Its standard output comes back in ``WorkerRun.stdout``.
+    """
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safeload-test-")))
+        return _launch(["-c", code], input_fd, output_dir, mode, limits, capture=True)
+
+
+def _site_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+
+
+def _launch(
+    python_args: list[str],
+    input_fd: int | None,
+    output_dir: Path,
+    mode: Literal["inert", "execute"],
+    limits: Limits,
+    *,
+    capture: bool,
+) -> WorkerRun:
+    program = _filter_program()
+    bwrap = probe_bwrap()
+    prlimit = _prlimit()
+    python, prefix = jail_interpreter()
+    drop = drop_privileges()
+    binds = [prefix, str(_WORKER_SRC)] + (_site_dirs() if mode == "execute" else [])
+    if drop:
+        for path in binds:
+            if not reachable(path):
+                raise SandboxUnavailableError(
+                    f"the jail runs as uid {JAIL_UID}, which cannot reach {path}; make its parent folders "
+                    "searchable by every user (chmod o+x) or install safeload somewhere they are"
+                )
+
+    with contextlib.ExitStack() as stack:
+        fds: list[int] = []
+
+        def own(fd: int) -> int:
+            stack.callback(os.close, fd)
+            fds.append(fd)
+            return fd
+
         cmd = [
-            _bwrap(),
+            prlimit, *prlimit_args(limits, execute=mode == "execute"), "--",
+            bwrap,
             "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--clearenv",
-            "--tmpfs", "/tmp",
+        ]
+        for key, value in _JAIL_ENV.items():
+            cmd += ["--setenv", key, value]
+        cmd += [
+            "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",  # noqa: S108 - the jail's own tmpfs
             "--ro-bind", "/usr", "/usr",
-            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
-            "--ro-bind", prefix, prefix,
-            "--ro-bind", str(_WORKER_SRC), f"{_JAIL_WORKER_ROOT}/worker",
-            "--dir", "/in",
-            "--ro-bind-fd", str(input_fd), "/in/artifact",
-            "--bind-fd", str(out_fd), "/out",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--symlink", "usr/bin", "/bin",
+        ]
+        if prefix != "/usr":
+            cmd += ["--ro-bind", prefix, prefix]
+        cmd += ["--ro-bind", str(_WORKER_SRC), f"{_JAIL_WORKER_ROOT}/worker"]
+        if mode == "execute":
+            for site in _site_dirs():
+                cmd += ["--ro-bind", site, site]
+        if input_fd is not None:
+            cmd += ["--dir", "/in"]
+            if drop:
+                # bubblewrap would resolve a bound file's path as the jail's uid; an inherited
+                # descriptor reopened through /proc needs no path, only read access to the inode.
+                fd = own(_jail_readable_copy(input_fd))
+                cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
+            else:
+                fd = own(os.dup(input_fd))
+                cmd += ["--ro-bind-fd", str(fd), "/in/artifact"]
+        if drop:
+            jail_out = staging_dir()
+            stack.callback(shutil.rmtree, jail_out, True)
+        else:
+            jail_out = Path(os.path.realpath(output_dir))
+        # A path, not a descriptor: a directory descriptor inherited into the jail would let the worker
+        # walk out of it with openat(fd, "..").
+        cmd += ["--bind", str(jail_out), "/out"]
+        cmd += [
             "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
-            "--dev", "/dev",
+            "--dev", "/dev", "--remount-ro", "/dev",
+            "--chdir", "/",
             "--remount-ro", "/",
             "--as-pid-1",
         ]
-        boot = f"import sys; sys.path[:0] = [{_JAIL_WORKER_ROOT!r}]"
-        if mode == "execute":
-            site = sysconfig.get_paths()["purelib"]
-            cmd += ["--ro-bind", site, site]
-            boot += f"; sys.path.append({site!r})"
-        boot += "; import runpy; runpy.run_module('worker', run_name='__main__')"
-        python = str(Path(prefix) / "bin" / "python3")
-        cmd += ["--", python, "-I", "-S", "-B", "-c", boot, "--mode", mode, *args]
+        seccomp_fd = own(seccomp_memfd(program))
+        info_r, info_w = os.pipe()
+        stack.callback(_close_quietly, info_r)
+        cmd += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_w)]
+        cmd += ["--", python, "-I", "-S", "-B", *python_args]
+
+        drop_kwargs: dict[str, object] = (
+            {"user": JAIL_UID, "group": JAIL_GID, "extra_groups": []} if drop else {}
+        )
         start = time.monotonic()
         try:
-            proc = subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                pass_fds=(input_fd, out_fd), timeout=limits.timeout_s, check=False,
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=(*fds, info_w), start_new_session=True, env={"LC_ALL": "C"},
+                **drop_kwargs,  # type: ignore[call-overload]
             )
-        except subprocess.TimeoutExpired as exc:
-            raise SandboxTimeoutError(
-                f"the sandboxed worker ran longer than {limits.timeout_s:g}s and was killed; "
-                "raise [sandbox] timeout in trust.toml if the artifact is trusted to need longer"
-            ) from exc
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start bubblewrap: {exc}") from exc
-        return WorkerRun(proc.returncode, proc.stderr.decode("utf-8", "replace")[-8000:], time.monotonic() - start)
+        finally:
+            os.close(info_w)
+        with proc:
+            out, err, how = _supervise(proc, info_r, jail_out, limits, start)
+        elapsed = time.monotonic() - start
+        stderr = err.decode("utf-8", "replace")
+        if how == "timeout":
+            raise SandboxTimeoutError(
+                f"the sandboxed worker ran longer than {limits.timeout_s:g}s and was killed with every "
+                f"process it started; raise {TIMEOUT_KEY} in trust.toml if the artifact is trusted to "
+                "need longer"
+            )
+        total, files = _usage(jail_out, limits.max_output_files)
+        if how == "output" or total > limits.max_output_bytes or files > limits.max_output_files:
+            raise output_error(total, files, limits)
+        returncode = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        error = limit_error(returncode, stderr, limits)
+        if error is not None:
+            raise error
+        if returncode != 0 and stderr.startswith("bwrap: "):
+            raise SandboxError(f"bubblewrap could not set up the jail: {stderr.strip()[:2000]}")
+        if drop:
+            _move_entries(jail_out, output_dir)
+        return WorkerRun(returncode, stderr[-8000:], elapsed, out.decode("utf-8", "replace"))
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def _jail_readable_copy(input_fd: int) -> int:
+    """A descriptor for the input that the jail's uid may read and may not write (a copy if need be)."""
+    st = os.fstat(input_fd)
+    if readable_input(st):
+        return os.dup(input_fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SandboxError("the artifact handed to the sandbox is not a regular file")
+    import fcntl
+
+    src = os.open(f"/proc/self/fd/{input_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    copy = os.memfd_create("safeload-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        offset = 0
+        while True:
+            sent = os.sendfile(copy, src, offset, 1 << 30)
+            if sent == 0:
+                break
+            offset += sent
+        fcntl.fcntl(
+            copy, fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
+    except BaseException:
+        os.close(copy)
+        raise
     finally:
-        os.close(out_fd)
+        os.close(src)
+    return copy
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], info_r: int, out_dir: Path, limits: Limits, start: float
+) -> tuple[bytes, bytes, str]:
+    """Pump the worker's pipes until it exits; kill it on timeout or oversized output.
+
+    Returns (stdout, stderr tail, how) where how is ``exit``, ``timeout`` or ``output``.
+    """
+    deadline = start + limits.timeout_s
+    streams: dict[int, str] = {info_r: "info"}
+    assert proc.stderr is not None
+    streams[proc.stderr.fileno()] = "stderr"
+    if proc.stdout is not None:
+        streams[proc.stdout.fileno()] = "stdout"
+    buffers = {"info": b"", "stderr": b"", "stdout": b""}
+    pidfd: int | None = None
+    how = "exit"
+    next_check = start + _POLL_S
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                how = "timeout"
+                break
+            if now >= next_check:
+                next_check = now + _POLL_S
+                total, files = _usage(out_dir, limits.max_output_files)
+                if total > limits.max_output_bytes or files > limits.max_output_files:
+                    how = "output"
+                    break
+            if not streams:
+                try:
+                    proc.wait(timeout=max(0.0, min(deadline, next_check) - now))
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            ready, _, _ = select.select(list(streams), [], [], max(0.0, min(deadline, next_check) - now))
+            for fd in ready:
+                name = streams[fd]
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    del streams[fd]
+                    if name == "info":
+                        pidfd = _child_pidfd(buffers["info"])
+                    continue
+                data = buffers[name] + chunk
+                if name == "stderr":
+                    data = data[-_STDERR_TAIL:]
+                elif name == "stdout":
+                    data = data[:_STDOUT_CAP]
+                buffers[name] = data
+        if how != "exit":
+            _kill(proc, pidfd)
+        proc.wait()
+        if pidfd is not None:
+            # The jail's pid 1 is bubblewrap's child; once it is gone the kernel has killed the rest
+            # of its pid namespace.
+            select.select([pidfd], [], [], 5.0)
+    finally:
+        if proc.returncode is None:
+            _kill(proc, pidfd)
+            proc.wait()
+        if pidfd is not None:
+            os.close(pidfd)
+    return buffers["stdout"], buffers["stderr"], how
+
+
+def _child_pidfd(info: bytes) -> int | None:
+    """A pidfd for the jail's pid 1 from bubblewrap's ``--info-fd`` report (None if it is gone)."""
+    try:
+        pid = json.loads(info)["child-pid"]
+        return os.pidfd_open(int(pid))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def _kill(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
+    if pidfd is not None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _walk(root: Path) -> Iterator[os.DirEntry[str]]:
+    stack = [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    yield entry
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+        except OSError:
+            continue
+
+
+def _usage(root: Path, max_files: int) -> tuple[int, int]:
+    """Bytes in regular files and number of entries under ``root`` (stops counting past the cap)."""
+    total = files = 0
+    for entry in _walk(root):
+        files += 1
+        if files > max_files:
+            break
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total, files
+
+
+def _move_entries(src: Path, dst: Path) -> None:
+    """Move what the worker wrote from the staging folder into the caller's folder, links as links."""
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        try:
+            try:
+                os.rename(entry.path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # Another file system: copies that never follow links and refuse FIFOs and devices.
+                shutil.move(entry.path, target)
+        except (OSError, shutil.Error) as exc:
+            raise SandboxError(
+                f"could not move the worker's output {entry.name!r} into {dst}: {exc}"
+            ) from exc
+
