@@ -63,12 +63,8 @@ def _bom_model(name: str, policy: Policy) -> BomModel:
     entry = policy.models[name]
     fetched = fetch_model(name, policy=policy, progress=sys.stderr.isatty())
     spec = policy.registries[entry.registry]
-    signature = getattr(fetched, "signature", None)
-    identity = getattr(signature, "identity", None) if signature is not None else None
-    if identity is None:
-        identity = getattr(getattr(fetched, "record", None), "signer_identity", None)
+    identity = fetched.signature.identity if fetched.signature is not None else None
     verification = "sha256+signature" if entry.signer is not None else "sha256"
-    datasets = getattr(entry, "datasets", ()) or ()
     return BomModel(
         name=name,
         repo=entry.repo,
@@ -80,8 +76,8 @@ def _bom_model(name: str, policy: Policy) -> BomModel:
         folder=Path(fetched.folder),
         signer=entry.signer,
         signer_identity=identity,
-        task=getattr(entry, "task", None),
-        datasets=tuple(datasets),
+        task=entry.task,
+        datasets=entry.datasets,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,12 @@ from rich.console import Console
 
 from safeload.cli._common import command_parser
 from safeload.cli._ui import EXIT_OK, UI
+from safeload.errors import UntrustedSourceError
 
 __all__ = ["add_parser", "run"]
+
+_HF_REF = re.compile(r"^hf://[^@]+(?:@(.*))?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 _DESCRIPTION = """\
 Pin a model: fetch the list of its files at one commit, hash every file, and write (or update) its
@@ -67,33 +72,29 @@ def _policy_path(args: argparse.Namespace) -> Path:
     return Path(env).expanduser() if env else Path("trust.toml")
 
 
-def _attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
-
-
 def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.pinning import pin_model
 
+    match = _HF_REF.match(args.url)
+    ref = match.group(1) if match is not None else None
+    if match is not None and not _COMMIT.match(ref or "") and not args.resolve:
+        what = f"{ref!r} is a branch or tag" if ref else "no revision (the default branch)"
+        raise UntrustedSourceError(
+            f"{args.url}: {what}, and branches move; give the 40-hex commit (hf://ORG/NAME@COMMIT), "
+            "or pass --resolve to pin the commit it points at now"
+        )
     path = _policy_path(args)
-    result = pin_model(
+    name, entry = pin_model(
         args.url, policy_path=path, registry=args.registry, name=args.name, resolve=args.resolve
     )
-    entry = _attr(result, "entry") or result
-    name = _attr(entry, "name") or args.name
-    revision = _attr(entry, "revision")
-    files = dict(_attr(entry, "files") or {})
-    resolved_from = _attr(result, "resolved_from", "ref")
+    revision = entry.revision
+    files = dict(entry.files)
     data = {
         "policy": str(path),
         "name": name,
-        "registry": _attr(entry, "registry"),
-        "repo": _attr(entry, "repo"),
+        "registry": entry.registry,
+        "repo": entry.repo,
         "revision": revision,
-        "resolved_from": resolved_from,
         "files": files,
     }
 
