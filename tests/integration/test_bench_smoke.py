@@ -1,0 +1,57 @@
+"""``python -m bench --quick`` runs end to end and reports every row (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench._data import QUICK, Dataset
+from bench._rows import groups
+
+REPO = Path(__file__).resolve().parents[2]
+# Rows that measure torch, safetensors, hashlib or transformers alone: they must always produce figures.
+BASELINES = {
+    "big.torch", "big.torch_wo", "big.torch_mmap", "big.safetensors", "big.torch_legacy", "big.pickle",
+    "small.torch", "small.torch_wo", "small.torch_mmap", "small.safetensors", "small.torch_legacy",
+    "small.pickle", "jail.python", "verify.sha256", "verify.read",
+    "minilm.plain_st", "minilm.plain_bin", "gen.plain_st", "gen.plain_bin",
+}
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
+    chart = tmp_path / "chart.png"
+    env = {**os.environ, "COLUMNS": "400"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--chart", str(chart)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    planned = [row for g in groups(Dataset(tmp_path / "data-quick", QUICK), 1) for row in g.rows]
+    results = json.loads((tmp_path / "results.json").read_text())
+    got = {r["key"]: r for g in results["groups"] for r in g["rows"]}
+    assert [r.key for r in planned] == list(got)
+    for row in planned:
+        r = got[row.key]
+        assert row.name in proc.stdout, f"row {row.name!r} missing from the printed table"
+        assert row.label in proc.stdout, f"what ran for {row.key} missing from the printed table"
+        assert r["status"] in ("ok", "na", "failed")
+        if r["status"] == "ok":
+            assert r["median"] is not None and r["median"] > 0
+            assert len(r["runs"]) == 1
+        else:
+            assert r["reason"], f"{row.key} is {r['status']} without a reason"
+            word = "n/a" if r["status"] == "na" else "failed"
+            assert f"{word} ({r['reason'][:40]}" in proc.stdout
+        if row.baseline is not None and r["status"] == "ok" and got[row.baseline]["status"] == "ok":
+            assert r["ratio"] is not None
+    not_ok = {k: got[k]["reason"] for k in BASELINES if got[k]["status"] != "ok"}
+    assert not not_ok, not_ok
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| path |" in (tmp_path / "results.md").read_text()
