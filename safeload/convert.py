@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+_log = logging.getLogger("safeload.convert")
 _SHA_RE = re.compile(r"^(sha256:)?([0-9a-f]{64})$")
 # Common wrappers around a state dict (Lightning, many training scripts).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -75,23 +77,31 @@ def safetensors_name(bin_name: str) -> str:
 
 
 def _state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a (possibly wrapped) state dict; other entries (stubs, numbers) are left out."""
     import torch
 
-    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    def tensors_of(value: object) -> dict[str, torch.Tensor]:
+        if not isinstance(value, Mapping):
+            return {}
+        return {k: v.detach() for k, v in value.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+    found = tensors_of(obj)
+    if not found and isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
-            inner = obj.get(key)
-            tensors = isinstance(inner, Mapping) and all(isinstance(v, torch.Tensor) for v in inner.values())
-            if inner and tensors:
-                obj = inner
+            found = tensors_of(obj.get(key))
+            if found:
+                obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    if not found:
         raise UnsupportedFormatError(
-            f"{source} is not a state dict (a mapping of names to tensors), so it has no safetensors form; "
+            f"{source} holds no state dict (a mapping of names to tensors), so it has no safetensors form; "
             "open it with safeload.load() to see what it holds"
         )
-    return {k: v.detach() for k, v in obj.items()}
+    assert isinstance(obj, Mapping)
+    left_out = [repr(k) for k in obj if not (isinstance(k, str) and k in found)]
+    if left_out:
+        _log.warning("%s: left out %d non-tensor entries: %s", source, len(left_out), ", ".join(left_out))
+    return found
 
 
 def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
@@ -140,15 +150,19 @@ def convert_file(
     *,
     policy: Policy | None = None,
     metadata: Mapping[str, str] | None = None,
+    weights_only: bool = False,
 ) -> Path:
     """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
 
-    The checkpoint is opened by ``safeload.load(src, map_location="cpu", weights_only=True)`` in the jail;
-    a state dict wrapped under ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped.
-    ``dst`` is written atomically (read-only). Returns ``dst``.
+    The checkpoint is opened by ``safeload.load(src, map_location="cpu")`` in the jail with the inert
+    unpickler, so nothing in it runs anywhere; a state dict wrapped under
+    ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped, and entries that are not
+    tensors (stubs of code a payload tried to call, counters, ...) are left out and logged. With
+    ``weights_only=True`` any code-bearing global refuses the file instead. ``dst`` is written atomically
+    (read-only). Returns ``dst``.
 
     Raises:
-        UnsafeContentError: the checkpoint references code-bearing globals.
+        UnsafeContentError: ``weights_only=True`` and the checkpoint references code-bearing globals.
         UnsupportedFormatError: the file is not a checkpoint format safeload reads, or holds no state dict.
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
@@ -156,7 +170,7 @@ def convert_file(
     from safeload.loader import load
 
     src_path = Path(src)
-    obj = load(src_path, map_location="cpu", weights_only=True, policy=policy)
+    obj = load(src_path, map_location="cpu", weights_only=weights_only, policy=policy, unpickler="inert")
     state = _state_dict(obj, str(src_path))
     meta = {"format": "pt", **(metadata or {})}
     out = Path(dst)

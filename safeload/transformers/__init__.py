@@ -249,7 +249,7 @@ def pipeline(*args: Any, **kwargs: Any) -> Any:
 def _pipeline(real: Any, *args: Any, **kwargs: Any) -> Any:
     bound = inspect.signature(real).bind_partial(*args, **kwargs)
     arguments = bound.arguments
-    extra = arguments.pop("kwargs", {}) if "kwargs" in inspect.signature(real).parameters else {}
+    extra = dict(arguments.pop("kwargs", {}))
     model = arguments.get("model")
     revision = arguments.pop("revision", None)
     want_code = bool(arguments.pop("trust_remote_code", False))
@@ -271,8 +271,10 @@ def _pipeline(real: Any, *args: Any, **kwargs: Any) -> Any:
     for key in _LOADER_ARGS:
         if key in arguments:
             arguments[key] = _resolve_side_arg(arguments[key], None)
-    model_kwargs.update(use_safetensors=True, local_files_only=True)
+    model_kwargs.pop("local_files_only", None)
+    model_kwargs.update(use_safetensors=True)
     arguments["model_kwargs"] = model_kwargs
+    extra["local_files_only"] = True
     arguments["trust_remote_code"] = prepared.allow_code if prepared is not None else False
     with refuse_host_unpickling(), inside():
         return real(**arguments, **extra)
