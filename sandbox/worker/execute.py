@@ -105,6 +105,12 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
             fmt = "pickle"
         else:
             return joblib.load(path)
+    if fmt == "pickle":
+        # No torch import up front: the stream imports what it names, and most raw pickles name no torch.
+        import pickle
+
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
     import torch
 
     def remember(storage: Any, location: str) -> Any:
@@ -113,11 +119,6 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
             locations[int(storage.data_ptr())] = str(location)
         return storage
 
-    if fmt == "pickle":
-        import pickle
-
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
     if fmt == "torchscript":
         return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     return torch.load(path, map_location=remember, weights_only=False)
@@ -257,7 +258,8 @@ class _Exporter:
             if data is None:
                 return None
             return self._open(obj, {"t": "parameter", "data": data, "requires_grad": bool(obj.requires_grad)})
-        if t is torch.Tensor:
+        if isinstance(obj, torch.Tensor):
+            # Subclasses come back as plain tensors: their class's code is not data.
             return self._tensor(obj, register=True)
         return None
 

@@ -62,10 +62,16 @@ class Attack:
 
 
 def payload_source(trace: Trace, extra: str = "") -> str:
-    """Python source that leaves every trace; it sets ``leak`` to whatever secret it could read."""
+    """Python source that leaves every trace; it sets ``leak`` to whatever secret it could read.
+
+    Each step tolerates failure, so inside the jail the payload goes on to whatever comes after it.
+    """
     return (
         "import os, socket\n"
-        f"open({str(trace.canary)!r}, 'a').write('payload ran\\n')\n"
+        "try:\n"
+        f"    open({str(trace.canary)!r}, 'a').write('payload ran\\n')\n"
+        "except OSError:\n"
+        "    pass\n"
         "try:\n"
         f"    socket.create_connection(('127.0.0.1', {trace.port}), timeout=2).close()\n"
         "except OSError:\n"
@@ -518,9 +524,11 @@ def _tamper(action: str) -> Callable[[Trace], bytes]:
     def build(t: Trace) -> bytes:
         body = action.replace("SECRET", repr(str(t.secret_file)))
         hook = _TAMPER_HOOK.replace("TAMPER", body.replace("\n", "\n        "))
-        # A torch zip with a real tensor, so the worker has a safetensors file for the payload to attack.
-        data_pkl = _pickle(_dict(("evil", _exec_value(t, hook)), ("weight", _tensor_ref("0", 4))))
-        return _raw_zip(_torch_members(data_pkl))
+        # The payload evaluates to a numpy array, so the worker writes a safetensors file for it to attack
+        # (a raw pickle and numpy rather than a torch zip: no torch import, a fast load in the jail).
+        src = payload_source(t) + hook
+        expr = f"[exec({src!r}, g := {{}}), __import__('numpy').arange(4.0)][1]"
+        return _pickle(_call(_glob("builtins", "eval"), _s(expr)))
 
     return build
 
@@ -675,7 +683,7 @@ ATTACKS: tuple[Attack, ...] = (
            _bomb_laughs, "bomb"),
     Attack("bomb_length_prefix", "BINBYTES8 claiming 2**62 bytes", _bomb_length, "bomb"),
     *(
-        Attack(name, desc, _tamper(action), "tamper", (("builtins", "exec"),), True)
+        Attack(name, desc, _tamper(action), "tamper", (("builtins", "eval"),), True)
         for name, desc, action in _TAMPERS
     ),
 )
