@@ -52,6 +52,7 @@ __all__ = [
     "SigstoreSigner",
     "VerifiedSignature",
     "verify_model_signature",
+    "verify_signature",
 ]
 
 
@@ -80,8 +81,8 @@ class SigstoreSigner:
     name: str
     identity: str
     issuer: str
-    trusted_root: Path
-    trusted_root_sha256: str | None = None
+    trusted_root: Path  # a Sigstore trusted_root.json, or a client trust config that embeds one
+    trusted_root_sha256: str | None = None  # "sha256:<hex>" of the file's bytes
 
 
 Signer = KeySigner | CertificateSigner | SigstoreSigner
@@ -151,6 +152,22 @@ def verify_model_signature(
             match its pinned hash; ``files`` holds a malformed digest.
     """
     pins = _normalise_pins(signer.name, files)
+    verified = verify_signature(signer, signature)
+    exempt = _exempt_paths(model_dir, signature)
+    _check_coverage(signer.name, verified.digests, pins, frozenset(optional), exempt)
+    return verified
+
+
+def verify_signature(signer: Signer, signature: Path) -> VerifiedSignature:
+    """Verify the bundle at ``signature`` against ``signer`` and return what it vouches for.
+
+    Nothing is compared with any file: this tells a caller which files a signature covers (say, to
+    fetch the signed files of a model whose policy entry pins none) before it calls
+    :func:`verify_model_signature` on the files it fetched.
+
+    Raises:
+        SignatureError: as :func:`verify_model_signature`, except for the coverage checks.
+    """
     raw_signature = _read_capped(signature, _MAX_SIGNATURE_BYTES, what=f"signature {signature}")
     try:
         if isinstance(signer, KeySigner):
@@ -170,8 +187,6 @@ def verify_model_signature(
         raise SignatureError(
             f"the signature {signature} for signer {signer.name!r} could not be verified: {exc!r}"
         ) from exc
-    exempt = _exempt_paths(model_dir, signature)
-    _check_coverage(signer.name, signed, pins, frozenset(optional), exempt)
     return VerifiedSignature(signer=signer.name, identity=identity, digests=MappingProxyType(signed))
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safeload._signing import CertificateSigner, KeySigner, verify_model_signature
+from safeload._signing import CertificateSigner, KeySigner, verify_model_signature, verify_signature
 from safeload.errors import SignatureError
 from tests.helpers.signing import (
     KeyPair,
@@ -174,6 +174,18 @@ def test_malformed_digest_in_files_is_refused(signed_model: Path, key: KeyPair) 
 def test_uppercase_digests_in_files_are_accepted(signed_model: Path, key: KeyPair) -> None:
     files = {k: "sha256:" + v[7:].upper() for k, v in files_map(signed_model).items()}
     _verify_key(signed_model, key, files)
+
+
+def test_verify_signature_lists_the_signed_files_before_any_are_fetched(
+    tmp_path: Path, signed_model: Path, key: KeyPair
+) -> None:
+    signature = tmp_path / "fetched.sig"
+    signature.write_bytes((signed_model / "model.sig").read_bytes())
+    verified = verify_signature(KeySigner("acme", key.public), signature)
+    assert dict(verified.digests) == files_map(signed_model)
+    assert verified.identity == key_identity(key)
+    with pytest.raises(SignatureError, match="another key"):
+        verify_signature(KeySigner("acme", generate_key(tmp_path / "o", stem="o").public), signature)
 
 
 # --- statements signed with a valid key but unusable content --------------------------------------
