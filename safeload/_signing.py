@@ -19,6 +19,18 @@ Coverage rules, strictest first:
 Verification never touches the network: sigstore bundles are checked against the trusted root file the
 policy pins (by path, and by sha256 when ``trusted_root_sha256`` is set), using the transparency-log
 inclusion proof and the signed timestamps carried inside the bundle.
+
+Where this is stricter than model-signing 1.1's own verifier, on purpose:
+
+* only model-signing >= 1.0 statements (``https://model_signing/signature/v1.0``) with ``files``
+  serialization and sha256; the pre-1.0 format and its non-standard DSSE encoding are refused, as are
+  shard manifests and other hashes (they cannot be compared with the store's whole-file sha256);
+* exactly one DSSE signature; duplicate, absolute, ``..``, ``.`` or empty-segment resource names
+  refused;
+* certificate signers: the chain must be pinned (no fall-back to the system's web roots) and the leaf
+  pinned by fingerprint or subject; a leaf that is not yet valid is refused. Like model-signing, the
+  chain is validated at the leaf's notBefore because such bundles carry no trusted timestamp, so an
+  expired leaf still verifies and revocation is not checked.
 """
 
 from __future__ import annotations
