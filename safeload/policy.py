@@ -108,6 +108,8 @@ class ModelEntry:
     # What the model card in `safeload bom` reports; informational, never used to decide a load.
     task: str | None = None
     datasets: tuple[str, ...] = ()
+    # safeload.transformers honours trust_remote_code=True only with this set and every code file pinned.
+    allow_code: bool = False
 
     def store_revision(self) -> str:
         """The revision the store files this model under: the commit, or ``pins-<digest of the pins>``."""
@@ -309,7 +311,12 @@ def _parse_model(
     signers: Mapping[str, Signer],
     require_signatures: bool,
 ) -> ModelEntry:
-    t.check_keys({"registry", "repo", "revision", "signer", "signature", "files", "task", "datasets"})
+    t.check_keys(
+        {"registry", "repo", "revision", "signer", "signature", "files", "task", "datasets", "allow_code"}
+    )
+    allow_code = t.data.get("allow_code", False)
+    if not isinstance(allow_code, bool):
+        raise t.err("allow_code", f"must be true or false, got {allow_code!r}")
     task = t.str_("task")
     datasets = t.data.get("datasets", [])
     if not isinstance(datasets, list) or not all(isinstance(d, str) and d for d in datasets):
@@ -358,6 +365,7 @@ def _parse_model(
         signature=signature,
         task=task,
         datasets=tuple(datasets),
+        allow_code=allow_code,
     )
 
 
