@@ -47,7 +47,14 @@ from safeload.policy import HuggingFaceRegistrySpec, ModelEntry, Policy, load_po
 from safeload.registries import Delivered, Registry, open_registry
 from safeload.store import BlobRecord, ModelRecord, Store
 
-__all__ = ["FetchedModel", "VerifiedFile", "fetch_model", "open_verified_local", "pin_hint"]
+__all__ = [
+    "FetchedModel",
+    "VerifiedFile",
+    "fetch_model",
+    "local_load_path",
+    "open_verified_local",
+    "pin_hint",
+]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -283,17 +290,20 @@ def _cold(
     label = f"{entry.registry}:{entry.repo}@{revision[:12]}"
     with store.staging() as staging:
         sig_record: BlobRecord | None = None
+        optional: frozenset[str] = frozenset()
         expected: dict[str, str | None] = dict(entry.files)
         if signer is not None:
             sig_rel = entry.signature_path
             got = registry.deliver(entry.repo, entry.revision, [sig_rel], staging)
             sig_record = _ingest(store, got, sig_rel, staging, None, f"{label}:{sig_rel}")
+            claimed = _signed_resources(store.blob_path(sig_record.digest))
             if not entry.files:
-                claimed = _signed_resources(store.blob_path(sig_record.digest))
                 for rel in claimed:
-                    if rel in {sig_rel} or not _safe_rel(rel):
+                    if rel == sig_rel or not _safe_rel(rel):
                         raise SignatureError(f"{label}: the signature names an unsafe path {rel!r}")
                 expected = dict(claimed)
+            # Signed files the policy does not pin are deliberately left out of the folder.
+            optional = frozenset(claimed) - frozenset(expected)
         elif unpinned:
             names = [r for r in registry.list_files(entry.repo, entry.revision) if _safe_rel(r)]
             declared: dict[str, str] = {}
@@ -311,7 +321,11 @@ def _cold(
             assert sig_record is not None
             digests = {rel: rec.digest for rel, rec in records.items()}
             verified = verify_model_signature(
-                signer, built, store.blob_path(sig_record.digest), files=MappingProxyType(digests)
+                signer,
+                built,
+                store.blob_path(sig_record.digest),
+                files=MappingProxyType(digests),
+                optional=optional,
             )
             _check_coverage(label, verified, digests, entry.files)
             verified = replace(verified, signer=signer.name)
@@ -478,3 +492,30 @@ def open_verified_local(path: str | os.PathLike[str], policy: Policy) -> Verifie
             },
         )
         return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
+
+
+def local_load_path(path: str | os.PathLike[str], policy: Policy) -> str:
+    """What ``safeload.load`` opens for a local ``path``: its verified store copy when ``[files]`` pins it,
+    else the path itself (local files are always sandboxed). Records the decision in the audit log.
+
+    Raises:
+        IntegrityError: the path is pinned and its bytes differ from the pin.
+        PolicyError: the audit log cannot be written.
+    """
+    source = os.fspath(path)
+    try:
+        verified = open_verified_local(source, policy)
+    except IntegrityError as e:
+        audit.record(policy, source=source, decision="refuse", reason=f"IntegrityError: {e}")
+        raise
+    if verified is None:
+        audit.record(policy, source=source, decision="allow", reason="not pinned in [files]; sandboxed load")
+        return source
+    audit.record(
+        policy,
+        source=verified.source,
+        files={verified.source: verified.digest},
+        decision="allow",
+        reason="pinned in [files]; loading the verified copy",
+    )
+    return str(verified.path)

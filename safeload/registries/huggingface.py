@@ -91,7 +91,7 @@ class HuggingFaceRegistry:
 
     def resolve_revision(self, repo: str, ref: str | None) -> str | None:
         try:
-            sha = self._api().model_info(repo, revision=ref).sha
+            sha = self._api().model_info(repo, revision=ref or "main").sha
         except Exception as e:
             raise self._translate(e, f"{repo}@{ref or 'default branch'}") from e
         if not isinstance(sha, str):
