@@ -38,6 +38,7 @@ OUTPUT_KEY = "[sandbox] max_output"
 
 # Text a worker prints when an allocation fails under RLIMIT_AS (Python, glibc, C++ runtimes).
 _MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+_FSIZE_MARKER = "[Errno 27] File too large"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ def _gib(n: int) -> str:
 def limit_error(returncode: int, stderr: str, limits: Limits) -> SandboxLimitError | None:
     """The limit a finished worker ran into, judged from its exit status and the tail of its stderr.
 
-    bubblewrap reports a worker killed by signal ``S`` as exit status ``128 + S``.
+    bubblewrap reports a worker killed by signal ``S`` as exit status ``128 + S``. The worker is pid 1
+    of its namespace, so only signals the kernel forces (SIGKILL at the hard CPU limit or from the OOM
+    killer, SIGSEGV from a failed stack growth) can end it; SIGXCPU and SIGXFSZ reach it only when it
+    runs as an ordinary process (tests, other launch modes).
     """
     sig = returncode - 128 if returncode > 128 else 0
     if sig == signal.SIGXCPU or sig == signal.SIGKILL:
@@ -88,7 +92,14 @@ def limit_error(returncode: int, stderr: str, limits: Limits) -> SandboxLimitErr
             f"the sandboxed worker tried to write a file larger than {_gib(limits.max_output_bytes)}; "
             f"raise {OUTPUT_KEY} in trust.toml if the artifact is trusted to need more"
         )
-    if returncode != 0 and any(marker in stderr[-4000:] for marker in _MEMORY_MARKERS):
+    tail = stderr[-4000:]
+    if returncode != 0 and _FSIZE_MARKER in tail:
+        # Python ignores SIGXFSZ, so RLIMIT_FSIZE surfaces as an uncaught EFBIG.
+        return SandboxLimitError(
+            f"the sandboxed worker tried to write a file larger than {_gib(limits.max_output_bytes)}; "
+            f"raise {OUTPUT_KEY} in trust.toml if the artifact is trusted to need more"
+        )
+    if returncode != 0 and any(marker in tail for marker in _MEMORY_MARKERS):
         return SandboxLimitError(
             f"the sandboxed worker ran out of memory (limit {_gib(limits.memory_bytes)}); "
             f"raise {MEMORY_KEY} in trust.toml if the artifact is trusted to need more"

@@ -137,6 +137,8 @@ def _run_python_in_jail(
 
     Its standard output comes back in ``WorkerRun.stdout``.
     """
+    if mode == "execute":
+        code = f"import sys; sys.path.extend({_site_dirs()!r})\n{code}"
     with contextlib.ExitStack() as stack:
         if output_dir is None:
             output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safeload-test-")))
