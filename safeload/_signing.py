@@ -11,7 +11,7 @@ the same value the store already holds, so verification costs the same for 1 KiB
 Coverage rules, strictest first:
 
 * every file that will be handed to the loader (``files``) must be in the signature with the same
-  digest; the signature file itself is exempt;
+  digest; the signature file itself (``model.sig`` unless the caller names another) is exempt;
 * every file in the signature must be in ``files``, unless the caller names it in ``optional`` (a signed
   file it deliberately does not fetch). A signed file that is absent means the model on disk is not the
   model that was signed (model-signing's own verifier refuses it too).
@@ -138,18 +138,21 @@ def verify_model_signature(
     *,
     files: Mapping[str, str],
     optional: Collection[str] = frozenset(),
+    signature_name: str = "model.sig",
 ) -> VerifiedSignature:
     """Verify ``signature`` over ``model_dir`` and check it covers exactly ``files``.
 
     Args:
         signer: the policy's signer; its kind alone decides how the bundle is verified.
         model_dir: the folder the loader reads; ``files`` are relative to it.
-        signature: the model-signing bundle. When it lies inside ``model_dir`` its relative path is
-            exempt from coverage, whether or not it appears in ``files``.
+        signature: the model-signing bundle, inside ``model_dir`` or anywhere else (a store blob).
         files: every relative path (POSIX form) that will be handed to the loader, mapped to the
             ``"sha256:<hex>"`` the store computed while copying it. The files are not re-read.
         optional: signed paths the caller deliberately does not fetch; without this, a signed file
             missing from ``files`` is refused.
+        signature_name: the signature's path in the model repository. It cannot sign itself, so it is
+            exempt from coverage if it appears in ``files``, as is ``signature``'s own relative path when
+            it lies inside ``model_dir``.
 
     Returns:
         The signer's name, the identity that signed (``"sha256:<hex>"`` of the public key's DER for a
@@ -165,7 +168,7 @@ def verify_model_signature(
     """
     pins = _normalise_pins(signer.name, files)
     verified = verify_signature(signer, signature)
-    exempt = _exempt_paths(model_dir, signature)
+    exempt = _exempt_paths(model_dir, signature) | {signature_name}
     _check_coverage(signer.name, verified.digests, pins, frozenset(optional), exempt)
     return verified
 

@@ -68,6 +68,24 @@ def test_signature_file_listed_in_files_is_exempt(signed_model: Path, key: KeyPa
     assert "model.sig" not in _verify_key(signed_model, key, files).digests
 
 
+def test_signature_kept_outside_the_folder_is_still_exempt_by_name(
+    tmp_path: Path, signed_model: Path, key: KeyPair
+) -> None:
+    """The store keeps the signature as a blob; a policy that pins model.sig still verifies."""
+    blob = tmp_path / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    (signed_model / "model.sig").rename(blob)
+    (signed_model / "model.sig").write_bytes(blob.read_bytes())
+    files = files_map(signed_model, [*TINY_FILES, "model.sig"])
+    signer = KeySigner("acme", key.public)
+    verify_model_signature(signer, signed_model, blob, files=files)
+    (signed_model / "model.sig").rename(signed_model / "release.sig")
+    files = files_map(signed_model, [*TINY_FILES, "release.sig"])
+    with pytest.raises(SignatureError, match=r"does not cover them: 'release\.sig'"):
+        verify_model_signature(signer, signed_model, blob, files=files)
+    verify_model_signature(signer, signed_model, blob, files=files, signature_name="release.sig")
+
+
 @pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
 def test_larger_curves_verify(tmp_path: Path, curve: ec.EllipticCurve) -> None:
     pair = generate_key(tmp_path / "keys", curve=curve)
