@@ -44,11 +44,25 @@ LAYOUTS = ("safetensors", "bin", "sharded_bin")
 class _Payload:
     """Appends to a canary file if a real unpickler ever runs it."""
 
-    def __init__(self, canary: Path) -> None:
+    def __init__(self, canary: Path, tag: str = "ran") -> None:
         self.canary = canary
+        self.tag = tag
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
+        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write({self.tag!r})",))
+
+
+_TINY_CODE = """
+from transformers import BertConfig, BertModel
+
+
+class TinyCodeConfig(BertConfig):
+    model_type = "tiny-code"
+
+
+class TinyCodeModel(BertModel):
+    config_class = TinyCodeConfig
+"""
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -123,14 +137,25 @@ def world(hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     other["config.json"] = json.dumps(config).encode()
     repos["evil/auto-map-other-repo"] = other
 
+    allowed = {k: v for k, v in repos["tiny/bert-safetensors"].items() if k != "config.json"}
+    config = json.loads(repos["tiny/bert-safetensors"]["config.json"])
+    config.update(
+        model_type="tiny-code",
+        architectures=["TinyCodeModel"],
+        auto_map={"AutoConfig": "modeling_tiny.TinyCodeConfig", "AutoModel": "modeling_tiny.TinyCodeModel"},
+    )
+    allowed["config.json"] = json.dumps(config).encode()
+    allowed["modeling_tiny.py"] = _TINY_CODE.encode()
+    repos["code/allowed"] = allowed
+
     pickles = {**repos["tiny/bert-safetensors"], **tokenizer_files}
-    pickles["training_args.bin"] = _pickled(_Payload(canary))
-    pickles["optimizer.pt"] = _pickled({"state": _Payload(canary)})
-    pickles["tokenizer.pkl"] = _pickled(_Payload(canary))
+    pickles["training_args.bin"] = _pickled(_Payload(canary, "training_args"))
+    pickles["optimizer.pt"] = _pickled({"state": _Payload(canary, "optimizer")})
+    pickles["tokenizer.pkl"] = _pickled(_Payload(canary, "tokenizer"))
     tok_config = json.loads(pickles["tokenizer_config.json"])
     tok_config["vocab_file"] = "tokenizer.pkl"
     pickles["tokenizer_config.json"] = json.dumps(tok_config).encode()
-    pickles["preprocessor_config.pkl"] = _pickled(_Payload(canary))
+    pickles["preprocessor_config.pkl"] = _pickled(_Payload(canary, "processor"))
     repos["evil/pickled-extras"] = pickles
 
     entries = []
@@ -138,7 +163,7 @@ def world(hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         sha = hub.add_repo(name, files)
         entries.append(
             f'[models."{name}"]\nregistry = "hub"\nrepo = "{name}"\nrevision = "{sha}"\n'
-            f"files = {_pins(files)}\n"
+            f"files = {_pins(files)}\n" + ("allow_code = true\n" if name == "code/allowed" else "")
         )
     minilm_dir = root / "registry"
     real = minilm_files()
@@ -240,6 +265,14 @@ def test_auto_map_code_never_runs(use_policy: World) -> None:
     assert type(model).__module__.startswith("transformers.")
     assert AutoConfig.from_pretrained("evil/auto-map").model_type == "bert"
     assert not use_policy.canary.exists()
+
+
+def test_code_runs_only_where_the_policy_allows_it(use_policy: World) -> None:
+    model = AutoModel.from_pretrained("code/allowed", trust_remote_code=True)
+    assert type(model).__name__ == "TinyCodeModel"
+    assert torch.equal(M.logits(model), M.logits(M.tiny_bert().bert))
+    with pytest.raises(UntrustedSourceError, match="local folder"):
+        AutoModel.from_pretrained(str(use_policy.local["tiny/bert-safetensors"]), trust_remote_code=True)
 
 
 def test_auto_map_into_another_repo_is_refused(use_policy: World) -> None:
