@@ -9,6 +9,7 @@ turns into a :class:`Stub` that records what the pickle asked for. Nothing is im
 from __future__ import annotations
 
 import _compat_pickle
+import array
 import codecs
 import mmap
 import struct
@@ -593,7 +594,17 @@ class _Machine:
             raise _StubArray
         if type(raw) not in (bytes, bytearray):
             raise FormatError("numpy array data is not bytes")
-        obj.dtype, obj.data = dtype.typestr, bytes(raw)
+        typestr, data = dtype.typestr, bytes(raw)
+        if typestr[0] == ">":
+            # numpy's __setstate__ stores big-endian pickled arrays in native (little-endian) order.
+            unit = int(typestr[2:]) // (2 if typestr[1] == "c" else 1)
+            swapped = array.array({2: "H", 4: "I", 8: "Q"}[unit])
+            if len(data) % unit:
+                raise FormatError("numpy array data is not a whole number of elements")
+            swapped.frombytes(data)
+            swapped.byteswap()
+            typestr, data = "<" + typestr[1:], swapped.tobytes()
+        obj.dtype, obj.data = typestr, data
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> Any:
