@@ -61,7 +61,7 @@ class _Describer:
             "storage_nbytes": t.untyped_storage().nbytes(), "bytes": self.blob(flat.view(torch.uint8)),
         }
 
-    def __call__(self, obj: Any) -> Any:  # noqa: C901
+    def __call__(self, obj: Any) -> Any:
         from safeload import Stub, state_dict
 
         if isinstance(obj, (list, dict, tuple, torch.Tensor, Stub, torch.nn.Module, np.ndarray)):
@@ -170,8 +170,8 @@ def references(
 ) -> list[Described]:
     """For each ``(path, loader, map_location)``, what the real loader returns, all in one subprocess.
 
-    ``loader`` is ``torch`` (``torch.load(weights_only=False)``), ``numpy`` (``numpy.load(allow_pickle=True)``,
-    an ``.npz`` as a dict) or ``pickle``.
+    ``loader`` is ``torch`` (``torch.load(weights_only=False)``), ``numpy``
+    (``numpy.load(allow_pickle=True)``, an ``.npz`` as a dict) or ``pickle``.
     """
     from safetensors.torch import load_file
 

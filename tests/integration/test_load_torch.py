@@ -70,7 +70,7 @@ def _views() -> dict[str, Any]:
         "column": m[:, 3],
         "expanded": torch.tensor([1.0, 2.0]).expand(3, 2),
         "offset_view": a[5:17].view(3, 4),
-        "channels_last": torch.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "channels_last": torch.arange(120.0).reshape(2, 3, 4, 5).to(memory_format=torch.channels_last),
         "tuple": (a[2:4], m[1]),
     }
 
