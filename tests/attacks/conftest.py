@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,10 +46,14 @@ class AttackEnv:
 
 
 @pytest.fixture(scope="session")
-def attack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackEnv]:
-    root = tmp_path_factory.mktemp(f"safeload-attacks-{secrets.token_hex(4)}")
+def attack_env() -> Iterator[AttackEnv]:
+    # Not under pytest's tmp folder: the jail drops to an unprivileged uid, which must be able to search
+    # the path to its output folder (the caller's "home" below stays private, as a real one would).
+    root = Path(tempfile.mkdtemp(prefix=f"safeload-attacks-{secrets.token_hex(4)}-"))
+    root.chmod(0o711)
     home = root / "home"
     (home / ".ssh").mkdir(parents=True)
+    home.chmod(0o700)
     secret = f"SECRET-{secrets.token_hex(16)}"
     secret_file = home / ".ssh" / "id_attack"
     secret_file.write_text(secret)
@@ -59,7 +64,7 @@ def attack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackEnv]:
     paths = write_all(root / "artifacts", trace)
     pins = {str(p.resolve()): "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in paths.values()}
     scratch = root / "scratch"
-    scratch.mkdir()
+    scratch.mkdir(mode=0o711)
     store = root / "store"
     env = AttackEnv(root, trace, secret, listener, paths, pins, store, scratch)
     saved_env = os.environ.get(SECRET_ENV)
@@ -79,6 +84,7 @@ def attack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackEnv]:
         late_canary = trace.canary.exists()
         late_connections = listener.connections
         listener.close()
+        shutil.rmtree(root, ignore_errors=True)
         assert not late_canary, "a payload wrote the canary file on the host"
         assert late_connections == 0, "a payload connected to the host's loopback listener"
 
