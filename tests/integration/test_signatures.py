@@ -259,6 +259,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter importing safeload (and with it torch)
 def test_sigstore_verification_runs_without_network(fx: Path, trusted_root: Path) -> None:
     """In a network namespace with no interfaces, and with no socket even attempted."""
     folder = fx / "v1.1.0-sigstore"
@@ -284,3 +285,90 @@ def test_store_digests_are_model_signing_digests(tmp_path: Path) -> None:
         KeySigner("k", key.public), model, model / "model.sig", files=files_map(model)
     )
     assert dict(verified.digests) == signed
+
+
+# --- end to end: a policy, a directory registry, fetch_model -------------------------------------
+
+
+def _policy(
+    tmp_path: Path, registry: Path, models: dict[str, dict[str, object]], signers: dict[str, object]
+) -> Path:
+    from tests.helpers.trust import write_policy
+
+    return write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"local": {"kind": "directory", "path": registry}},
+        models=models,
+        signers=signers,  # type: ignore[arg-type]
+    )
+
+
+def test_fetch_model_verifies_the_real_sigstore_signature(
+    fx: Path, trusted_root: Path, tmp_path: Path
+) -> None:
+    """Signer only, no file pins: exactly the signed files reach the folder; ignore-me stays out."""
+    from safeload.resolve import fetch_model
+
+    signers = {
+        "ibm": {
+            "kind": "sigstore",
+            "identity": FIXTURE_SIGSTORE_IDENTITY,
+            "issuer": FIXTURE_SIGSTORE_ISSUER,
+            "trusted_root": trusted_root,
+            "trusted_root_sha256": _sha256(trusted_root),
+        }
+    }
+    models = {"ibm/demo": {"registry": "local", "repo": "v1.1.0-sigstore", "signer": "ibm"}}
+    fetched = fetch_model("ibm/demo", policy=_policy(tmp_path, fx, models, signers))
+    assert fetched.signature is not None
+    assert fetched.signature.identity == FIXTURE_SIGSTORE_IDENTITY
+    assert sorted(p.name for p in fetched.folder.iterdir()) == sorted(FIXTURE_SIGNED)
+    assert dict(fetched.files) == files_map(fx / "v1.1.0-sigstore", list(FIXTURE_SIGNED))
+
+
+def _signed_repo(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    registry = tmp_path / "registry"
+    model = write_tiny_model(registry / "acme" / "tiny")
+    key = generate_key(tmp_path / "keys")
+    sign_with_key(model, key.private)
+    return registry, key.public, files_map(model)
+
+
+def test_fetch_model_with_pins_and_a_key_signer(tmp_path: Path) -> None:
+    from safeload.resolve import fetch_model
+
+    registry, public, pins = _signed_repo(tmp_path)
+    models = {"acme/tiny": {"registry": "local", "repo": "acme/tiny", "signer": "acme", "files": pins}}
+    policy = _policy(tmp_path, registry, models, {"acme": {"kind": "key", "public_key": public}})
+    fetched = fetch_model("acme/tiny", policy=policy)
+    assert fetched.signature is not None
+    assert fetched.signature.identity.startswith("sha256:")
+    assert dict(fetched.files) == pins
+
+
+def test_fetch_model_refuses_a_pinned_file_the_signature_does_not_cover(tmp_path: Path) -> None:
+    from safeload.resolve import fetch_model
+
+    registry, public, pins = _signed_repo(tmp_path)
+    extra = registry / "acme" / "tiny" / "modeling_evil.py"
+    extra.write_text("import os\n")
+    pins["modeling_evil.py"] = f"sha256:{hashlib.sha256(extra.read_bytes()).hexdigest()}"
+    models = {"acme/tiny": {"registry": "local", "repo": "acme/tiny", "signer": "acme", "files": pins}}
+    policy = _policy(tmp_path, registry, models, {"acme": {"kind": "key", "public_key": public}})
+    with pytest.raises(SignatureError, match="modeling_evil"):
+        fetch_model("acme/tiny", policy=policy)
+
+
+def test_fetch_model_refuses_a_signature_over_other_bytes_than_the_pins(tmp_path: Path) -> None:
+    """The publisher signed one version; the policy pins (and the registry serves) another."""
+    from safeload.resolve import fetch_model
+
+    registry, public, _ = _signed_repo(tmp_path)
+    config = registry / "acme" / "tiny" / "config.json"
+    config.write_text(json.dumps({"model_type": "tiny", "hidden_size": 8}))
+    pins = files_map(registry / "acme" / "tiny")
+    models = {"acme/tiny": {"registry": "local", "repo": "acme/tiny", "signer": "acme", "files": pins}}
+    policy = _policy(tmp_path, registry, models, {"acme": {"kind": "key", "public_key": public}})
+    with pytest.raises(SignatureError, match=r"config\.json"):
+        fetch_model("acme/tiny", policy=policy)
