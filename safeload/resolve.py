@@ -294,7 +294,13 @@ def _cold(
         expected: dict[str, str | None] = dict(entry.files)
         if signer is not None:
             sig_rel = entry.signature_path
-            got = registry.deliver(entry.repo, entry.revision, [sig_rel], staging)
+            try:
+                got = registry.deliver(entry.repo, entry.revision, [sig_rel], staging)
+            except UntrustedSourceError as e:
+                raise SignatureError(
+                    f"{label}: the entry names signer {signer.name!r} but its signature {sig_rel!r} could "
+                    f"not be fetched at the pinned revision ({e}); sign the model or set `signature =`"
+                ) from e
             sig_record = _ingest(store, got, sig_rel, staging, None, f"{label}:{sig_rel}")
             claimed = _signed_resources(store.blob_path(sig_record.digest))
             if not entry.files:
@@ -314,7 +320,10 @@ def _cold(
         if not expected:
             raise UntrustedSourceError(f"{label}: nothing to fetch (no pinned files)")
 
-        records = _fetch_files(store, registry, entry, expected, staging, label, progress)
+        # Digests taken from the signature's own (not yet verified) claims only steer downloads; a
+        # mismatch there is the signature's failure to report, so those files are stored unchecked.
+        checked = expected if entry.files or signer is None else dict.fromkeys(expected)
+        records = _fetch_files(store, registry, entry, checked, staging, label, progress)
         built = store.build_folder(staging, records)
         verified: VerifiedSignature | None = None
         if signer is not None:
