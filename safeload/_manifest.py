@@ -10,7 +10,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -88,6 +88,11 @@ class _Invalid(Exception):
 
 def np_itemsize(dtype: str) -> int:
     return int(dtype[2:])
+
+
+def _member(v: Any, names: Collection[str]) -> bool:
+    """``v in names`` for a value of any JSON type (lists are unhashable)."""
+    return type(v) is str and v in names
 
 
 def _fail(path: str, msg: str) -> _Invalid:
@@ -298,7 +303,7 @@ class _Validator:
                 raise _fail(path, "scalar bytes do not match its dtype")
         elif t == "torch_dtype":
             _obj(v, path, {"t", "v"})
-            if v["v"] not in DTYPE_SIZES:
+            if not _member(v["v"], DTYPE_SIZES):
                 raise _fail(f"{path}.v", "unknown torch dtype")
         elif t == "torch_size":
             _obj(v, path, {"t", "items"}, idf)
@@ -344,7 +349,7 @@ class _Validator:
         _obj(v, path, fields, frozenset({"id"}))
         spec = self.storage(v["storage"], f"{path}.storage")
         dtype = v["dtype"]
-        if dtype not in DTYPE_SIZES:
+        if not _member(dtype, DTYPE_SIZES):
             raise _fail(f"{path}.dtype", "unknown torch dtype")
         offset = _int(v["offset"], f"{path}.offset")
         shape = _ints(v["shape"], f"{path}.shape")
@@ -389,7 +394,7 @@ def _storages(raw: Any, input_size: int, outputs: Mapping[str, int]) -> list[dic
         _obj(s, path, {"id", "dtype", "nbytes", "location", "source"})
         if s["id"] != i:
             raise _fail(f"{path}.id", "storage ids must be 0, 1, 2, ... in order")
-        if s["dtype"] not in DTYPE_SIZES:
+        if not _member(s["dtype"], DTYPE_SIZES):
             raise _fail(f"{path}.dtype", "unknown torch dtype")
         nbytes = _int(s["nbytes"], f"{path}.nbytes")
         if nbytes % DTYPE_SIZES[s["dtype"]]:
@@ -455,7 +460,7 @@ def parse_manifest(
         _obj(doc, "manifest", {"version", "format", "storages", "root", "globals", "byteorder"})
         if doc["version"] != 1:
             raise _fail("version", "only version 1 is understood")
-        if doc["format"] not in FORMATS:
+        if not _member(doc["format"], FORMATS):
             raise _fail("format", "unknown format")
         if doc["byteorder"] != "little":
             raise _fail("byteorder", "only little-endian storages are supported")
