@@ -23,6 +23,10 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from safetensors.torch import load
 
+# Imported while collecting, before the suite's unpickling guard replaces pickle.Unpickler: loading the
+# BERT modules pulls in torch._dynamo, which subclasses pickle.Unpickler at import time.
+from transformers import BertModel  # noqa: F401
+
 from tests.helpers.hubserver import HubServer, tiny_bert_files
 from tests.integration.conftest import TINY
 
