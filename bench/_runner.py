@@ -92,7 +92,7 @@ class Figures:
             checks.append((c, got, passed))
         host = [int(r["peak_rss"]) for r in res.runs if r["status"] == "ok"]
         growth_b = [int(r["peak_rss"] - r["rss_before"]) for r in res.runs if ok and "rss_before" in r]
-        kids = [int(r.get("peak_rss_children", 0)) for r in res.runs if r["status"] == "ok"]
+        kids = [int(r.get("worker_peak_rss", 0)) for r in res.runs if r["status"] == "ok"]
         return Figures(
             med, min(vals) if vals else None, max(vals) if vals else None,
             _med(ratio), min(ratio) if ratio else None, max(ratio) if ratio else None,
