@@ -227,7 +227,8 @@ class Store:
                 regular file.
         """
         try:
-            src_fd = os.open(src, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted under a pinned name must not hang the load before fstat refuses it.
+            src_fd = os.open(src, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise IntegrityError(f"{what}: {src} is a symbolic link; pin the real file instead") from None
