@@ -5,11 +5,12 @@ Measured on Debian 12 (bubblewrap 0.8, kernel 6.x): started as root, bubblewrap 
 host root without capabilities: it could write ``/proc/sys`` (unless bound read-only), leave set-uid-root
 files in its output folder, and ``RLIMIT_NPROC`` does not apply to it (the kernel exempts uid 0).
 
-So when the launcher runs as root it drops privileges *before* executing bubblewrap: the child process
-gets uid and gid 65534 (``nobody``/``nogroup``) and no supplementary groups through ``subprocess``'s own
-``user=``/``group=``/``extra_groups=`` (done in C between fork and exec; no ``preexec_fn``), which also
-clears every capability. bubblewrap then runs unprivileged, creates the user namespace itself and maps
-the sandbox uid 65534 to host uid 65534. Consequences, all handled here:
+So when the launcher runs as root it drops privileges *before* executing bubblewrap: util-linux
+``setpriv --reuid=65534 --regid=65534 --clear-groups`` gives the chain uid and gid 65534
+(``nobody``/``nogroup``) and no supplementary groups, which also clears every capability (no
+``preexec_fn``; and unlike ``Popen(user=...)`` it lets Python vfork, which matters for start-up time
+in a caller that has torch loaded). bubblewrap then runs unprivileged, creates the user namespace itself
+and maps the sandbox uid 65534 to host uid 65534. Consequences, all handled here:
 
 - bubblewrap resolves every bind source with ``realpath`` *as uid 65534*, so a bind source must be
   reachable by that uid (every parent directory searchable by others). ``/usr`` is; a Python installed
