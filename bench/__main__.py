@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measurements at once (default 1; 2 with --quick, where timings do not matter)")
     ap.add_argument("--spawn", action="store_true",
                     help="a new interpreter per measurement instead of a fork of a pre-imported server")
+    ap.add_argument("--profile", default=None, metavar="ROW,...",
+                    help="run these rows (results.json keys, e.g. big.safeload_legacy) once under cProfile")
     a = ap.parse_args(argv)
 
     out = (a.out or (_REPO / "bench-out" / ("quick" if a.quick else ""))).resolve()
@@ -40,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     ds = _data.prepare(out, sizes, sys.stderr)
     groups = _rows.groups(ds, runs)
+    if a.profile:
+        keys = a.profile.split(",")
+        by_key = {r.key: r for g in groups for r in g.rows}
+        unknown = [k for k in keys if k not in by_key]
+        if unknown:
+            ap.error(f"unknown rows {unknown}; known: {', '.join(by_key)}")
+        _runner.profile_rows([by_key[k] for k in keys], ds, out / "work-profile", log)
+        return 0
     if a.only:
         wanted = set(a.only.split(","))
         groups = [g for g in groups if g.key in wanted]

@@ -352,7 +352,17 @@ def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any]
     try:
         case = CASES[spec["case"]]
-        out = {"status": "ok", **case(spec.get("params", {}))}
+        if spec.get("profile"):
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            out = {"status": "ok", **prof.runcall(case, spec.get("params", {}))}
+            stats = pstats.Stats(prof, stream=sys.stderr)
+            stats.sort_stats("cumulative").print_stats(30)
+            stats.sort_stats("tottime").print_stats(15)
+        else:
+            out = {"status": "ok", **case(spec.get("params", {}))}
     except NotAvailable as exc:
         out = {"status": "na", "reason": str(exc)}
     except Exception as exc:

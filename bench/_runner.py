@@ -25,7 +25,7 @@ from bench._child import MARK
 from bench._data import Dataset
 from bench._rows import Check, Group, Row
 
-__all__ = ["Figures", "RowResult", "run_groups"]
+__all__ = ["Figures", "RowResult", "profile_rows", "run_groups"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _CHILD_TIMEOUT_S = 900
@@ -198,7 +198,7 @@ def _spawn(spec: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, A
 
 
 def _measure(row: Row, ds: Dataset, work: Path, log: Callable[[str], None],
-             server: _Server | None) -> dict[str, Any]:
+             server: _Server | None, profile: bool = False) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH", "")]))
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -214,7 +214,7 @@ def _measure(row: Row, ds: Dataset, work: Path, log: Callable[[str], None],
         policy = work / "stores" / f"trust-{store.name}.toml"
         policy.write_text(ds.policy_text(store))
         env["SAFELOAD_POLICY"] = str(policy)
-    spec = {"case": row.case, "params": row.params}
+    spec = {"case": row.case, "params": row.params, "profile": profile}
     t0 = time.monotonic()
     try:
         out = server.run(spec, env) if server is not None else _spawn(spec, env, work)
@@ -227,6 +227,8 @@ def _measure(row: Row, ds: Dataset, work: Path, log: Callable[[str], None],
         log(f"  {row.key} failed ({wall:.1f} s): {out['reason']}\n{text[-2000:]}")
     elif out["status"] == "ok":
         log(f"  {row.key}: {out.get('seconds', 0):.3f} s measured, {wall:.1f} s in all")
+    if profile:
+        log(text)
     return out
 
 
@@ -275,6 +277,22 @@ def run_groups(groups: list[Group], ds: Dataset, work: Path, log: Callable[[str]
             if srv is not None:
                 srv.close()
     return results
+
+
+def profile_rows(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], None]) -> None:
+    """Run each row once under cProfile (after its warm-up, if it has one) and log the statistics."""
+    work.mkdir(parents=True, exist_ok=True)
+    _warm_page_cache(ds)
+    srv = _Server(work)
+    srv.wait_ready()
+    try:
+        for row in rows:
+            if row.store == "warm":
+                _measure(row, ds, work, log, srv)
+            log(f"bench: profile of {row.key}: {row.label}")
+            _measure(row, ds, work, log, srv, profile=True)
+    finally:
+        srv.close()
 
 
 def _measure_all(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], None],
