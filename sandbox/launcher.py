@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
@@ -210,14 +211,14 @@ def _launch(
                 cmd += ["--ro-bind", site, site]
         if input_fd is not None:
             cmd += ["--dir", "/in"]
-            if drop:
-                # bubblewrap would resolve a bound file's path as the jail's uid; an inherited
-                # descriptor reopened through /proc needs no path, only read access to the inode.
-                fd = own(_jail_readable_copy(input_fd))
-                cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
-            else:
+            if not drop and _has_path(input_fd):
                 fd = own(os.dup(input_fd))
                 cmd += ["--ro-bind-fd", str(fd), "/in/artifact"]
+            else:
+                # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
+                # inherited descriptor reopened through /proc needs no path, only access to the inode.
+                fd = own(_jail_readable_copy(input_fd, drop))
+                cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
         if drop:
             jail_out = staging_dir()
             stack.callback(shutil.rmtree, jail_out, True)
@@ -275,23 +276,40 @@ def _launch(
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
-def _jail_readable_copy(input_fd: int) -> int:
-    """A descriptor for the input that the jail's uid may read and may not write (a copy if need be)."""
+def _has_path(fd: int) -> bool:
+    """Whether the file open at ``fd`` is still reachable at the path the kernel reports for it."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        st, at_path = os.fstat(fd), os.stat(target)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _write_sealed(fd: int) -> bool:
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE)
+    except OSError:
+        return False
+
+
+def _jail_readable_copy(input_fd: int, drop: bool) -> int:
+    """A descriptor for the input that the jail may read and may not write (a sealed copy if need be).
+
+    Reopening ``/proc/self/fd/N`` goes through the file's own mount, not a read-only bind, so a file
+    the jail's uid could write (or a memfd without a write seal) is copied into a sealed memfd first.
+    """
     st = os.fstat(input_fd)
-    if readable_input(st):
-        return os.dup(input_fd)
     if not stat.S_ISREG(st.st_mode):
         raise SandboxError("the artifact handed to the sandbox is not a regular file")
-    import fcntl
-
+    uid, gid = (JAIL_UID, JAIL_GID) if drop else (os.getuid(), os.getgid())
+    if _write_sealed(input_fd) or readable_input(st, uid, gid):
+        return os.dup(input_fd)
     src = os.open(f"/proc/self/fd/{input_fd}", os.O_RDONLY | os.O_CLOEXEC)
     copy = os.memfd_create("safeload-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         offset = 0
-        while True:
-            sent = os.sendfile(copy, src, offset, 1 << 30)
-            if sent == 0:
-                break
+        while sent := os.sendfile(copy, src, offset, 1 << 30):
             offset += sent
         fcntl.fcntl(
             copy, fcntl.F_ADD_SEALS,
