@@ -39,7 +39,10 @@ TIMEOUT_KEY = "[sandbox] timeout"
 OUTPUT_KEY = "[sandbox] max_output"
 
 # Text a worker prints when an allocation fails under RLIMIT_AS (Python, glibc, C++ runtimes).
-_MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+_MEMORY_MARKERS = (
+    "MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory",
+    "can't allocate memory",  # torch's DefaultCPUAllocator
+)
 _FSIZE_MARKER = "[Errno 27] File too large"
 
 
@@ -88,6 +91,12 @@ def limit_error(returncode: int, stderr: str, limits: Limits) -> SandboxLimitErr
             f"the sandboxed worker was killed by the kernel ({signal.Signals(sig).name}) after using its CPU "
             f"time budget or too much memory (limits: {limits.timeout_s:g}s, {_gib(limits.memory_bytes)}); "
             f"raise {TIMEOUT_KEY} or {MEMORY_KEY} in trust.toml if the artifact is trusted to need more"
+        )
+    if sig in (signal.SIGSEGV, signal.SIGBUS):
+        return SandboxLimitError(
+            f"the sandboxed worker crashed ({signal.Signals(sig).name}), as a process does when its stack "
+            f"cannot grow under the address-space limit ({_gib(limits.memory_bytes)}); raise {MEMORY_KEY} "
+            "in trust.toml if the artifact is trusted to need more"
         )
     if sig == signal.SIGXFSZ:
         return SandboxLimitError(

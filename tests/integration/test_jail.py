@@ -575,3 +575,14 @@ def test_execute_mode_runs_torch_under_the_filter() -> None:
         limits=Limits(timeout_s=120),
     )
     assert result["sum"] == float(sum(i * i for i in range(1000)))
+
+
+@pytest.mark.slow
+def test_execute_mode_memory_limit() -> None:
+    """torch's reservations fit in the execute-mode headroom; a real over-allocation is a limit error."""
+    limit = 1 << 30
+    with pytest.raises(SandboxLimitError, match=r"\[sandbox\] memory"):
+        jail(
+            f"import torch\nx = torch.ones({2 * limit + (4 << 30)} // 4)\nprint(float(x.sum()))",
+            mode="execute", limits=Limits(memory_bytes=limit, timeout_s=120),
+        )

@@ -19,6 +19,14 @@ def test_memory_error_is_a_limit() -> None:
     assert error is not None and "[sandbox] memory" in str(error) and "256 MiB" in str(error)
 
 
+def test_segfault_and_torch_allocator_are_memory_limits() -> None:
+    error = limit_error(128 + 11, "", Limits())
+    assert error is not None and "SIGSEGV" in str(error) and "[sandbox] memory" in str(error)
+    stderr = "RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    error = limit_error(1, stderr, Limits())
+    assert error is not None and "[sandbox] memory" in str(error)
+
+
 def test_file_too_large_is_an_output_limit() -> None:
     error = limit_error(1, "OSError: [Errno 27] File too large\n", Limits())
     assert error is not None and "[sandbox] max_output" in str(error)
