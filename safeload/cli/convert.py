@@ -19,9 +19,12 @@ __all__ = ["add_parser", "run"]
 
 _DESCRIPTION = """\
 Convert a pickle checkpoint (torch zip or legacy, raw pickle) holding a state dict into safetensors.
-The checkpoint is opened by safeload.load(weights_only=True) inside the jail; its code never runs, and a
-checkpoint that references code-bearing globals is refused. Tensors that share storage (tied embeddings)
-are written as separate copies under every name, the way transformers expects to re-tie them.
+The checkpoint is opened by safeload.load with the inert unpickler inside the jail, so none of its code
+runs anywhere. Only tensors are written: other entries (stubs of classes or of code a payload tried to
+call, counters, strings) are left out and listed on stderr; with --weights-only a checkpoint that
+references any global that is not plain data is refused instead. Tensors that share storage (tied
+embeddings) are written as separate copies under every name, the way transformers expects to re-tie
+them.
 
 Given a model folder, converts pytorch_model.bin, or every shard of a sharded checkpoint named by
 pytorch_model.bin.index.json (writing model.safetensors.index.json), into the output folder and copies the
@@ -37,7 +40,7 @@ examples:
   safeload convert ./my-model -o ./my-model-safetensors
   safeload convert lightning.ckpt -o weights.safetensors --json
 
-exit codes: 0 converted, 1 refused (code-bearing globals, pinned hash mismatch), 2 error."""
+exit codes: 0 converted, 1 refused (--weights-only and non-data globals, [files] pin mismatch), 2 error."""
 
 # Files in a model folder that are pickles (never copied; the weights among them are converted).
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz")
@@ -69,6 +72,11 @@ def add_parser(sub: Any) -> None:
         help="the .safetensors file to write (for a folder: the output folder)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="refuse a checkpoint that references any global that is not plain data (exit 1)",
+    )
     add_policy(parser)
     parser.set_defaults(run=run)
 
@@ -90,7 +98,9 @@ def _convert_one(src: Path, dst: Path, args: argparse.Namespace) -> _Converted:
     from safeload.convert import convert_file, sha256_file
 
     digest = sha256_file(src)
-    out = convert_file(src, dst, policy=args.loaded_policy, metadata=_metadata(digest))
+    out = convert_file(
+        src, dst, policy=args.loaded_policy, metadata=_metadata(digest), weights_only=args.weights_only
+    )
     return _Converted(src, out, digest, _tensor_count(out))
 
 
