@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import mmap
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -213,7 +214,9 @@ class _Reader:
         if hlen > 100_000:
             raise LimitError(".npy header is longer than 100000 bytes")
         try:
-            header = ast.literal_eval(bytes(data[start : start + hlen]).decode("latin-1"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = ast.literal_eval(bytes(data[start : start + hlen]).decode("latin-1"))
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             raise FormatError(".npy header is not a Python literal") from None
         if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:

@@ -463,6 +463,7 @@ class _Machine:
             arr = NDArray()
             arr.dtype, arr.shape, arr.order = args[1].typestr, _ints(args[2]), args[3]
             arr.data = bytes(args[0])
+            _check_array_size(arr.shape, arr.dtype, arr.data)
             return arr
         if key == ("numpy", "dtype"):
             if len(args) != 3 or type(args[0]) is not str:
@@ -604,6 +605,7 @@ class _Machine:
             swapped.frombytes(data)
             swapped.byteswap()
             typestr, data = "<" + typestr[1:], swapped.tobytes()
+        _check_array_size(shape, typestr, data)
         obj.dtype, obj.data = typestr, data
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -630,6 +632,14 @@ class _Machine:
             handler(self)
             if len(stack) > self.budgets.max_nodes:
                 raise LimitError(f"pickle stack exceeds {self.budgets.max_nodes} entries")
+
+
+def _check_array_size(shape: tuple[int, ...], typestr: str, data: bytes) -> None:
+    n = int(typestr[2:])
+    for s in shape:
+        n *= s
+    if n != len(data):
+        raise FormatError("numpy array data does not match its shape and dtype")
 
 
 class _StubArray(Exception):

@@ -43,7 +43,8 @@ def _torch_zip() -> bytes:
 
 def _torch_legacy() -> bytes:
     buf = io.BytesIO()
-    torch.save({"a": torch.arange(4, dtype=torch.int16), "s": {1.5}}, buf, _use_new_zipfile_serialization=False)
+    value = {"a": torch.arange(4, dtype=torch.int16), "s": {1.5}}
+    torch.save(value, buf, _use_new_zipfile_serialization=False)
     return buf.getvalue()
 
 
