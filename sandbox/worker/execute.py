@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import struct
 import sys
 import zipfile
@@ -31,6 +32,10 @@ _DEFAULT_OUTPUT = "/out"
 # manifest against: a result bigger than this is a bomb, not a model.
 _MAX_NODES = 5_000_000
 _MAX_DEPTH = 200
+
+# The numpy dtypes PROTOCOL.md allows for ndarray, npscalar and np_dtype nodes (plain numeric only).
+_NP_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<>][iu](2|4|8)|[<>]f(2|4|8)|[<>]c(8|16))$")
+_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -213,20 +218,26 @@ class _Exporter:
             return special
         if t is bytearray:
             return self._open(obj, {"t": "bytearray", "b64": base64.b64encode(bytes(obj)).decode("ascii")})
-        kind = _CONTAINERS.get(t)
-        if kind is not None:
-            node = self._open(obj, {"t": kind})
+        if t is list or t is set:
+            # Mutable: registered before its items, so an item may refer back to it.
+            node = self._open(obj, {"t": _CONTAINERS[t]})
             node["items"] = [self.node(v, depth + 1) for v in list(obj)]
             return node
+        if t is tuple or t is frozenset:
+            # Immutable: registered after its items (PROTOCOL.md); a cycle through it hits the depth budget.
+            items = [self.node(v, depth + 1) for v in list(obj)]
+            return self._open(obj, {"t": _CONTAINERS[t], "items": items})
         if t is dict or t is OrderedDict:
             node = self._open(obj, {"t": "dict" if t is dict else "odict"})
             node["items"] = [[self.node(k, depth + 1), self.node(v, depth + 1)] for k, v in list(obj.items())]
+            attrs = _instance_attrs(obj) if t is OrderedDict else {}
+            if attrs:
+                # e.g. the ``_metadata`` nn.Module.state_dict() attaches
+                node["attrs"] = [[k, self.node(v, depth + 1)] for k, v in attrs.items()]
             return node
-        if t is slice:
-            node = self._open(obj, {"t": "slice"})
-            node.update(start=self.node(obj.start, depth + 1), stop=self.node(obj.stop, depth + 1),
-                        step=self.node(obj.step, depth + 1))
-            return node
+        if t is slice and all(type(b) in (int, type(None)) for b in (obj.start, obj.stop, obj.step)):
+            bounds = {k: self.node(getattr(obj, k), depth + 1) for k in ("start", "stop", "step")}
+            return self._open(obj, {"t": "slice", **bounds})
         return self._stub(obj, depth)
 
     def _special(self, obj: Any, depth: int) -> dict[str, Any] | None:
@@ -261,6 +272,17 @@ class _Exporter:
         if isinstance(obj, torch.Tensor):
             # Subclasses come back as plain tensors: their class's code is not data.
             return self._tensor(obj, register=True)
+        if isinstance(obj, torch.storage.TypedStorage):
+            dtype, raw = str(obj.dtype).removeprefix("torch."), obj.untyped()  # type: ignore[no-untyped-call]
+        elif isinstance(obj, torch.UntypedStorage):
+            dtype, raw = "uint8", obj
+        else:
+            return None
+        if dtype in _TORCH_DTYPES and raw.device.type == "cpu":
+            view = torch.empty(0, dtype=getattr(torch, dtype)).set_(raw)
+            sid = self._tensor_storage(view, dtype)
+            if self.storages[sid]["dtype"] == dtype:
+                return self._open(obj, {"t": "storage", "storage": sid, "dtype": dtype})
         return None
 
     def _tensor(self, tensor: Any, *, register: bool) -> dict[str, Any] | None:
@@ -289,13 +311,17 @@ class _Exporter:
         import numpy
 
         if isinstance(obj, numpy.dtype):
-            return {"t": "np_dtype", "v": obj.str} if obj.fields is None and not obj.hasobject else None
-        if isinstance(obj, numpy.generic) and type(obj) is not numpy.object_:
-            if obj.dtype.kind not in "biufc":
+            return {"t": "np_dtype", "v": obj.str} if _NP_DTYPE.match(obj.str) else None
+        if isinstance(obj, numpy.generic):
+            if not _NP_DTYPE.match(obj.dtype.str):
                 return None
             raw_scalar = base64.b64encode(obj.tobytes()).decode("ascii")
             return {"t": "npscalar", "dtype": obj.dtype.str, "b64": raw_scalar}
-        if type(obj) is numpy.ndarray and obj.dtype.kind in "biufc" and obj.dtype.fields is None:
+        if type(obj) is numpy.ndarray and obj.dtype.hasobject and obj.dtype.fields is None:
+            node = self._open(obj, {"t": "objarray", "shape": [int(s) for s in obj.shape], "order": "C"})
+            node["items"] = [self.node(v, depth + 1) for v in obj.reshape(-1, order="C").tolist()]
+            return node
+        if type(obj) is numpy.ndarray and _NP_DTYPE.match(obj.dtype.str):
             order: Literal["C", "F"] = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
             arr = numpy.asarray(obj, order=order)
             if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
@@ -316,11 +342,13 @@ class _Exporter:
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
             module, name = _qualname(obj)
             self._count(module, name)
-            return self._open(obj, {"t": "stub", "module": module, "name": name, "args": None,
-                                    "state": None, "listitems": [], "dictitems": [], "called": False})
+            return self._open(obj, {"t": "stub", "module": module, "name": name, "called": False,
+                                    "args": None, "kwargs": None, "state": None, "listitems": [],
+                                    "dictitems": []})
         module, name = _qualname(type(obj))
         self._count(module, name)
-        node = self._open(obj, {"t": "stub", "module": module, "name": name, "args": None, "called": True})
+        node = self._open(obj, {"t": "stub", "module": module, "name": name, "called": True, "args": None,
+                                "kwargs": None})
         state: dict[str, Any] = {}
         with contextlib.suppress(Exception):  # no __dict__ (slots, builtins)
             state.update(object.__getattribute__(obj, "__dict__"))
@@ -331,8 +359,9 @@ class _Exporter:
                     with contextlib.suppress(Exception):  # an unset slot is simply absent
                         state[slot] = object.__getattribute__(obj, slot)
         if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
-            # An object array: its elements, nested as lists, are the state worth keeping.
-            state = {"shape": list(getattr(obj, "shape", ())), "items": obj.tolist()}
+            # An array the protocol has no node for (datetimes, strings, records): keep its elements.
+            with contextlib.suppress(Exception):
+                state = {"shape": list(getattr(obj, "shape", ())), "items": obj.tolist()}
         node["state"] = self.node(state, depth + 1) if state else None
         node["listitems"] = (
             [self.node(v, depth + 1) for v in list.__iter__(obj)] if isinstance(obj, list) else []
@@ -345,6 +374,16 @@ class _Exporter:
 
     def _count(self, module: str, name: str) -> None:
         self.globals[(module, name)] = self.globals.get((module, name), 0) + 1
+
+
+def _instance_attrs(obj: Any) -> dict[str, Any]:
+    """Instance attributes PROTOCOL.md lets an odict carry (identifiers, no dunders)."""
+    try:
+        attrs = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+    return {k: v for k, v in list(attrs.items())
+            if isinstance(k, str) and _ATTR.match(k) and not k.startswith("__")}
 
 
 def _qualname(obj: Any) -> tuple[str, str]:
