@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import mmap
 import os
 import re
 import struct
@@ -392,6 +393,28 @@ def _qualname(obj: Any) -> tuple[str, str]:
     return (module if isinstance(module, str) else "builtins", name if isinstance(name, str) else "?")
 
 
+def _stream_globals(path: str) -> list[dict[str, Any]] | None:
+    """Every global the artifact's pickle streams name, read inertly before any of its code runs.
+
+    Execute mode reports the same ``globals`` list the inert path would (what the checkpoint tried to
+    import), not just the classes that survived into the result. None when the inert reader cannot
+    read the file (the load itself may still succeed: torch's readers are more lenient).
+    """
+    try:
+        from ._common import Budgets
+        from ._formats import parse
+        from ._unpickle import DATA_GLOBALS
+
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            parsed, _table = parse(data, Budgets())
+    except Exception:  # the inert reader refusing a file is not an execute-mode failure
+        return None
+    return [
+        {"module": m, "name": n, "verdict": "data" if (m, n) in DATA_GLOBALS else "stub", "count": c}
+        for (m, n), c in sorted(parsed.globals_seen.items())
+    ]
+
+
 def _write_safetensors(path: str, payloads: list[tuple[str, Any]]) -> None:
     """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy)."""
     header: dict[str, Any] = {}
@@ -460,6 +483,7 @@ def main(argv: list[str]) -> int:
         return _fail(out_dir, "format", str(exc))
     except OSError as exc:
         return _fail(out_dir, "crash", f"cannot read the artifact: {exc}")
+    seen_globals = _stream_globals(src)
     locations: dict[int, str] = {}
     try:
         obj = _load(src, fmt, locations)
@@ -480,9 +504,9 @@ def main(argv: list[str]) -> int:
             "format": fmt,
             "storages": exporter.storages,
             "root": root,
-            "globals": [
+            "globals": seen_globals if seen_globals is not None else [
                 {"module": m, "name": n, "verdict": "stub", "count": c}
-                for (m, n), c in exporter.globals.items()
+                for (m, n), c in sorted(exporter.globals.items())
             ],
             "byteorder": sys.byteorder,
         }
