@@ -21,15 +21,18 @@ listed; ``code-bearing`` marks the ones that are a known means of running code f
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_FINDING, EXIT_OK, UI
+
+if TYPE_CHECKING:
+    from safeload.cli._inspection import Inspection
 
 __all__ = ["CODE_BEARING_GLOBALS", "CODE_BEARING_MODULES", "Severity", "add_parser", "classify", "run"]
 
@@ -214,46 +217,32 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
+def _globals(ins: Inspection) -> list[dict[str, Any]]:
+    return [
+        {
+            "module": g.module,
+            "name": g.name,
+            "verdict": g.verdict,
+            "severity": classify(g.module, g.name, g.verdict),
+            "count": g.count,
+        }
+        for g in ins.globals
+    ]
 
 
-def _globals(ins: Any) -> list[dict[str, Any]]:
-    rows = []
-    for g in _field(ins, "globals", ()) or ():
-        module, name = str(_field(g, "module")), str(_field(g, "name"))
-        verdict = str(_field(g, "verdict", "stub"))
-        rows.append(
-            {
-                "module": module,
-                "name": name,
-                "verdict": verdict,
-                "severity": classify(module, name, verdict),
-                "count": int(_field(g, "count", 1) or 1),
-            }
-        )
-    return rows
-
-
-def _tensors(ins: Any) -> list[dict[str, Any]]:
-    rows = []
-    for t in _field(ins, "tensors", ()) or ():
-        shared = _field(t, "shared_with", None)
-        rows.append(
-            {
-                "name": str(_field(t, "name")),
-                "dtype": str(_field(t, "dtype")),
-                "shape": [int(x) for x in _field(t, "shape", ())],
-                "nbytes": int(_field(t, "nbytes", 0) or 0),
-                "storage": _field(t, "storage", None),
-                "shared_with": list(shared)
-                if isinstance(shared, Iterable) and not isinstance(shared, str)
-                else [],
-            }
-        )
-    return rows
+def _tensors(ins: Inspection) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": t.name,
+            "kind": t.kind,
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "nbytes": t.nbytes,
+            "storage": t.storage,
+            "shared_with": list(t.shared_with),
+        }
+        for t in ins.tensors
+    ]
 
 
 def _human_bytes(n: int) -> str:
@@ -312,19 +301,19 @@ def _short(node: Any) -> str:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.loader import inspect_artifact
+    from safeload.cli._inspection import inspect_file
 
     policy = load_policy(args)
-    ins = inspect_artifact(args.file, policy=policy)
+    ins = inspect_file(args.file, policy=policy)
     globals_ = _globals(ins)
     tensors = _tensors(ins)
-    structure = _field(ins, "structure", None)
+    structure = ins.structure
     code_bearing = [g for g in globals_ if g["severity"] == "code-bearing"]
     stubs = [g for g in globals_ if g["severity"] == "stub"]
     verdict = "code-bearing" if code_bearing else ("stubs" if stubs else "data-only")
     data = {
         "file": str(args.file),
-        "format": str(_field(ins, "format")),
+        "format": ins.format,
         "verdict": verdict,
         "globals": globals_,
         "tensors": tensors,
