@@ -13,11 +13,14 @@ Exit codes (the same for every command):
 * ``2`` — the command could not do its job: bad arguments, an unreadable or unsupported file, an invalid
   policy (outside ``policy check``), no sandbox, a registry that cannot be reached.
 * ``130`` — interrupted.
+
+Errors are one line on stderr, never a traceback; ``SAFELOAD_DEBUG=1`` re-raises unexpected exceptions.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -106,5 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"safeload: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        # A bug, not a verdict: still one line, with a way to get the traceback for a report.
+        if os.environ.get("SAFELOAD_DEBUG"):
+            raise
+        hint = "set SAFELOAD_DEBUG=1 for the traceback"
+        print(f"safeload: error: unexpected {type(exc).__name__}: {exc} ({hint})", file=sys.stderr)
         return EXIT_ERROR
     return code
