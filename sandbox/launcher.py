@@ -448,8 +448,30 @@ def _usage(root: Path, max_files: int) -> tuple[int, int]:
     return total, files
 
 
+def _reclaim(stage: Path) -> None:
+    """Make everything the worker wrote the caller's, with no set-id bits.
+
+    Left owned by uid 65534, a file the caller later caches could be rewritten by any host process
+    running as ``nobody``. The staging folder is reclaimed first, so nothing of that uid can add to it
+    or swap entries while its contents are walked; ``lchown`` never follows the worker's links.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    os.chown(stage, uid, gid, follow_symlinks=False)
+    os.chmod(stage, 0o700)
+    for entry in _walk(stage):
+        os.chown(entry.path, uid, gid, follow_symlinks=False)
+        if not entry.is_symlink():
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+
+
 def _move_entries(src: Path, dst: Path) -> None:
     """Move what the worker wrote from the staging folder into the caller's folder, links as links."""
+    try:
+        _reclaim(src)
+    except OSError as exc:
+        raise SandboxError(f"could not take over the worker's output in {src}: {exc}") from exc
     for entry in os.scandir(src):
         target = dst / entry.name
         try:
