@@ -20,8 +20,10 @@ and maps the sandbox uid 65534 to host uid 65534. Consequences, all handled here
   ``/proc/self/fd/N``: opening it needs no path to the file (the store lives under the caller's home).
   If uid 65534 could not read the file, or could write it, it is first copied into a sealed memfd.
 - The output is written to a staging folder under the system temporary directory owned by uid 65534
-  and moved into the caller's folder after the run (a directory descriptor is never passed into the
-  jail: ``openat(fd, "..")`` would walk out of it).
+  (the caller's folder may sit where that uid cannot reach, such as pytest's private temporary
+  folders). After the run the staging folder and everything in it are chowned back to the caller,
+  set-id bits cleared, and moved into the caller's folder. A directory descriptor is never passed into
+  the jail instead: ``openat(fd, "..")`` would walk out of it.
 - ``RLIMIT_NPROC`` now counts: per jail (the jail's own user namespace) against the limit, and at the
   host level across every process of uid 65534 against the same limit.
 
