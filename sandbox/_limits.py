@@ -5,8 +5,9 @@ The rlimits are set by util-linux ``prlimit`` on itself right before it executes
 first instruction of the worker, without a ``preexec_fn`` (unsafe in a multi-threaded caller) and without
 the race of applying them to a running pid.
 
-- ``RLIMIT_AS`` = ``memory_bytes`` for the standard-library worker. In execute mode the limit is
-  ``memory_bytes + 4 GiB``: importing torch alone maps about 0.6 GiB of address space it never touches,
+- ``RLIMIT_AS`` = ``memory_bytes`` plus the input's size for the standard-library worker (it maps the
+  whole artifact; file-backed pages count against the limit but are not memory it allocates). In
+  execute mode 4 GiB more: importing torch alone maps about 0.6 GiB of address space it never touches,
   and every thread's malloc arena reserves 64 MiB more, so address space overstates real use; the
   extra 4 GiB keeps a legitimate load from failing on reservations while still ending a runaway one.
 - ``RLIMIT_CPU`` = the wall-clock timeout times the number of CPUs, plus one second: a backstop to the
@@ -59,9 +60,13 @@ class Limits:
     max_output_files: int = 10_000
 
 
-def prlimit_args(limits: Limits, *, execute: bool) -> list[str]:
-    """The ``prlimit`` options (``soft:hard``) that put ``limits`` on the jail."""
-    memory = limits.memory_bytes + (EXECUTE_HEADROOM_BYTES if execute else 0)
+def prlimit_args(limits: Limits, *, execute: bool, mapped_bytes: int = 0) -> list[str]:
+    """The ``prlimit`` options (``soft:hard``) that put ``limits`` on the jail.
+
+    ``mapped_bytes`` (the input's size) is added to the address-space limit: the worker maps the whole
+    artifact, and those file-backed pages count against ``RLIMIT_AS`` though they cost no memory.
+    """
+    memory = limits.memory_bytes + mapped_bytes + (EXECUTE_HEADROOM_BYTES if execute else 0)
     cpu = math.ceil(limits.timeout_s * (os.cpu_count() or 1)) + 1
     return [
         f"--as={memory}:{memory}",

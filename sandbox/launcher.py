@@ -202,8 +202,9 @@ def _launch(
             cmd += [
                 _util_linux("setpriv"), f"--reuid={JAIL_UID}", f"--regid={JAIL_GID}", "--clear-groups", "--",
             ]
+        mapped = os.fstat(input_fd).st_size if input_fd is not None else 0
         cmd += [
-            prlimit, *prlimit_args(limits, execute=mode == "execute"), "--",
+            prlimit, *prlimit_args(limits, execute=mode == "execute", mapped_bytes=mapped), "--",
             bwrap,
             "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--clearenv",

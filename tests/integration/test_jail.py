@@ -427,6 +427,29 @@ def test_memory_limit() -> None:
              limits=Limits(memory_bytes=limit))
 
 
+def test_mapping_the_input_does_not_count_as_memory(tmp_path: Path) -> None:
+    """The worker maps the whole artifact; a sparse 1 GiB input fits a 256 MiB memory limit."""
+    artifact = tmp_path / "big.bin"
+    with artifact.open("wb") as fh:
+        fh.truncate(1 << 30)
+        fh.seek((1 << 30) - 1)
+        fh.write(b"\x2a")
+    fd = os.open(artifact, os.O_RDONLY)
+    try:
+        result = jail_json(
+            """
+            import json, mmap
+            with open("/in/artifact", "rb") as fh:
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            print(json.dumps({"size": len(data), "last": data[-1]}))
+            """,
+            input_fd=fd, limits=Limits(memory_bytes=256 << 20),
+        )
+    finally:
+        os.close(fd)
+    assert result == {"size": 1 << 30, "last": 0x2A}
+
+
 def test_file_size_limit(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

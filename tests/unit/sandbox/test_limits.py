@@ -52,5 +52,7 @@ def test_prlimit_args() -> None:
         f"--as={1 << 30}:{1 << 30}", f"--cpu={cpu}:{cpu + 2}", "--nofile=99:99",
         f"--fsize={2 << 30}:{2 << 30}", "--nproc=7:7", "--core=0:0",
     ]
+    mapped = prlimit_args(limits, execute=False, mapped_bytes=5 << 30)
+    assert mapped[0] == f"--as={6 << 30}:{6 << 30}"
     execute = prlimit_args(limits, execute=True)
     assert execute[0] == f"--as={(1 << 30) + EXECUTE_HEADROOM_BYTES}:{(1 << 30) + EXECUTE_HEADROOM_BYTES}"
