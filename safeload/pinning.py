@@ -63,6 +63,10 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"signer = {_q(entry.signer)}")
     if entry.signature is not None:
         lines.append(f"signature = {_q(entry.signature)}")
+    if entry.task is not None:
+        lines.append(f"task = {_q(entry.task)}")
+    if entry.datasets:
+        lines.append(f"datasets = [{', '.join(_q(d) for d in entry.datasets)}]")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
     return "\n".join(lines) + "\n"
@@ -164,7 +168,8 @@ def pin_model(
 ) -> tuple[str, ModelEntry]:
     """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``.
 
-    Returns the model's name and the entry written. An existing entry's ``signer``/``signature`` are kept.
+    Returns the model's name and the entry written. An existing entry's ``signer``/``signature``/``task``/
+    ``datasets`` are kept.
 
     Raises:
         PolicyError: the URL is malformed, the revision is not a commit (and ``resolve`` is False), the
@@ -237,6 +242,8 @@ def pin_model(
         files=MappingProxyType(dict(sorted(digests.items()))),
         signer=signer,
         signature=signature,
+        task=old.task if old is not None else None,
+        datasets=old.datasets if old is not None else (),
     )
     write_entry(policy_path, entry, extra_text=extra_text)
     return model_name, entry

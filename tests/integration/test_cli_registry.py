@@ -69,7 +69,7 @@ def add_card_fields(policy: Path, name: str, *lines: str) -> None:
     out = []
     for line in policy.read_text().splitlines():
         out.append(line)
-        if line.startswith("[models.") and name in line and not line.rstrip().endswith(".files]"):
+        if line.strip() in (f"[models.{name}]", f'[models."{name}"]'):
             out.extend(lines)
     assert len(out) == len(policy.read_text().splitlines()) + len(lines), policy.read_text()
     policy.write_text("\n".join(out) + "\n")
@@ -103,6 +103,14 @@ def test_pin_writes_hashes_and_refuses_branches(hub: Any, tmp_path: Path) -> Non
     expected = {rel: sha(data) for rel, data in tiny_bert_files(bin=True).items()}
     assert {k: v for k, v in entry["files"].items() if k in expected} == expected
     assert policy.read_text().startswith("# deployment policy")  # the rest of the file is kept
+
+    # Re-pinning (here by commit) keeps what the model card reports.
+    add_card_fields(policy, "tiny", 'task = "fill-mask"', 'datasets = ["wikipedia"]')
+    again = run(["pin", f"hf://{TINY}@{hub.tiny_sha}", "--registry", "hub", "--name", "tiny"], env)
+    assert again.returncode == 0, again.stderr
+    entry = tomllib.loads(policy.read_text())["models"]["tiny"]
+    assert entry["task"] == "fill-mask" and entry["datasets"] == ["wikipedia"]
+    assert entry["revision"] == hub.tiny_sha
 
     check = run(["policy", "check", "--json"], env)
     assert check.returncode == 0, check.stderr
