@@ -32,13 +32,13 @@ Without root, bubblewrap maps the sandbox uid to the caller's own uid, which hol
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from safeload.errors import SandboxUnavailableError
@@ -142,13 +142,40 @@ def staging_dir() -> Path:
     return path
 
 
-@functools.cache
+_verdict: str | SandboxUnavailableError | None = None
+_verdict_lock = threading.Lock()
+
+
 def probe_bwrap() -> str:
     """The path of ``bwrap``, after checking once per process that it can create a user namespace.
+
+    The verdict, either way, is kept for the life of the process (restart it after installing
+    bubblewrap or enabling user namespaces).
 
     Raises:
         SandboxUnavailableError: bubblewrap is missing or cannot create the namespaces the jail needs.
     """
+    global _verdict
+    with _verdict_lock:
+        if _verdict is None:
+            try:
+                _verdict = _probe()
+            except SandboxUnavailableError as exc:
+                _verdict = exc
+        verdict = _verdict
+    if isinstance(verdict, SandboxUnavailableError):
+        raise SandboxUnavailableError(str(verdict))
+    return verdict
+
+
+def _forget_probe() -> None:
+    """Drop the cached verdict (tests that change PATH)."""
+    global _verdict
+    with _verdict_lock:
+        _verdict = None
+
+
+def _probe() -> str:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailableError(
