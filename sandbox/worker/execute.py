@@ -126,8 +126,31 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
         return storage
 
     if fmt == "torchscript":
-        return torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+        return _script_module(torch.jit.load(path, map_location="cpu"))  # type: ignore[no-untyped-call]
     return torch.load(path, map_location=remember, weights_only=False)
+
+
+class _ScriptStub:
+    """A TorchScript module as the plain state ``safeload.state_dict`` reads."""
+
+    def __init__(self, module: str, name: str, state: dict[str, Any]) -> None:
+        self.module, self.name, self.state = module, name, state
+
+
+def _script_module(mod: Any) -> Any:
+    """Rebuild a loaded ScriptModule's tree as stubs with ``_parameters``/``_buffers``/``_modules``."""
+    try:
+        qualified = str(mod._c._type().qualified_name())
+    except Exception:
+        qualified = f"__torch__.{type(mod).__qualname__}"
+    module, _, name = qualified.rpartition(".")
+    state = {
+        "training": bool(getattr(mod, "training", False)),
+        "_parameters": OrderedDict(mod.named_parameters(recurse=False)),
+        "_buffers": OrderedDict(mod.named_buffers(recurse=False)),
+        "_modules": OrderedDict((k, _script_module(v)) for k, v in mod.named_children()),
+    }
+    return _ScriptStub(module, name, state)
 
 
 class _Exporter:
@@ -339,6 +362,13 @@ class _Exporter:
     def _stub(self, obj: Any, depth: int) -> dict[str, Any]:
         """Export a non-data object as its class name plus its state (``__dict__``, slots, items)."""
         import types
+
+        if type(obj) is _ScriptStub:
+            self._count(obj.module, obj.name)
+            node = self._open(obj, {"t": "stub", "module": obj.module, "name": obj.name, "called": True,
+                                    "args": None, "kwargs": None, "listitems": [], "dictitems": []})
+            node["state"] = self.node(obj.state, depth + 1)
+            return node
 
         if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
             module, name = _qualname(obj)

@@ -78,6 +78,12 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         outs[name] = root / f"{name}.out"
         outs[name].mkdir()
         args += [str(src), str(outs[name])]
+    torch.manual_seed(3)
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()))
+    torch.jit.save(scripted, root / "ts.pt")
+    outs["torchscript"] = root / "torchscript.out"
+    outs["torchscript"].mkdir()
+    args += [str(root / "ts.pt"), str(outs["torchscript"])]
     np.save(root / "plain.npy", np.arange(5.0))
     outs["npy"] = root / "npy.out"
     outs["npy"].mkdir()
@@ -131,6 +137,19 @@ def test_views_share_one_storage(outputs: dict[str, Path]) -> None:
     nodes = dict((k["v"], v) for k, v in doc["root"]["items"])
     assert nodes["b"]["offset"] == 2 and nodes["t"]["stride"] == [1, 5]
     assert nodes["p"]["t"] == "parameter" and nodes["p"]["data"]["storage"] == 0
+
+
+def test_torchscript_becomes_stubs_holding_parameters(outputs: dict[str, Path]) -> None:
+    manifest = _validated(outputs["torchscript"], outputs["torchscript"].parent / "ts.pt")
+    assert manifest.format == "torchscript"
+    doc = json.loads((outputs["torchscript"] / "manifest.json").read_text())
+    root = doc["root"]
+    assert (root["t"], root["name"]) == ("stub", "Sequential")
+    modules = dict((k["v"], v) for k, v in root["state"]["items"])["_modules"]
+    linear = modules["items"][0][1]
+    params = dict((k["v"], v) for k, v in linear["state"]["items"])["_parameters"]
+    assert [k["v"] for k, _ in params["items"]] == ["weight", "bias"]
+    assert len(doc["storages"]) == 2
 
 
 def test_unknown_format_is_reported_as_a_format_error(outputs: dict[str, Path]) -> None:
