@@ -5,6 +5,10 @@ bubblewrap jail; ``safeload.transformers`` and ``safeload.hub`` are drop-ins tha
 through the allowlist in ``trust.toml``, at pinned revisions, with pinned hashes and signatures.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from safeload._stub import Stub
 from safeload.errors import (
     IntegrityError,
     PolicyError,
@@ -18,11 +22,31 @@ from safeload.errors import (
     UnsupportedFormatError,
     UntrustedSourceError,
 )
-from safeload._stub import Stub
-from safeload.loader import load, state_dict
-from safeload.patching import patch, unpatch
+
+if TYPE_CHECKING:
+    from safeload.loader import load, state_dict
+    from safeload.patching import patch, unpatch
 
 __version__ = "0.1.0"
+
+# Imported on first use: the loader needs torch (about a second to import), and the command line's
+# policy, store and BOM commands should not pay for it.
+_LAZY = {
+    "load": "safeload.loader",
+    "state_dict": "safeload.loader",
+    "patch": "safeload.patching",
+    "unpatch": "safeload.patching",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'safeload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "IntegrityError",
