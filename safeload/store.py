@@ -10,10 +10,13 @@ Layout under the store root::
     locks/                                      fcntl locks (one per model, one store-wide)
 
 Bytes become visible only by ``rename``: a blob is hashed while it is written to a temp file in staging,
-fsynced, made read-only, then renamed to its digest; a model folder is built in staging and renamed into
+made read-only, then renamed to its digest; a model folder is built in staging and renamed into
 place after every file in it is verified. A process killed at any point leaves only staging litter, which
-:meth:`Store.gc` removes. Two processes fetching the same model serialise on the model's lock; the second
-finds the folder and returns it.
+:meth:`Store.gc` removes. Blobs are not fsynced by default (``Store(root, durable=True)`` does): a kill
+cannot lose page-cache data, and after a power loss a blob whose data did not reach the disk has a
+different size or ctime than its recorded fingerprint, so the next load re-hashes it and refuses it.
+Two processes fetching the same model serialise on the model's lock; the second finds the folder and
+returns it.
 
 Warm loads do not re-hash: each blob's size, inode, mtime and ctime are recorded when it is verified, and
 a warm load compares them with one ``stat`` per file. Any difference means the bytes may have changed: the
@@ -140,8 +143,9 @@ def _rmtree(path: Path) -> None:
 class Store:
     """A verified store rooted at ``root`` (created on first use)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
         self.root = Path(root).expanduser()
+        self.durable = durable
         self.blobs = self.root / "blobs" / "sha256"
         self.models = self.root / "models"
         self.manifests = self.root / "manifests"
@@ -197,7 +201,8 @@ class Store:
         return BlobRecord.from_stat(digest, st)
 
     def _commit_blob(self, tmp: Path, fd: int, digest: str) -> BlobRecord:
-        os.fsync(fd)
+        if self.durable:
+            os.fsync(fd)
         os.fchmod(fd, 0o444)
         dest = self.blob_path(digest)
         if dest.exists():
@@ -205,7 +210,8 @@ class Store:
             os.unlink(tmp)
             return self.rehash_blob(digest)
         os.rename(tmp, dest)
-        _fsync_dir(self.blobs)
+        if self.durable:
+            _fsync_dir(self.blobs)
         return BlobRecord.from_stat(digest, os.lstat(dest))
 
     def ingest_copy(
@@ -217,7 +223,7 @@ class Store:
         what: str,
         advance: Advance = _noop,
     ) -> BlobRecord:
-        """Copy ``src`` into the store, hashing the bytes written; they become a blob only if they match.
+        """Copy ``src`` into a private temp file and hash the copy; it becomes a blob only if it matches.
 
         ``src`` is opened once without following symlinks; whatever happens to it afterwards does not
         matter because the blob is the copy. ``what`` names the file in error messages.
@@ -237,7 +243,7 @@ class Store:
         try:
             if not stat.S_ISREG(os.fstat(src_fd).st_mode):
                 raise IntegrityError(f"{what}: {src} is not a regular file")
-            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+            dst_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
             try:
                 digest, _ = copy_and_hash(src_fd, dst_fd, advance)
                 self._check(what, expected, digest)
@@ -314,7 +320,7 @@ class Store:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError(f"{path} is not a regular file: remove it and fetch again")
-            actual, _ = hash_fd(fd)
+            actual, _ = hash_fd(fd, mapped=False)  # someone may be tampering with it right now
         finally:
             os.close(fd)
         if actual != digest:
