@@ -75,9 +75,14 @@ def _detect(head: bytes, path: str) -> str:
         except (zipfile.BadZipFile, OSError, ValueError):
             # torch's own reader is more lenient than zipfile; let it decide.
             return "torch_zip"
-        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "torch_zip"
-        return "npz"
+        pkls = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+        if not pkls:
+            return "npz"
+        # As the inert reader decides: a constants.pkl or code/ folder beside data.pkl is TorchScript.
+        prefix = pkls[0][: -len("data.pkl")]
+        if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
+            return "torchscript"
+        return "torch_zip"
     if head.startswith(_NPY_MAGIC):
         return "npy"
     if head[2:14] == _LEGACY_MAGIC:
