@@ -20,7 +20,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -55,7 +55,6 @@ class Attack:
     globals: tuple[tuple[str, str], ...] = ()
     # Inert mode must return a result (not raise) for these; the stub assertion needs one.
     inert_returns: bool = False
-    tags: frozenset[str] = field(default_factory=frozenset)
 
 
 # --------------------------------------------------------------------------------------------------
