@@ -36,6 +36,7 @@ def audit_lines(tmp_path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_pinned_model_is_fetched_verified_and_loaded(tmp_path: Path, hub: SessionHub) -> None:
     real = minilm_files()
     pinned = pins(real)
