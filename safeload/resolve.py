@@ -165,7 +165,7 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
     if unpinned:
         reason = (
             "not pinned in [models]; enforce mode would refuse it. Pin with: "
-            f"safeload pin hf://{entry.repo}@{entry.revision} --name {json.dumps(name)}"
+            f"safeload pin hf://{entry.repo}@{entry.revision} --name {json.dumps(name.partition('@')[0])}"
         )
         if requested is not None and requested != entry.revision:
             reason += f" (requested {requested!r}, resolved to that commit)"
@@ -484,22 +484,22 @@ def open_verified_local(path: str | os.PathLike[str], policy: Policy) -> Verifie
                     return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
                 except (IntegrityError, TypeError):
                     pass  # fall through to a fresh copy
-        with store.staging() as staging:
+        with store.staging() as staging:  # held until the record exists, so gc cannot take the blob
             rec = store.ingest_copy(Path(key), staging, expected=pinned, what=f"[files] {key}")
-        store.write_local(
-            key,
-            {
-                "digest": rec.digest,
-                "source_stat": fp,
-                "blob": {
+            store.write_local(
+                key,
+                {
                     "digest": rec.digest,
-                    "size": rec.size,
-                    "ino": rec.ino,
-                    "mtime_ns": rec.mtime_ns,
-                    "ctime_ns": rec.ctime_ns,
+                    "source_stat": fp,
+                    "blob": {
+                        "digest": rec.digest,
+                        "size": rec.size,
+                        "ino": rec.ino,
+                        "mtime_ns": rec.mtime_ns,
+                        "ctime_ns": rec.ctime_ns,
+                    },
                 },
-            },
-        )
+            )
         return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
 
 
