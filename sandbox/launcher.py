@@ -112,7 +112,8 @@ def run_worker(
     Inside the jail the artifact is ``/in/artifact`` (read-only; it may be a symlink to the inherited
     descriptor, so open it without ``O_NOFOLLOW``) and the output folder is ``/out``. ``output_dir`` is
     created by the caller and should be empty; when the launcher runs as root the worker writes to a
-    staging folder whose entries are moved into ``output_dir`` after a successful run.
+    staging folder whose entries (``error.json`` of a failed run too) are moved into ``output_dir`` when
+    the run ends without the launcher raising.
 
     Raises:
         SandboxUnavailableError: bubblewrap, user namespaces, prlimit or a seccomp table for this
@@ -126,8 +127,8 @@ def run_worker(
     if mode == "execute":
         for site in _site_dirs():
             boot += f"; sys.path.append({site!r})"
-    # A direct call rather than runpy, whose imports (importlib.util, contextlib, ...) cost more than the
-    # rest of the jail's start-up.
+    # A direct call rather than runpy, whose own imports (importlib.util, contextlib, ...) add several
+    # milliseconds to every start.
     boot += "; from worker.__main__ import main; sys.exit(main(sys.argv[1:]))"
     return _launch(["-c", boot, "--mode", mode, *args], input_fd, output_dir, mode, limits, capture=False)
 
