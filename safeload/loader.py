@@ -195,6 +195,15 @@ def _run_jail(
     return manifest, tensors
 
 
+def _pread_into(fd: int, buf: torch.Tensor, offset: int) -> None:
+    view = buf.numpy().data.cast("B")
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n <= 0:
+            raise SandboxError("the input file shrank while it was being loaded")
+        view, offset = view[n:], offset + n
+
+
 def _raw_storages(
     manifest: Manifest, fd: int, size: int, tensors: dict[str, torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -206,13 +215,18 @@ def _raw_storages(
             continue
         if spec.kind == "output":
             t = tensors[spec.key]
+            if t.data_ptr() % spec.align:
+                t = t.clone()
+        elif spec.offset % spec.align:
+            # Legacy files store raw storages at any offset; a mapping cannot move them to an aligned
+            # address, so these are read (one copy, straight from the page cache) into aligned memory.
+            t = torch.empty(spec.nbytes, dtype=torch.uint8)
+            _pread_into(fd, t, spec.offset)
         else:
             if mapping is None:
                 # Copy-on-write: tensors are writable, and writes never reach the verified file.
                 mapping = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
             t = torch.frombuffer(mapping, dtype=torch.uint8, count=spec.nbytes, offset=spec.offset)
-        if t.data_ptr() % spec.align:
-            t = t.clone()  # e.g. legacy files store raw storages at unaligned offsets
         raw.append(t)
     return raw
 
