@@ -552,6 +552,7 @@ def test_rlimits_are_in_place() -> None:
     }
 
 
+@pytest.mark.slow
 def test_startup_latency(tmp_path: Path) -> None:
     """The jail is up and answering within 50 ms (median of 20 runs of a no-op standard-library worker).
 
