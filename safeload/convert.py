@@ -129,14 +129,54 @@ def _writable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_save(tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str]) -> None:
-    from safetensors.torch import save_file
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
 
+
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], fd: int, metadata: Mapping[str, str]) -> None:
+    """Write the safetensors format straight from the tensors' memory (no intermediate copy).
+
+    ``safetensors.torch.save_file`` copies every tensor into a Python ``bytes`` first; for a model of
+    gigabytes that doubles peak memory and costs a pass over the data. The layout is the format's own:
+    an 8-byte little-endian header length, a JSON header padded with spaces to 8 bytes, then the data.
+    """
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    order = sorted(tensors)
+    for name in order:
+        t = tensors[name]
+        dtype = _ST_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise UnsupportedFormatError(f"tensor {name!r} has dtype {t.dtype}; safetensors cannot store it")
+        end = offset + t.numel() * t.element_size()
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, end]}
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with os.fdopen(fd, "wb", closefd=False) as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in order:
+            t = tensors[name]
+            if t.numel():
+                # Native byte order is little-endian on every platform torch ships CPU wheels for.
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def _atomic_save(tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str]) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
     try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
+        try:
+            _write_safetensors(tensors, fd, metadata)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o444)
         os.replace(tmp, dst)
     except BaseException:

@@ -155,7 +155,8 @@ def _code_refs(value: object) -> Iterable[str]:
 def _check_configs(src: _Source, *, want_code: bool, policy: Policy) -> None:
     code_modules: set[str] = set()
     for rel in src.files:
-        if not rel.endswith(".json") or rel.count("/") > 1:
+        # auto_map and weight redirects live in the config files; tokenizer.json and friends are skipped.
+        if not rel.endswith("config.json") or rel.count("/") > 1:
             continue
         data = _read_json(src.folder / rel)
         if not isinstance(data, dict):

@@ -123,3 +123,23 @@ def test_cached_by_source_sha256(tmp_path: Path, policy: Policy) -> None:
     src.unlink()
     again = cached_conversion(src, policy=policy, sha256=digest)
     assert again == first and again.stat().st_ino == inode
+
+
+def test_dtypes_shapes_and_empty_tensors(tmp_path: Path, policy: Policy) -> None:
+    state = {
+        "bf16": torch.randn(3, 5).to(torch.bfloat16),
+        "f16": torch.randn(7).half(),
+        "f64": torch.randn(2, 2, dtype=torch.float64),
+        "i8": torch.randint(-100, 100, (4,), dtype=torch.int8),
+        "i64": torch.arange(5),
+        "flag": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "empty": torch.empty(0, 4),
+        "f8": torch.randn(6).to(torch.float8_e4m3fn),
+    }
+    torch.save(state, tmp_path / "dtypes.pt")
+    got = load_file(convert_file(tmp_path / "dtypes.pt", tmp_path / "dtypes.safetensors", policy=policy))
+    assert set(got) == set(state)
+    for k, v in state.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
