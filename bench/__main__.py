@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="where inputs and results go (default: bench-out/, or bench-out/quick/)")
     ap.add_argument("--chart", type=Path, default=None,
-                    help="PNG chart path (default: docs/bench.png for a full run, OUT/bench.png for --quick)")
+                    help="PNG chart (default: docs/bench.png after a full default run, else OUT/bench.png)")
     ap.add_argument("--only", default=None, help="comma-separated groups: big,small,jail,verify,minilm,gen")
     ap.add_argument("--parallel", type=int, default=None,
                     help="measurements at once (default 1; 2 with --quick, where timings do not matter)")
@@ -28,13 +28,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="a new interpreter per measurement instead of a fork of a pre-imported server")
     ap.add_argument("--profile", default=None, metavar="ROW,...",
                     help="run these rows (results.json keys, e.g. big.safeload_legacy) once under cProfile")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: print and plot OUT/results.json again")
     a = ap.parse_args(argv)
 
     out = (a.out or (_REPO / "bench-out" / ("quick" if a.quick else ""))).resolve()
     sizes = _data.QUICK if a.quick else _data.FULL
     runs = 1 if a.quick and a.runs is None else a.runs
     parallel = a.parallel or (2 if a.quick else 1)
-    chart = a.chart or (out / "bench.png" if a.quick else _REPO / "docs" / "bench.png")
+    # Only a complete default run may replace the chart the README shows.
+    canonical = not (a.quick or a.out or a.only or a.runs)
+    chart = a.chart or (_REPO / "docs" / "bench.png" if canonical else out / "bench.png")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -54,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(a.only.split(","))
         groups = [g for g in groups if g.key in wanted]
     log(f"bench: inputs ready after {time.monotonic() - start:.1f} s")
-    table = _runner.run_groups(groups, ds, out / "work", log, parallel=parallel, spawn=a.spawn)
+    if a.report_only:
+        table = _runner.from_json(groups, json.loads((out / "results.json").read_text()))
+    else:
+        table = _runner.run_groups(groups, ds, out / "work", log, parallel=parallel, spawn=a.spawn)
     log(f"bench: measured after {time.monotonic() - start:.1f} s")
     figs = {k: _runner.Figures.of(r, table) for k, r in table.items()}
-    mach = _report.machine()
+    mach = (json.loads((out / "results.json").read_text())["machine"] if a.report_only
+            else _report.machine())
     note = f"({'--quick, ' if a.quick else ''}{time.monotonic() - start:.0f} s; inputs in {ds.root})"
     _report.print_table(groups, table, figs, mach, note)
-    dump = _report.to_json(groups, table, figs, mach, sizes.tag)
-    (out / "results.json").write_text(json.dumps(dump, indent=1))
+    if not a.report_only:
+        dump = _report.to_json(groups, table, figs, mach, sizes.tag)
+        (out / "results.json").write_text(json.dumps(dump, indent=1))
     (out / "results.md").write_text(_report.markdown(groups, table, figs, mach))
     _report.chart(groups, table, figs, mach, chart)
     log(f"bench: wrote {out / 'results.json'}, {out / 'results.md'} and {chart}")

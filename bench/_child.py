@@ -254,14 +254,24 @@ def _case_jail_start(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _case_sha256(p: dict[str, Any]) -> dict[str, Any]:
+    """sha256 of an in-memory buffer: one core (``threads`` = 1, scaled by the core count: the target's
+    reference) or really in ``threads`` threads, one buffer each (what the machine gives right now)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = int(p.get("threads", 1))
     buf = os.urandom(1 << 20) * (p["nbytes"] >> 20)
     hashlib.sha256(buf[: 1 << 20]).digest()
     t0 = time.perf_counter()
-    hashlib.sha256(buf).digest()
+    if threads == 1:
+        hashlib.sha256(buf).digest()
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: hashlib.sha256(buf).digest(), range(threads)))
     elapsed = time.perf_counter() - t0
     cores = os.cpu_count() or 1
-    return {"seconds": elapsed, "bytes": len(buf), "cores": cores,
-            "throughput": len(buf) / elapsed * cores}
+    scale = cores if threads == 1 else threads
+    return {"seconds": elapsed, "bytes": len(buf) * max(1, threads), "cores": cores,
+            "throughput": len(buf) / elapsed * scale}
 
 
 def _read_tree(folder: Path) -> int:

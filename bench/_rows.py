@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -156,6 +157,10 @@ def groups(ds: Dataset, runs: int | None) -> list[Group]:
             Row("verify.sha256", "sha256 x cores",
                 f"hashlib.sha256(<{_size(s.sha_bytes)} in memory>) x cores",
                 "sha256", {"nbytes": s.sha_bytes}, metric="throughput"),
+            Row("verify.sha256_par", "sha256 in threads",
+                f"hashlib.sha256(<{_size(s.sha_bytes)} in memory>) in {os.cpu_count()} threads at once",
+                "sha256", {"nbytes": s.sha_bytes, "threads": os.cpu_count() or 1}, "verify.sha256",
+                "throughput"),
             Row("verify.cold", "cold verification",
                 "safeload.resolve.fetch_model('bench/verify')  # empty store: copy + hash", "verify_cold",
                 {"name": "bench/verify", "nbytes": vbytes}, "verify.sha256", "throughput", "cold",

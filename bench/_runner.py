@@ -25,7 +25,7 @@ from bench._child import MARK
 from bench._data import Dataset
 from bench._rows import Check, Group, Row
 
-__all__ = ["Figures", "RowResult", "profile_rows", "run_groups"]
+__all__ = ["Figures", "RowResult", "from_json", "profile_rows", "run_groups"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _CHILD_TIMEOUT_S = 900
@@ -293,6 +293,12 @@ def profile_rows(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], 
             _measure(row, ds, work, log, srv, profile=True)
     finally:
         srv.close()
+
+
+def from_json(groups: list[Group], dump: dict[str, Any]) -> dict[str, RowResult]:
+    """The runs of an earlier ``results.json``, for the rows still planned."""
+    runs = {r["key"]: r["runs"] for g in dump["groups"] for r in g["rows"]}
+    return {row.key: RowResult(row, runs.get(row.key, [])) for g in groups for row in g.rows}
 
 
 def _measure_all(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], None],
