@@ -130,6 +130,7 @@ def run_worker(
     # A direct call rather than runpy, whose own imports (importlib.util, contextlib, ...) add several
     # milliseconds to every start.
     boot += "; from worker.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    _compile_worker()
     return _launch(["-c", boot, "--mode", mode, *args], input_fd, output_dir, mode, limits, capture=False)
 
 
@@ -156,6 +157,19 @@ def _run_python_in_jail(
 def _site_dirs() -> list[str]:
     paths = sysconfig.get_paths()
     return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+
+
+@functools.cache
+def _compile_worker() -> None:
+    """Bring the worker's bytecode up to date once per process.
+
+    The jail runs with ``-B`` on a read-only bind, so it can use ``__pycache__`` but never write it;
+    without fresh bytecode every start compiles the worker from source.
+    """
+    import compileall
+
+    with contextlib.suppress(OSError):
+        compileall.compile_dir(str(_WORKER_SRC), quiet=2)
 
 
 @functools.cache
