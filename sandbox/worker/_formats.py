@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import ast
 import mmap
 import struct
@@ -115,13 +116,25 @@ class _Reader:
             nbytes = numel * DTYPE_SIZES[dtype]
             if member.size < nbytes:
                 raise FormatError(f"torch storage {name!r} is shorter than the tensor it holds")
-            if member.method == 0:
+            unit = _swap_unit(dtype)
+            if big_endian and unit > 1:
+                # torch.load swaps by the storage's element size (untyped storages are not swapped).
+                ref = self.table.add_output(
+                    dtype, nbytes, location, lambda: (_byteswap(z.read(name, nbytes)[:nbytes], unit),)
+                )
+            elif member.method == 0:
                 ref = self.table.add_input(dtype, nbytes, location, member.data_offset)
             else:
                 ref = self.table.add_output(dtype, nbytes, location, lambda: _take(z.stream(name), nbytes))
             storages[key] = ref
             return ref
 
+        big_endian = False
+        if f"{prefix}byteorder" in z.members:
+            order = z.read(f"{prefix}byteorder", 16)
+            if order not in (b"little", b"big"):
+                raise FormatError(f"torch byteorder record {order[:16]!r} is neither little nor big")
+            big_endian = order == b"big"
         raw = z.read(prefix + pkl, _MAX_PICKLE)
         root, _ = self.unpickle(raw, persistent_load=persistent_load)
         return root
@@ -272,6 +285,20 @@ class _Slice:
 
     def __bytes__(self) -> bytes:
         return bytes(self.data[self.start : self.start + self.size])
+
+
+def _swap_unit(dtype: str) -> int:
+    size = DTYPE_SIZES[dtype]
+    return max(size // 2, 1) if dtype.startswith("complex") else size
+
+
+def _byteswap(data: bytes, unit: int) -> bytes:
+    if len(data) % unit:
+        raise FormatError("storage is not a whole number of elements")
+    arr = array.array({2: "H", 4: "I", 8: "Q"}[unit])
+    arr.frombytes(data)
+    arr.byteswap()
+    return arr.tobytes()
 
 
 def _take(chunks: Iterator[bytes], n: int) -> Iterator[bytes]:

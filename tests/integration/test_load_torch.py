@@ -202,6 +202,14 @@ def _deflate(src: Path, dst: Path) -> None:
             zout.writestr(info.filename, zin.read(info.filename))
 
 
+def _big_endian(src: Path, dst: Path) -> None:
+    """Rewrite a torch zip to say its storages are big-endian (torch.load then swaps typed storages)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = b"big" if info.filename.endswith("/byteorder") else zin.read(info.filename)
+            zout.writestr(info.filename, data)
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Described]]:
     """Every case saved as zip and legacy files (plus CUDA-located and deflated variants), with references."""
@@ -221,6 +229,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
         paths[f"{name}.cuda"] = (root / f"{name}.cuda.pt", "cpu")
         _deflate(root / f"{name}.pt", root / f"{name}.deflated.pt")
         paths[f"{name}.deflated"] = (root / f"{name}.deflated.pt", None)
+    for name in ("dtypes", "views"):
+        _big_endian(root / f"{name}.pt", root / f"{name}.big.pt")
+        paths[f"{name}.big"] = (root / f"{name}.big.pt", None)
     torch.save(CASES["views"](), root / "views.cuda_legacy.pt", pickle_module=_cuda_pickle_module(),
                _use_new_zipfile_serialization=False)
     paths["views.cuda_legacy"] = (root / "views.cuda_legacy.pt", "cpu")
@@ -236,8 +247,10 @@ def test_matches_torch_load(artifacts: dict[str, tuple[Path, Described]], key: s
     assert_same(safeload.load(path), ref)
 
 
-@pytest.mark.parametrize("case", ["views.deflated", "parameters.deflated"])
-def test_deflated_members_match(artifacts: dict[str, tuple[Path, Described]], case: str) -> None:
+@pytest.mark.parametrize("case", ["views.deflated", "parameters.deflated", "dtypes.big", "views.big"])
+def test_deflated_unaligned_and_big_endian_members_match(
+    artifacts: dict[str, tuple[Path, Described]], case: str
+) -> None:
     path, ref = artifacts[case]
     assert_same(safeload.load(path), ref)
 
