@@ -12,6 +12,11 @@ confusion). Without ``@<commit>`` the default branch is resolved *once* to its c
 file of the repo is fetched at that commit; the audit log line records the commit and the ``safeload pin``
 command that would allow it in enforce mode. Files are still hashed into the store, LFS files are checked
 against the sha256 the server declares, and every integrity or signature failure is fatal in both modes.
+With ``require_signatures = true`` an unpinned name still loads in audit mode (there is no signer to
+check); its audit line says that enforce mode would refuse it.
+
+Directory registries have no history: their entries may omit ``revision`` and are filed in the store
+under a revision derived from the pin set (:meth:`~safeload.policy.ModelEntry.store_revision`).
 """
 
 from __future__ import annotations
