@@ -43,6 +43,7 @@ __all__ = [
     "RegistrySpec",
     "SandboxSettings",
     "default_policy",
+    "discover_policy_path",
     "dotted",
     "load_policy",
     "parse_policy",
