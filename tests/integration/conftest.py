@@ -14,7 +14,9 @@ Fixtures:
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from tests.helpers.hubserver import HubServer, free_port, minilm_files, tiny_ber
 
 _PORT = int(os.environ.get("SAFELOAD_TEST_HUB_PORT") or free_port())
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="safeload-hf-cache-"))
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_PORT}"
 os.environ["HF_HUB_CACHE"] = str(_SESSION_CACHE)
 os.environ["HF_HUB_DISABLE_XET"] = "1"
