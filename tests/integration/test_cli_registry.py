@@ -198,3 +198,57 @@ def test_prefetch_then_load_offline_verify_and_bom(own_hub: HubServer, tmp_path:
     refused = run(["bom", "-o", tmp_path / "bom2.json"], env)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert not (tmp_path / "bom2.json").exists()
+
+
+# ------------------------------------------------------------------------------- a signed model, offline
+
+
+def test_signed_model_bom_verify_gc(tmp_path: Path) -> None:
+    """A directory registry with a key-signed model: the BOM names the signer, verify re-checks it."""
+    from tests.helpers.signing import files_map, generate_key, key_identity, sign_with_key, write_tiny_model
+
+    model = write_tiny_model(tmp_path / "models" / "acme" / "signed")
+    keys = generate_key(tmp_path / "keys")
+    sign_with_key(model, keys.private)
+    pins = files_map(model)
+    policy = tmp_path / "trust.toml"
+    policy.write_text(
+        textwrap.dedent(f"""\
+        version = 1
+        store = "{tmp_path / "store"}"
+        [registries.local]
+        kind = "directory"
+        path = "{tmp_path / "models"}"
+        [signers.release]
+        kind = "key"
+        public_key = "{keys.public}"
+        [models."acme/signed"]
+        registry = "local"
+        signer = "release"
+        task = "text-classification"
+        """)
+        + "files = { "
+        + ", ".join(f'"{rel}" = "{digest}"' for rel, digest in pins.items())
+        + " }\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SAFELOAD_"))}
+    env["SAFELOAD_POLICY"] = str(policy)
+
+    bom = run(["bom", "-o", "-"], env)
+    assert bom.returncode == 0, bom.stderr
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(bom.stdout) is None
+    (component,) = [c for c in json.loads(bom.stdout)["components"] if c["type"] == "machine-learning-model"]
+    props = {p["name"]: p["value"] for p in component["properties"]}
+    assert props["safeload:signer"] == "release"
+    assert props["safeload:signer:identity"] == key_identity(keys)
+    assert props["safeload:verification"] == "sha256+signature"
+    assert {f["name"]: "sha256:" + f["hashes"][0]["content"] for f in component["components"]} == pins
+    assert component["modelCard"]["modelParameters"]["task"] == "text-classification"
+
+    gc = run(["gc", "--json"], env)
+    assert gc.returncode == 0, gc.stderr
+    assert json.loads(gc.stdout)["removed_blobs"] == []  # the signature blob is referenced too
+    verify = run(["verify", "acme/signed", "--json"], env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    (result,) = json.loads(verify.stdout)["models"]
+    assert result["status"] == "ok" and result["signature"] == "verified"
