@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import array
 import ast
+import bz2
+import lzma
 import mmap
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
 from ._emit import StorageTable
-from ._unpickle import Global, NDArray, StorageRef, unpickle
+from ._unpickle import Global, NDArray, NpDtype, StorageRef, Stub, unpickle
 from ._zip import ZipArchive, is_zip
 
 __all__ = ["Parsed", "parse"]
@@ -84,6 +87,7 @@ class _Reader:
         self.budgets = budgets
         self.table = StorageTable(budgets)
         self.globals_seen: dict[tuple[str, str], int] = {}
+        self.saw_joblib = False
 
     def merge_globals(self, seen: dict[tuple[str, str], int]) -> None:
         for k, v in seen.items():
@@ -208,6 +212,60 @@ class _Reader:
                 raise FormatError(f"torch legacy storage {key!r} has no data")
             self.table.set_offset(ref, offsets[key] + byte_offset)
         return root
+
+    # -- joblib -----------------------------------------------------------------------------------------
+    def joblib_hook(self, base: int | None) -> Callable[[Any, Stub], Any]:
+        """Reads the array bytes joblib writes after each ``NumpyArrayWrapper`` (``base``: input offset)."""
+
+        def hook(m: Any, stub: Stub) -> Any:
+            if (stub.module, stub.name) != ("joblib.numpy_pickle", "NumpyArrayWrapper"):
+                return None
+            st = stub.state
+            if not isinstance(st, dict):
+                raise FormatError("joblib array wrapper has no state")
+            shape, order, dtype = st.get("shape"), st.get("order", "C"), st.get("dtype")
+            align = st.get("numpy_array_alignment_bytes")
+            if (type(shape) is not tuple or any(type(x) is not int or x < 0 for x in shape)
+                    or order not in ("C", "F") or not isinstance(dtype, NpDtype)
+                    or (align is not None and type(align) is not int)):
+                raise FormatError("joblib array wrapper state is malformed")
+            self.saw_joblib = True
+            if dtype.kind in ("O8", "O4"):
+                result, end = unpickle(m.data, budgets=self.budgets, start=m.pos, build_hook=hook)
+                self.merge_globals(result.globals_seen)
+                m.pos = end
+                return result.root
+            if dtype.typestr is None:
+                raise FormatError("joblib array dtype is not a plain numeric dtype")
+            if align is not None:
+                m.read(m.read(1)[0])
+            typestr = dtype.typestr
+            nbytes = _prod(shape) * int(typestr[2:])
+            start = m.pos
+            m.read(0)
+            if start + nbytes > len(m.data):
+                raise FormatError("joblib array data is truncated")
+            m.pos = start + nbytes
+            arr = NDArray()
+            arr.shape, arr.order = shape, order
+            if typestr[0] == ">":
+                # joblib.load makes arrays native-endian by default.
+                unit = int(typestr[2:]) // (2 if typestr[1] == "c" else 1)
+                raw = bytes(m.data[start : start + nbytes])
+                arr.dtype, arr.data = "<" + typestr[1:], _byteswap(raw, unit)
+            elif base is not None:
+                arr.dtype = typestr
+                arr.storage = self.table.add_input("uint8", nbytes, "cpu", base + start)
+            else:
+                arr.dtype, arr.data = typestr, bytes(m.data[start : start + nbytes])
+            return arr
+
+        return hook
+
+    def raw_pickle(self, data: Any, base: int | None) -> Parsed:
+        self.saw_joblib = False
+        root, _ = self.unpickle(data, build_hook=self.joblib_hook(base))
+        return Parsed("joblib" if self.saw_joblib else "pickle", root, self.globals_seen)
 
     # -- numpy ------------------------------------------------------------------------------------------
     def npy(self, data: Any, base: int | None, chunks_of: Any = None) -> Any:
@@ -355,13 +413,55 @@ def parse(data: mmap.mmap, budgets: Budgets) -> tuple[Parsed, StorageTable]:
         raise FormatError("the torch legacy tar format (torch < 0.4) is not supported; re-save the file")
     if head[:3] == b"\x80\x02\x8a" and head[4:14] == _LEGACY_MAGIC.to_bytes(10, "little"):
         return Parsed("torch_legacy", r.torch_legacy(), r.globals_seen), r.table
+    decompress = _compressed(head)
+    if decompress is not None:
+        # joblib.dump(compress=...) output: a pickle (with joblib's array bytes) inside zlib/gzip/bz2/xz.
+        plain = decompress(data, budgets.max_output_bytes)
+        if not plain or plain[0] not in _PICKLE_FIRST:
+            raise FormatError("compressed file does not hold a pickle")
+        return r.raw_pickle(plain, None), r.table
     if not head or head[0] not in _PICKLE_FIRST:
         raise FormatError(
             "the file is not safetensors, a torch checkpoint, a pickle or a numpy file; "
             "safeload opens only those formats"
         )
-    root, _ = r.unpickle(data)
-    return Parsed("pickle", root, r.globals_seen), r.table
+    return r.raw_pickle(data, 0), r.table
+
+
+def _compressed(head: bytes) -> Callable[[Any, int], bytes] | None:
+    if head[:1] == b"\x78" and len(head) > 1 and (head[0] * 256 + head[1]) % 31 == 0:
+        return lambda data, cap: _inflate(zlib.decompressobj(), data, cap)
+    if head[:2] == b"\x1f\x8b":
+        return lambda data, cap: _inflate(zlib.decompressobj(31), data, cap)
+    if head[:3] == b"BZh":
+        return lambda data, cap: _inflate(bz2.BZ2Decompressor(), data, cap)
+    if head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"]\x00\x00":
+        return lambda data, cap: _inflate(lzma.LZMADecompressor(), data, cap)
+    return None
+
+
+def _inflate(d: Any, data: Any, cap: int) -> bytes:
+    """Decompress all of ``data`` with decompressor ``d``, never holding more than ``cap`` bytes."""
+    out = bytearray()
+    pos, size, step = 0, len(data), 1 << 22
+    is_zlib = hasattr(d, "unconsumed_tail")
+    try:
+        while not d.eof:
+            if is_zlib and d.unconsumed_tail:
+                feed = d.unconsumed_tail
+            elif not is_zlib and not d.needs_input:
+                feed = b""
+            elif pos < size:
+                feed = bytes(data[pos : pos + step])
+                pos += len(feed)
+            else:
+                raise FormatError("compressed data is truncated")
+            out += d.decompress(feed, step)
+            if len(out) > cap:
+                raise LimitError(f"compressed file inflates past the {cap}-byte output budget")
+    except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
+        raise FormatError(f"compressed data is corrupt: {exc}") from None
+    return bytes(out)
 
 
 # Opcodes a pickle can start with (PROTO for protocol 2+, anything pushing a value for 0 and 1).

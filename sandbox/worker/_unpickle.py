@@ -198,7 +198,8 @@ DATA_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     | {("torch", n) for n in _STORAGE_TYPES}
     | {("torch", n) for n in _TORCH_DTYPES}
     | {("collections", "OrderedDict"), ("argparse", "Namespace"), ("_codecs", "encode"),
-       ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object")}
+       ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"),
+       ("joblib.numpy_pickle", "NumpyArrayWrapper")}
     | {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice", "bytes", "list",
                                  "dict", "tuple")}
     | {(m, n) for m in _NP_MODULES for n in ("_reconstruct", "scalar")}
@@ -295,6 +296,7 @@ class _Machine:
         self.memo: dict[int, Any] = {}
         self.proto = 0
         self.globals_seen: dict[tuple[str, str], int] = {}
+        self.build_hook: Callable[[_Machine, Stub], Any] | None = None
 
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
@@ -864,6 +866,12 @@ def _op_build(m: _Machine) -> None:
         for key, value in list(m.memo.items()):
             if value is obj:
                 m.memo[key] = stub
+        return
+    if m.build_hook is not None and isinstance(obj, Stub):
+        # joblib writes an array's raw bytes right after its wrapper's BUILD; the hook consumes them.
+        replacement = m.build_hook(m, obj)
+        if replacement is not None:
+            m.stack[-1] = replacement
 
 
 def _op_global(m: _Machine) -> None:
@@ -1116,11 +1124,14 @@ def unpickle(
     budgets: Budgets | None = None,
     encoding: str = "utf-8",
     start: int = 0,
+    build_hook: Callable[[Any, Stub], Any] | None = None,
 ) -> tuple[Unpickled, int]:
     """Read one pickle from ``data[start:]`` without calling anything.
 
     Returns the result and the offset just past the STOP opcode (legacy torch files and joblib put more
-    data after a pickle).
+    data after a pickle). ``build_hook(machine, stub)`` runs after each BUILD on a stub; a non-None
+    result replaces the stub (joblib's array wrappers are followed by the array's bytes, which the hook
+    reads by advancing ``machine.pos``).
 
     Raises:
         FormatError: the bytes are not a well-formed pickle.
@@ -1128,6 +1139,7 @@ def unpickle(
     """
     m = _Machine(data, persistent_load, budgets or Budgets(), encoding)
     m.pos = start
+    m.build_hook = build_hook
     try:
         root = m.run()
     except RecursionError:

@@ -150,6 +150,9 @@ from tests.helpers.reference import describe
 for i, (path, loader, map_location) in enumerate(json.loads(sys.argv[3])):
     if loader == "torch":
         obj = torch.load(path, map_location=map_location, weights_only=False)
+    elif loader == "joblib":
+        import joblib
+        obj = joblib.load(path)
     elif loader == "numpy":
         obj = np.load(path, allow_pickle=True)
         if hasattr(obj, "files"):

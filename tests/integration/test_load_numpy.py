@@ -121,3 +121,44 @@ def test_tensor_in_raw_pickle_without_storages_is_refused(tmp_path: Path) -> Non
         Saver(fh, protocol=2).dump({"t": torch.ones(2).untyped_storage()})
     with pytest.raises(safeload.UnsupportedFormatError, match="persistent"):
         safeload.load(tmp_path / "t.pkl")
+
+
+def _joblib_value() -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    return {
+        "weights": rng.standard_normal((4, 3)).astype(np.float32),
+        "fortran": np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3)),
+        "big_endian": np.arange(3, dtype=">f8"),
+        "scalar": np.array(3),
+        "objects": np.array([{"k": 1}, "s"], dtype=object),
+        "meta": {"classes": ["a", "b"], "n": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def joblib_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Described]]:
+    import joblib
+
+    root = tmp_path_factory.mktemp("joblib")
+    jobs: dict[str, Path] = {}
+    for compress in (0, ("zlib", 3), ("gzip", 3), ("bz2", 3), ("xz", 3)):
+        name = "plain" if compress == 0 else compress[0]
+        joblib.dump(_joblib_value(), root / f"{name}.joblib", compress=compress)
+        jobs[name] = root / f"{name}.joblib"
+    refs = references([(p, "joblib", None) for p in jobs.values()])
+    return {name: (p, ref) for (name, p), ref in zip(jobs.items(), refs)}
+
+
+@pytest.mark.parametrize("name", ["plain", "zlib", "gzip", "bz2", "xz"])
+def test_joblib_matches_joblib_load(joblib_artifacts: dict[str, tuple[Path, Described]], name: str) -> None:
+    path, ref = joblib_artifacts[name]
+    assert_same(safeload.load(path), ref)
+
+
+def test_joblib_arrays_are_mapped_from_the_file(joblib_artifacts: dict[str, tuple[Path, Described]]) -> None:
+    from safeload.loader import inspect_artifact
+
+    path, _ = joblib_artifacts["plain"]
+    assert inspect_artifact(path).format == "joblib"
+    out = safeload.load(path, weights_only=True)  # the wrapper is data, not a stub
+    assert not out["weights"].flags.owndata
