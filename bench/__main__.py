@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report_only:
         dump = _report.to_json(groups, table, figs, mach, sizes.tag)
         (out / "results.json").write_text(json.dumps(dump, indent=1))
-    (out / "results.md").write_text(_report.markdown(groups, table, figs, mach))
+    md = _report.markdown(groups, table, figs, mach)
+    (out / "results.md").write_text(md)
+    if canonical:
+        _report.update_readme(_REPO / "bench" / "README.md", md)
     _report.chart(groups, table, figs, mach, chart)
     log(f"bench: wrote {out / 'results.json'}, {out / 'results.md'} and {chart}")
     return 0

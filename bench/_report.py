@@ -14,7 +14,7 @@ from typing import Any
 from bench._rows import Check, Group
 from bench._runner import Figures, RowResult
 
-__all__ = ["COLUMNS", "cells", "chart", "machine", "markdown", "print_table", "to_json"]
+__all__ = ["COLUMNS", "cells", "chart", "machine", "markdown", "print_table", "to_json", "update_readme"]
 
 _MiB = 1 << 20
 COLUMNS = ("path", "what ran", "median", "min-max", "ratio", "ratio min-max", "target", "result",
@@ -48,8 +48,11 @@ def machine() -> dict[str, str]:
     bw = "absent"
     if bwrap:
         bw = subprocess.run([bwrap, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    load = os.getloadavg()
     return {
         "cpu": f"{cpu}, {os.cpu_count()} cores",
+        # Other work on the machine inflates absolute times; ratios are paired run by run for that reason.
+        "load average at the end": f"{load[0]:.1f} (1 min), {load[2]:.1f} (15 min)",
         "memory": mem,
         "kernel": platform.release(),
         "python": sys.version.split()[0],
@@ -134,17 +137,33 @@ def print_table(groups: Sequence[Group], table: dict[str, RowResult], figs: dict
 
 def markdown(groups: Sequence[Group], table: dict[str, RowResult], figs: dict[str, Figures],
              mach: dict[str, str]) -> str:
-    """The same table in markdown, for the README."""
+    """The same table in markdown, for the README (median and ratio cells carry their min-max)."""
+    cols = ("path", "what ran", "median (min-max)", "ratio (min-max)", "target", "result",
+            "host peak RSS (+growth)", "worker peak RSS")
     lines = ["Measured on: " + "; ".join(f"{k} {v}" for k, v in mach.items()), ""]
     for g in groups:
-        lines += [f"**{g.title}** ({g.runs} runs, median)", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+        lines += [f"**{g.title}** ({g.runs} run{'s' if g.runs != 1 else ''})", "",
+                  "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for row in g.rows:
             c = cells(table[row.key], figs[row.key], table)
-            c[1] = f"`{c[1]}`"
-            lines.append("| " + " | ".join(x.replace("|", "\\|") for x in c) + " |")
+            med = f"{c[2]} ({c[3]})" if c[3] else c[2]
+            ratio = f"{c[4]} ({c[5]})" if c[5] else c[4]
+            out = [c[0], f"`{c[1]}`", med, ratio, c[6], c[7], c[8], c[9]]
+            lines.append("| " + " | ".join(x.replace("|", "\\|") for x in out) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def update_readme(readme: Path, md: str) -> bool:
+    """Replace the text between the results markers of ``readme``; False when it has no markers."""
+    start, end = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+    text = readme.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{md}\n{end}{tail}", encoding="utf-8")
+    return True
 
 
 def to_json(groups: Sequence[Group], table: dict[str, RowResult], figs: dict[str, Figures],
