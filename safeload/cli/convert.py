@@ -115,14 +115,12 @@ def _convert_folder(
     from safeload.convert import converted_index, safetensors_name
 
     index = src / "pytorch_model.bin.index.json"
+    new_doc: dict[str, Any] | None = None
     if index.is_file():
-        weight_map = converted_index(index)["weight_map"]
-        shards = sorted(
-            {name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
-        )
-        sources = [(src / shard, dst / safetensors_name(shard)) for shard in shards]
+        new_doc = converted_index(index)  # validates shard names before any shard is opened
+        source_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        sources = [(src / shard, dst / safetensors_name(shard)) for shard in sorted(set(source_map.values()))]
     elif (src / "pytorch_model.bin").is_file():
-        weight_map = None
         sources = [(src / "pytorch_model.bin", dst / "model.safetensors")]
     else:
         raise UnsupportedFormatError(
@@ -142,11 +140,10 @@ def _convert_folder(
             advanced += shard.stat().st_size
             bar("convert", advanced, total)
     new_index: Path | None = None
-    if weight_map is not None:
+    if new_doc is not None:
         new_index = dst / "model.safetensors.index.json"
-        new_index.write_text(
-            json.dumps(converted_index(index), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        new_index.write_text(json.dumps(new_doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    written = {out for _, out in sources} | ({new_index} if new_index else set())
     for item in sorted(src.rglob("*")):
         rel = item.relative_to(src)
         if item.is_symlink() or not item.is_file() or item.name.endswith(_PICKLE_SUFFIXES):
@@ -154,7 +151,7 @@ def _convert_folder(
         if rel.as_posix() == "pytorch_model.bin.index.json" or rel.parts[0] == ".git":
             continue
         target = dst / rel
-        if target.exists() and not args.force:
+        if target in written or (target.exists() and not args.force):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(item, target)
