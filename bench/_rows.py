@@ -99,7 +99,9 @@ def _hf_rows(ds: Dataset, repo: str, targets: bool) -> tuple[Row, ...]:
     st_dir, bin_dir = ds.model_dir(f"{repo}-st"), ds.model_dir(f"{repo}-bin")
     p = f"{repo}."
     cfg = str(st_dir)
-    warm_check = first_bin_check = second_bin_check = ()
+    warm_check: tuple[Check, ...] = ()
+    first_bin_check: tuple[Check, ...] = ()
+    second_bin_check: tuple[Check, ...] = ()
     if targets:
         warm_check = (Check("ratio_max", 1.10, "<= 1.10x transformers", p + "plain_st"),)
         first_bin_check = (Check("ratio_max", 2.0, "<= 2x transformers .bin", p + "plain_bin"),)
