@@ -39,6 +39,8 @@ _NP_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<>][iu](2|4|8)|[<>]f(2|4|8)|[<>]c(8|16)
 _OUTPUT_KEY = re.compile(r"^storage_[0-9]{1,9}$")
 _ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MAX_DIMS = 64
+# Sizes, offsets, strides and ids all stay below this, so every product torch forms fits in int64.
+_MAX_INT = 1 << 62
 _MAX_NAME = 1024
 # Values whose identity may be referenced before they are complete (the host creates them empty first).
 _MUTABLE = frozenset({"list", "set", "dict", "odict", "namespace", "stub", "bytearray", "objarray"})
@@ -100,8 +102,8 @@ def _fail(path: str, msg: str) -> _Invalid:
 
 
 def _int(v: Any, path: str, lo: int = 0) -> int:
-    if type(v) is not int or v < lo:
-        raise _fail(path, f"expected an integer >= {lo}")
+    if type(v) is not int or v < lo or v >= _MAX_INT:
+        raise _fail(path, f"expected an integer >= {lo} and below 2**62")
     return v
 
 
@@ -361,6 +363,8 @@ class _Validator:
         if v["requires_grad"] and dtype not in FLOATING_DTYPES:
             raise _fail(f"{path}.requires_grad", "only floating-point tensors can require gradients")
         size = DTYPE_SIZES[dtype]
+        if _prod(shape) * size >= _MAX_INT:
+            raise _fail(path, "tensor has more elements than any storage can hold")
         if (offset + _span(shape, stride)) * size > spec["nbytes"]:
             raise _fail(path, f"view reaches past the end of storage {spec['id']}")
         self.align[spec["id"]] = max(self.align[spec["id"]], min(size, 8))
