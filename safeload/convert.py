@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -300,9 +301,37 @@ def cached_conversion(
     else:
         digest = sha256_file(src)
     target = Path(policy.store).expanduser() / "converted" / "sha256" / f"{digest}.safetensors"
-    if target.is_file():
+    record = target.with_name(target.name + ".stat.json")
+    if _fingerprint_matches(target, record):
         return target
-    return convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
+    convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
+    st = os.lstat(target)
+    record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
+    return target
+
+
+def _fingerprint(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "mode": st.st_mode}
+
+
+def _fingerprint_matches(target: Path, record: Path) -> bool:
+    """Whether the cached file is still the one this process family wrote (else it is converted again).
+
+    A converted file that was replaced, touched or turned into a symlink after it was written is not
+    trusted: converting again costs one jail run, loading a swapped file would load foreign weights.
+    """
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        expected = None
+    if not stat.S_ISREG(st.st_mode) or expected != _fingerprint(st):
+        _log.warning("%s changed after it was converted; converting the source again", target)
+        return False
+    return True
 
 
 def converted_index(index: str | os.PathLike[str]) -> dict[str, Any]:

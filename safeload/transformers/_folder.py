@@ -362,8 +362,16 @@ def _build_derived(
 ) -> Path:
     root = store / "derived"
     final = root / key
+    expected: dict[str, str | None] = {rel: os.path.abspath(src.folder / rel) for rel in kept}
+    expected.update({rel: os.path.abspath(path) for rel, path in converted.items()})
+    expected.update({rel: None for rel in index_docs})
     if final.is_dir():
-        return final
+        if _derived_intact(final, expected, index_docs):
+            return final
+        # Someone changed the folder after it was built: set it aside and build it again.
+        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
+        os.rename(final, stale / "folder")
+        shutil.rmtree(stale, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
@@ -384,6 +392,30 @@ def _build_derived(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _derived_intact(
+    folder: Path, expected: Mapping[str, str | None], index_docs: Mapping[str, Mapping[str, Any]]
+) -> bool:
+    """Whether a derived folder still holds exactly the links and indexes it was built with."""
+    try:
+        present: set[str] = set()
+        for dirpath, _dirs, names in os.walk(folder):
+            for n in names:
+                present.add((Path(dirpath) / n).relative_to(folder).as_posix())
+        if present != set(expected):
+            return False
+        for rel, target in expected.items():
+            if target is not None:
+                if os.readlink(folder / rel) != target:
+                    return False
+            elif not (folder / rel).is_file() or (folder / rel).is_symlink():
+                return False
+            elif json.loads((folder / rel).read_text(encoding="utf-8")) != index_docs[rel]:
+                return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _link(target: Path, at: Path) -> None:

@@ -225,6 +225,16 @@ def test_conversion_happens_once(use_policy: World) -> None:
     assert not any(p.name.endswith(".bin") for p in folder.iterdir())
 
 
+def test_a_tampered_derived_folder_is_rebuilt(use_policy: World) -> None:
+    model = AutoModelForCausalLM.from_pretrained("tiny/gpt2-bin")
+    folder = Path(model.name_or_path)
+    other = M.save_model(M.tiny_gpt2(seed=1), use_policy.root / "other-gpt2", "safetensors")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(other / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained("tiny/gpt2-bin")
+    assert torch.equal(M.logits(model), use_policy.refs["tiny/gpt2-bin"])
+
+
 def test_minilm_from_directory_registry_matches_plain_transformers(use_policy: World) -> None:
     import transformers
 

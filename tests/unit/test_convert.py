@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,18 @@ def test_dtypes_shapes_and_empty_tensors(tmp_path: Path, policy: Policy) -> None
     for k, v in state.items():
         assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
         assert torch.equal(got[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+
+
+def test_a_swapped_cached_file_is_converted_again(tmp_path: Path, policy: Policy) -> None:
+    src = tmp_path / "w.pt"
+    weights = torch.randn(8)
+    torch.save({"w": weights}, src)
+    cached = cached_conversion(src, policy=policy)
+    from safetensors.torch import save_file
+
+    forged = tmp_path / "forged.safetensors"
+    save_file({"w": torch.zeros(8)}, forged)
+    os.replace(forged, cached)  # someone swaps the cached conversion for other weights
+    again = cached_conversion(src, policy=policy)
+    assert again == cached
+    assert torch.equal(load_file(again)["w"], weights)
