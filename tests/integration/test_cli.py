@@ -197,6 +197,7 @@ def _assert_bit_identical(ref: dict[str, torch.Tensor], path: Path) -> None:
             assert torch.equal(flat_got.view(torch.uint8), flat_exp.view(torch.uint8)), name
 
 
+@pytest.mark.slow
 def test_convert_file_bit_for_bit(benign_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
     proc = cli("convert", benign_ckpt, "-o", out, "--json")

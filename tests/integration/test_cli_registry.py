@@ -82,6 +82,7 @@ def sha(data: bytes) -> str:
 # -------------------------------------------------------------------------------------------------- pin
 
 
+@pytest.mark.slow
 def test_pin_writes_hashes_and_refuses_branches(hub: Any, tmp_path: Path) -> None:
     policy = tmp_path / "trust.toml"
     write_policy(policy, hub.endpoint, tmp_path / "store")
