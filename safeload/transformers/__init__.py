@@ -142,6 +142,9 @@ def from_pretrained(cls: Any, pretrained_model_name_or_path: Any, *args: Any, **
     kwargs = dict(kwargs)
     if is_model:
         _check_model_kwargs(kwargs)
+    subfolder = os.fspath(kwargs.get("subfolder") or "")
+    if os.path.isabs(subfolder) or ".." in subfolder.replace("\\", "/").split("/"):
+        raise UntrustedSourceError(f"subfolder={subfolder!r} must be a relative path inside the model folder")
     revision = kwargs.pop("revision", None)
     for key in _HUB_KWARGS:
         kwargs.pop(key, None)
@@ -241,7 +244,9 @@ def pipeline(*args: Any, **kwargs: Any) -> Any:
     name: inferring it would ask the public Hub.
 
     Raises:
-        The errors of :func:`from_pretrained`; ``ValueError`` when ``task`` is missing for a named model.
+        The errors of :func:`from_pretrained`; ``UntrustedSourceError`` without ``model`` (the task's
+        default model would come from the public Hub); ``ValueError`` when ``task`` is missing for a
+        named model.
     """
     return _pipeline(_hf.pipeline, *args, **kwargs)
 
@@ -266,6 +271,11 @@ def _pipeline(real: Any, *args: Any, **kwargs: Any) -> Any:
             )
         prepared = prepare(model, weights=True, trust_remote_code=want_code, revision=revision)
         arguments["model"] = str(prepared.folder)
+    elif model is None:
+        raise UntrustedSourceError(
+            "pipeline() without model= would download the task's default model from the public Hub; "
+            "pass model= with a name pinned in trust.toml"
+        )
     elif want_code:
         raise UntrustedSourceError("trust_remote_code=True needs model= to be a name pinned in trust.toml")
     for key in _LOADER_ARGS:

@@ -308,6 +308,8 @@ def test_unknown_name_and_other_revision_are_refused(use_policy: World) -> None:
         AutoModel.from_pretrained("tiny/bert-safetensors", revision="main")
     with pytest.raises(UnsafeContentError, match="use_safetensors"):
         AutoModel.from_pretrained("tiny/bert-bin", use_safetensors=False)
+    with pytest.raises(UntrustedSourceError, match="subfolder"):
+        AutoConfig.from_pretrained("tiny/bert-bin", subfolder="../../..")
 
 
 def test_pipeline_resolves_through_the_policy(use_policy: World) -> None:
@@ -317,6 +319,8 @@ def test_pipeline_resolves_through_the_policy(use_policy: World) -> None:
     assert len(out[0]) == len(AutoTokenizer.from_pretrained(tok)("the cat sat")["input_ids"])
     with pytest.raises(UntrustedSourceError):
         pipeline("feature-extraction", model="tiny/not-pinned")
+    with pytest.raises(UntrustedSourceError, match="default model"):
+        pipeline("sentiment-analysis")
 
 
 def test_local_folder_pickles_go_through_the_jail(use_policy: World) -> None:
