@@ -25,6 +25,15 @@ def _forbidden(name: str) -> Any:
     return refuse
 
 
+def _forbidden_class(base: type, name: str) -> type:
+    # A class, not a function: libraries subclass Unpickler at import time (torch._dynamo does), and that
+    # must keep working; only building an unpickler is refused.
+    def __init__(self: object, *args: object, **kwargs: object) -> NoReturn:
+        raise HostUnpicklingError(f"{name} was instantiated in the host process during a test")
+
+    return type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__})
+
+
 @pytest.fixture(autouse=True)
 def no_host_unpickling(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
     """Make every host unpickling entry point raise for the duration of each test."""
@@ -36,7 +45,7 @@ def no_host_unpickling(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureR
     for mod in (pickle, _pickle):
         monkeypatch.setattr(mod, "load", _forbidden(f"{mod.__name__}.load"))
         monkeypatch.setattr(mod, "loads", _forbidden(f"{mod.__name__}.loads"))
-        monkeypatch.setattr(mod, "Unpickler", _forbidden(f"{mod.__name__}.Unpickler"))
+        monkeypatch.setattr(mod, "Unpickler", _forbidden_class(mod.Unpickler, f"{mod.__name__}.Unpickler"))
     try:
         import torch
         import torch.serialization
