@@ -6,6 +6,11 @@ caller's private staging folder: the user's own Hub cache is neither read nor wr
 returns cached files for a commit without looking at them, and never checks sha256 itself). The token is
 the one huggingface_hub would use (``HF_TOKEN`` or the stored login) unless the registry names another
 variable with ``token_env``; it is sent only to this registry's endpoint.
+
+Xet: safeload leaves ``HF_HUB_DISABLE_XET`` to the user. Whatever transport huggingface_hub picks (plain
+HTTP, or Xet with its own chunk cache), the file it returns is hashed into the store and compared with the
+pin, so a poisoned chunk cache can only make a fetch fail. Mirrors such as olah serve plain HTTP; test
+suites set ``HF_HUB_DISABLE_XET=1`` before importing huggingface_hub.
 """
 
 from __future__ import annotations
