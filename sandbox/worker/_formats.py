@@ -5,9 +5,11 @@ from __future__ import annotations
 import array
 import ast
 import bz2
+import io
 import lzma
 import mmap
 import struct
+import tarfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -15,7 +17,7 @@ from typing import Any
 
 from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
 from ._emit import StorageTable
-from ._unpickle import Global, NDArray, NpDtype, StorageRef, Stub, unpickle
+from ._unpickle import Global, NDArray, NpDtype, StorageRef, Stub, Tensor, unpickle
 from ._zip import ZipArchive, is_zip
 
 __all__ = ["Parsed", "parse"]
@@ -213,6 +215,109 @@ class _Reader:
             self.table.set_offset(ref, offsets[key] + byte_offset)
         return root
 
+    # -- legacy torch tar (torch < 0.4) -------------------------------------------------------------------
+    def torch_tar(self) -> Any:
+        data = self.data
+        try:
+            tar = tarfile.open(fileobj=io.BytesIO(data) if isinstance(data, bytes) else data, mode="r:")
+            members = {}
+            for i, member in enumerate(tar):
+                if i >= 16:
+                    raise FormatError("torch tar checkpoint has more members than the format defines")
+                if member.isreg():
+                    members[member.name] = (member.offset_data, member.size)
+        except (tarfile.TarError, EOFError, ValueError) as exc:
+            raise FormatError(f"not a readable tar archive: {exc}") from None
+        if not {"storages", "tensors", "pickle"} <= set(members):
+            raise FormatError("tar archive lacks the storages, tensors and pickle of a torch checkpoint")
+        for off, size in members.values():
+            if off + size > len(data):
+                raise FormatError("tar member runs past the end of the file")
+
+        def region(name: str) -> tuple[int, int]:
+            off, size = members[name]
+            return off, off + size
+
+        def read_struct(fmt: str, pos: int, end: int) -> tuple[Any, ...]:
+            n = struct.calcsize(fmt)
+            if pos + n > end:
+                raise FormatError("torch tar member is truncated")
+            return struct.unpack(fmt, data[pos : pos + n])
+
+        storages: dict[Any, StorageRef] = {}
+        pos, end = region("storages")
+        count, pos = self.unpickle(data, start=pos)
+        if type(count) is not int or count < 0:
+            raise FormatError("torch tar storage count is malformed")
+        for _ in range(count):
+            args, pos = self.unpickle(data, start=pos)
+            if type(args) is not tuple or len(args) != 3 or type(args[0]) not in (int, str):
+                raise FormatError("torch tar storage record is malformed")
+            dtype = _storage_dtype(args[2])
+            location = _check_str(args[1], "storage location")
+            (numel,) = read_struct("<q", pos, end)
+            pos += 8
+            nbytes = numel * DTYPE_SIZES[dtype]
+            if numel < 0 or pos + nbytes > end:
+                raise FormatError("torch tar storage is truncated")
+            storages[args[0]] = self.table.add_input(dtype, nbytes, location, pos)
+            pos += nbytes
+        views, pos = self.unpickle(data, start=pos)
+        if not isinstance(views, list):
+            raise FormatError("torch tar storage views are malformed")
+        for view in views:
+            if (type(view) is not tuple or len(view) != 4 or not _hashable(view[1]) or view[1] not in storages
+                    or type(view[2]) is not int or type(view[3]) is not int or view[2] < 0 or view[3] < 0):
+                raise FormatError("torch tar storage view is malformed")
+            root = storages[view[1]]
+            spec = self.table.specs[root.index]
+            size = DTYPE_SIZES[root.dtype]
+            if (view[2] + view[3]) * size > spec["nbytes"]:
+                raise FormatError("torch tar storage view lies outside its storage")
+            storages[view[0]] = self.table.add_input(
+                root.dtype, view[3] * size, spec["location"], spec["source"]["offset"] + view[2] * size
+            )
+        objects: dict[int, Any] = {}
+        pos, end = region("tensors")
+        count, pos = self.unpickle(data, start=pos)
+        if type(count) is not int or count < 0:
+            raise FormatError("torch tar tensor count is malformed")
+        for _ in range(count):
+            args, pos = self.unpickle(data, start=pos)
+            if type(args) is not tuple or len(args) != 3 or type(args[0]) is not int:
+                raise FormatError("torch tar tensor record is malformed")
+            if not _hashable(args[1]) or args[1] not in storages:
+                raise FormatError("torch tar tensor record is malformed")
+            (ndim,) = read_struct("<i", pos, end)
+            if not 0 <= ndim <= 64:
+                raise FormatError("torch tar tensor has a bad number of dimensions")
+            pos += 8
+            sizes = read_struct(f"<{ndim}q", pos, end)
+            pos += 8 * ndim
+            strides = read_struct(f"<{ndim}q", pos, end)
+            pos += 8 * ndim
+            (offset,) = read_struct("<q", pos, end)
+            pos += 8
+            if offset < 0 or any(x < 0 for x in sizes + strides):
+                raise FormatError("torch tar tensor geometry is malformed")
+            storage = storages[args[1]]
+            objects[args[0]] = Tensor(storage, offset, sizes, strides, storage.dtype, False)
+        for key, ref in storages.items():
+            if type(key) is int:
+                objects.setdefault(key, ref)
+
+        def persistent_load(pid: Any) -> Any:
+            if type(pid) is tuple and pid and isinstance(pid[0], Global):
+                return pid[0]  # a module class persisted with its source: the class stays a name
+            try:
+                return objects[int(pid)]
+            except (KeyError, TypeError, ValueError):
+                raise FormatError("torch tar pickle refers to an object it did not save") from None
+
+        start, _ = region("pickle")
+        root, _ = self.unpickle(data, start=start, persistent_load=persistent_load)
+        return root
+
     # -- joblib -----------------------------------------------------------------------------------------
     def joblib_hook(self, base: int | None) -> Callable[[Any, Stub], Any]:
         """Reads the array bytes joblib writes after each ``NumpyArrayWrapper`` (``base``: input offset)."""
@@ -345,6 +450,14 @@ class _Slice:
         return bytes(self.data[self.start : self.start + self.size])
 
 
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
 def _swap_unit(dtype: str) -> int:
     size = DTYPE_SIZES[dtype]
     return max(size // 2, 1) if dtype.startswith("complex") else size
@@ -410,7 +523,7 @@ def parse(data: mmap.mmap, budgets: Budgets) -> tuple[Parsed, StorageTable]:
     if head[:6] == b"\x93NUMPY":
         return Parsed("npy", r.npy(data, 0), r.globals_seen), r.table
     if len(head) >= 262 and head[257:262] == b"ustar":
-        raise FormatError("the torch legacy tar format (torch < 0.4) is not supported; re-save the file")
+        return Parsed("torch_legacy_tar", r.torch_tar(), r.globals_seen), r.table
     if head[:3] == b"\x80\x02\x8a" and head[4:14] == _LEGACY_MAGIC.to_bytes(10, "little"):
         return Parsed("torch_legacy", r.torch_legacy(), r.globals_seen), r.table
     decompress = _compressed(head)
