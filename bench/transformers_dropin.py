@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.transformers_dropin [--runs 9] [--bin-model minilm|gpt2]
 
 One process imports transformers and safeload, warms every path up once (imports, page cache, the
-store), then times ``from_pretrained`` calls interleaved round by round; ratios are medians of the
-per-round ratios:
+store), then times ``from_pretrained`` calls round by round, in a shuffled order each round, after a
+``gc.collect()``; ratios are medians of the per-round ratios:
 
 - warm: ``safeload.transformers.AutoModel.from_pretrained("minilm")`` with the model already in the store
   vs ``transformers.AutoModel.from_pretrained(<the same safetensors folder>)``: target <= 1.10x;
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 _CHILD = r"""
-import json, os, shutil, sys, time
+import gc, json, os, random, shutil, sys, time
 runs, registry, warm_policy, cold_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 import torch, transformers
 import safeload.transformers as st
@@ -68,9 +68,13 @@ cases = {
 for fn in cases.values():
     fn()
 rows = {k: [] for k in cases}
+order = list(cases)
+rng = random.Random(0)
 for _ in range(runs):
-    for k, fn in cases.items():
-        rows[k].append(timed(fn))
+    rng.shuffle(order)  # no path always runs right after the same other path
+    for k in order:
+        gc.collect()
+        rows[k].append(timed(cases[k]))
 print(json.dumps(rows))
 """
 
