@@ -23,8 +23,10 @@ _EXIT_CRASH = 4
 
 def _write_json(out_dir: str, name: str, obj: object) -> None:
     fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, separators=(",", ":"), allow_nan=False)
+    # json.dumps runs the C encoder; json.dump to a file would run the slow pure-Python one.
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
 
 
 def _error(out_dir: str, kind: str, message: str) -> None:

@@ -287,6 +287,7 @@ class _Machine:
         encoding: str,
     ) -> None:
         self.data = data
+        self.size = len(data)
         self.pos = 0
         self.persistent_load = persistent_load
         self.budgets = budgets
@@ -301,9 +302,9 @@ class _Machine:
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
         end = self.pos + n
-        if n < 0 or end > len(self.data):
+        if n < 0 or end > self.size:
             raise FormatError("pickle data was truncated")
-        out = bytes(self.data[self.pos : end])
+        out = self.data[self.pos : end]  # bytes for both bytes and mmap inputs
         self.pos = end
         return out
 
@@ -632,7 +633,7 @@ class _Machine:
             if handler is None:
                 raise FormatError(f"pickle opcode 0x{op:02x} at offset {self.pos - 1} is not valid")
             handler(self)
-            if len(stack) > self.budgets.max_nodes:
+            if not ops & 1023 and len(stack) > self.budgets.max_nodes:
                 raise LimitError(f"pickle stack exceeds {self.budgets.max_nodes} entries")
 
 
@@ -651,8 +652,14 @@ class _StubArray(Exception):
 def _u(fmt: str) -> Callable[[_Machine], int]:
     s = struct.Struct(fmt)
 
+    size = s.size
+
     def read(m: _Machine) -> int:
-        value: int = s.unpack(m.read(s.size))[0]
+        pos = m.pos
+        if pos + size > m.size:
+            raise FormatError("pickle data was truncated")
+        value: int = s.unpack_from(m.data, pos)[0]
+        m.pos = pos + size
         return value
 
     return read
