@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import stat
 import statistics
@@ -256,6 +257,7 @@ def run_groups(groups: list[Group], ds: Dataset, work: Path, log: Callable[[str]
             srv.wait_ready()
     log(f"bench: {parallel} fork server(s) up in {time.monotonic() - t0:.1f} s")
     results: dict[str, RowResult] = {}
+    rng = random.Random(0)
     try:
         for g in groups:
             for row in g.rows:
@@ -269,6 +271,8 @@ def run_groups(groups: list[Group], ds: Dataset, work: Path, log: Callable[[str]
             for i in range(g.runs):
                 log(f"bench: {g.key} run {i + 1}/{g.runs}")
                 todo = [r for r in g.rows if results[r.key].status == "ok" or not results[r.key].runs]
+                # A new order each run, so no path always runs right after the same other path.
+                rng.shuffle(todo)
                 outs = _measure_all(todo, ds, work, log, servers)
                 for row, out in zip(todo, outs, strict=True):
                     results[row.key].runs.append(out)
