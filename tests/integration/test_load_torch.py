@@ -417,3 +417,23 @@ def test_torchscript_archive_yields_tensors_without_running_code(tmp_path: Path)
     assert list(sd) == list(expected)
     for k in sd:
         assert torch.equal(sd[k], expected[k])
+
+
+def test_inspect_names_tensors_and_shared_storages(artifacts: dict[str, tuple[Path, Described]]) -> None:
+    from safeload.loader import inspect_artifact
+
+    ins = inspect_artifact(artifacts["views"][0])
+    assert ins.format == "torch_zip"
+    table = {t.name: t for t in ins.tensors}
+    assert table["a"].shape == (24,) and table["a"].nbytes == 96 and table["a"].dtype == "float32"
+    assert "tail" in table["a"].shared_with and table["tail"].storage == table["a"].storage
+    assert {g.verdict for g in ins.globals} == {"data"}
+    module = inspect_artifact(artifacts["module"][0])
+    assert "model.lin.weight" in {t.name for t in module.tensors}
+    assert any(g.verdict == "stub" and g.name == "WithHiddenBuffer" for g in module.globals)
+
+
+@pytest.mark.slow
+def test_execute_unpickler_returns_the_same_result(artifacts: dict[str, tuple[Path, Described]]) -> None:
+    path, ref = artifacts["views"]
+    assert_same(safeload.load(path, unpickler="execute"), ref)
