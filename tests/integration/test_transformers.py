@@ -273,7 +273,9 @@ def test_auto_map_code_never_runs(use_policy: World) -> None:
     # Without remote code, transformers uses its own BERT classes; the repository's code is never imported.
     model = AutoModel.from_pretrained("evil/auto-map")
     assert type(model).__module__.startswith("transformers.")
-    assert AutoConfig.from_pretrained("evil/auto-map").model_type == "bert"
+    config = AutoConfig.from_pretrained("evil/auto-map")
+    assert config.model_type == "bert"
+    assert type(AutoModel.from_config(config)).__name__ == "BertModel"  # from_config passes through
     assert not use_policy.canary.exists()
 
 
