@@ -11,7 +11,9 @@ While patched, ``torch.load`` (and ``torch.serialization.load``) is ``safeload.l
 signature, and ``from_pretrained`` of ``PreTrainedModel``, the ``Auto*`` classes, tokenizers, configs,
 processors, image processors and feature extractors goes through ``safeload.transformers``, as does
 ``transformers.pipeline``. Patching replaces module and class attributes process-wide; it does not reach
-a function someone bound earlier with ``from torch import load``.
+a function someone bound earlier with ``from torch import load``. While transformers reads a model folder
+(inside a patched ``from_pretrained``), ``torch.load`` refuses instead of going to the jail: nothing a
+model folder holds should be unpickled at that point. Patch and unpatch from one thread, outside loads.
 """
 
 from __future__ import annotations

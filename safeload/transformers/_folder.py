@@ -152,7 +152,7 @@ def _code_refs(value: object) -> Iterable[str]:
             yield from _code_refs(v)
 
 
-def _check_configs(src: _Source, *, want_code: bool, policy: Policy) -> None:
+def _check_configs(src: _Source, *, want_code: bool) -> None:
     code_modules: set[str] = set()
     for rel in src.files:
         # auto_map and weight redirects live in the config files; tokenizer.json and friends are skipped.
@@ -195,7 +195,7 @@ def _check_configs(src: _Source, *, want_code: bool, policy: Policy) -> None:
         if rel.endswith(".safetensors.index.json"):
             _check_safetensors_index(src.folder / rel)
     if want_code:
-        _check_code(src, code_modules, policy)
+        _check_code(src, code_modules)
 
 
 def _code_refs_tasks(value: object) -> Iterable[list[str]]:
@@ -218,7 +218,7 @@ def _check_safetensors_index(index: Path) -> None:
             )
 
 
-def _check_code(src: _Source, modules: set[str], policy: Policy) -> None:
+def _check_code(src: _Source, modules: set[str]) -> None:
     if not src.from_store:
         raise UntrustedSourceError(
             f"trust_remote_code=True for the local folder {src.folder}: safeload runs model code only for "
@@ -236,7 +236,6 @@ def _check_code(src: _Source, modules: set[str], policy: Policy) -> None:
             f"trust_remote_code=True, but these code files are not pinned by hash: {', '.join(unpinned)}; "
             "add them to the model's files in trust.toml (`safeload pin` writes every file)"
         )
-    del policy
 
 
 def _derived_key(src: _Source, kept: Mapping[str, str | None], weights: bool) -> str:
@@ -285,7 +284,7 @@ def prepare(
             )
     else:
         src = _local_source(Path(name), pol)
-    _check_configs(src, want_code=trust_remote_code, policy=pol)
+    _check_configs(src, want_code=trust_remote_code)
     allow_code = trust_remote_code  # _check_configs raised if the policy does not allow it
 
     kept: dict[str, str | None] = {}
