@@ -8,6 +8,7 @@ the host opened (mapped copy-on-write, zero-copy) or on that safetensors file.
 
 from __future__ import annotations
 
+import fcntl
 import mmap as _mmap
 import os
 import re
@@ -50,7 +51,8 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
     """Open ``f`` once for reading; return the descriptor and a name for messages.
 
     A path is opened read-only and must be a regular file. A file object is copied, from its current
-    position, into a private memory file, so that the bytes loaded cannot change under the loader.
+    position, into a private memory file sealed against writes, so that the bytes loaded cannot change
+    under the loader.
 
     Raises:
         FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` would.
@@ -67,7 +69,7 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
     read = getattr(f, "read", None)
     if read is None:
         raise TypeError(f"safeload.load expects a path or a binary file object, not {type(f).__name__}")
-    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC)
+    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         while True:
             chunk = read(_COPY_CHUNK)
@@ -78,6 +80,9 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
+        # Sealed: nobody (not even a worker that inherited the descriptor) can change the bytes now.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     except BaseException:
         os.close(fd)
         raise
