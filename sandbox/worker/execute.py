@@ -28,6 +28,7 @@ __all__ = ["main"]
 
 _DEFAULT_INPUT = "/in/artifact"
 _DEFAULT_OUTPUT = "/out"
+_DEFAULT_MAX_OUTPUT = 64 << 30
 
 # The inert worker's budgets (``_common.MAX_NODES``/``MAX_DEPTH``), which the host validates every
 # manifest against: a result bigger than this is a bomb, not a model.
@@ -42,10 +43,13 @@ _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-_TORCH_DTYPES = (
-    "float64 float32 float16 bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz "
-    "int64 int32 int16 int8 uint8 uint16 uint32 uint64 bool complex64 complex128 complex32"
-).split()
+# PROTOCOL.md's storage dtypes and their element sizes.
+_DTYPE_SIZES = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1,
+    "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex64": 8, "complex128": 16, "complex32": 4,
+}
+_TORCH_DTYPES = frozenset(_DTYPE_SIZES)
 
 # numpy dtype str (native little-endian) -> torch dtype name, for the storage an ndarray views.
 _NUMPY_TO_TORCH = {
@@ -167,7 +171,8 @@ class _Exporter:
         self._keep: list[Any] = []  # keeps objects alive so id() values stay unique during the walk
         self._nodes = 0
         self.storages: list[dict[str, Any]] = []
-        self.payloads: list[tuple[str, Any]] = []  # (safetensors key, uint8 numpy view or bytes)
+        # (safetensors key, uint8 numpy view or bytes, element alignment)
+        self.payloads: list[tuple[str, Any, int]] = []
         self._storage_ids: dict[tuple[int, int, str], int] = {}
         self.globals: dict[tuple[str, str], int] = {}
 
@@ -197,7 +202,7 @@ class _Exporter:
             {"id": sid, "dtype": dtype, "nbytes": nbytes, "location": location,
              "source": {"kind": "output", "key": name}}
         )
-        self.payloads.append((name, data))
+        self.payloads.append((name, data, min(_DTYPE_SIZES[dtype], 8)))
         return sid
 
     def _tensor_storage(self, tensor: Any, dtype: str) -> int:
@@ -209,8 +214,7 @@ class _Exporter:
         # Empty storages all share pointer 0; they alias nothing.
         key = (ptr, nbytes, "") if ptr else (-len(self.storages) - 1, 0, "")
         location = self._locations.get(ptr, "cpu")
-        itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-        storage_dtype = dtype if nbytes % itemsize == 0 else "uint8"
+        storage_dtype = dtype if nbytes % _DTYPE_SIZES[dtype] == 0 else "uint8"
         existing = self._storage_ids.get(key)
         if existing is not None:
             return existing
@@ -450,21 +454,28 @@ def _stream_globals(path: str) -> list[dict[str, Any]] | None:
     ]
 
 
-def _write_safetensors(path: str, payloads: list[tuple[str, Any]]) -> None:
-    """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy)."""
+def _write_safetensors(path: str, payloads: list[tuple[str, Any, int]], max_bytes: int) -> None:
+    """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy).
+
+    Storages go in order of decreasing element alignment, so each starts at a multiple of its element
+    size (the data section starts 8-aligned): the host can use them in place instead of copying.
+    """
+    ordered = sorted(payloads, key=lambda p: -p[2])
     header: dict[str, Any] = {}
     offset = 0
-    for name, data in payloads:
+    for name, data, _align in ordered:
         n = len(data) if isinstance(data, bytes) else int(data.nbytes)
         header[name] = {"dtype": "U8", "shape": [n], "data_offsets": [offset, offset + n]}
         offset += n
+    if offset > max_bytes:
+        raise _LimitError(f"the tensors need {offset} bytes, more than the output limit of {max_bytes}")
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
-        for _name, data in payloads:
+        for _name, data, _align in ordered:
             fh.write(data if isinstance(data, bytes) else memoryview(data))
 
 
@@ -486,8 +497,9 @@ def _fail(out_dir: str, kind: str, message: str) -> int:
     return {"format": 2, "limit": 3}.get(kind, 4)
 
 
-def _parse_args(argv: list[str]) -> tuple[str, str]:
-    """``--in PATH --out DIR`` as the worker entry point passes them, or the same two positionally."""
+def _parse_args(argv: list[str]) -> tuple[str, str, int]:
+    """``--in PATH --out DIR --max-output BYTES`` as the worker entry point passes them (``--mode`` is
+    ignored), or input and output positionally."""
     opts: dict[str, str] = {}
     positional: list[str] = []
     it = iter(argv)
@@ -499,7 +511,8 @@ def _parse_args(argv: list[str]) -> tuple[str, str]:
             positional.append(arg)
     src = opts.get("in") or (positional[0] if positional else _DEFAULT_INPUT)
     out = opts.get("out") or (positional[1] if len(positional) > 1 else _DEFAULT_OUTPUT)
-    return src, out
+    max_output = opts.get("max-output", "")
+    return src, out, int(max_output) if max_output.isdigit() else _DEFAULT_MAX_OUTPUT
 
 
 def main(argv: list[str]) -> int:
@@ -509,7 +522,7 @@ def main(argv: list[str]) -> int:
     jail in tests; ``--mode X`` is ignored. Returns the process exit status: 0 on success, else the
     worker's codes (2 format, 3 limit, 4 crash), with ``error.json`` saying why. Never raises.
     """
-    src, out_dir = _parse_args(argv)
+    src, out_dir, max_output = _parse_args(argv)
     try:
         with open(src, "rb") as fh:
             head = _read_head(fh)
@@ -533,7 +546,7 @@ def main(argv: list[str]) -> int:
         exporter = _Exporter(locations)
         root = exporter.node(obj)
         if exporter.payloads:
-            _write_safetensors(os.path.join(out_dir, "tensors.safetensors"), exporter.payloads)
+            _write_safetensors(os.path.join(out_dir, "tensors.safetensors"), exporter.payloads, max_output)
         manifest = {
             "version": 1,
             "format": fmt,

@@ -30,7 +30,7 @@ INERT_TIMEOUT_S = 10.0
 INERT_MEMORY = 512 * _MiB
 # Execute mode imports torch in the jail (about 1 s, and about 1 GiB of address space).
 EXECUTE_TIMEOUT_S = 30.0
-EXECUTE_DOS_TIMEOUT_S = 5.0
+EXECUTE_DOS_TIMEOUT_S = 3.0
 EXECUTE_MEMORY = 2 * _GiB
 
 

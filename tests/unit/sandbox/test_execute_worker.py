@@ -116,6 +116,23 @@ def test_manifest_passes_host_validation(outputs: dict[str, Path], name: str) ->
     assert manifest.format in ("torch_zip", "npy")
 
 
+_ITEMSIZE = {"float64": 8, "int64": 8, "complex128": 8, "complex64": 8, "uint64": 8, "float32": 4,
+             "int32": 4, "uint32": 4, "complex32": 4, "float16": 2, "bfloat16": 2, "int16": 2, "uint16": 2}
+
+
+@pytest.mark.parametrize("name", ["views", "values", "state_dict", "npy"])
+def test_storages_start_aligned_in_the_safetensors_file(outputs: dict[str, Path], name: str) -> None:
+    # An aligned storage is used in place by the host; a misaligned one costs a copy.
+    doc = json.loads((outputs[name] / "manifest.json").read_text())
+    raw = (outputs[name] / "tensors.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    assert (8 + header_len) % 8 == 0
+    for spec in doc["storages"]:
+        start = header[spec["source"]["key"]]["data_offsets"][0]
+        assert start % _ITEMSIZE.get(spec["dtype"], 1) == 0, spec
+
+
 def test_manifest_lists_the_stream_globals_with_verdicts(outputs: dict[str, Path]) -> None:
     doc = json.loads((outputs["module"] / "manifest.json").read_text())
     verdicts = {(g["module"], g["name"]): g["verdict"] for g in doc["globals"]}
