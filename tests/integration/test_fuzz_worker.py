@@ -32,6 +32,7 @@ from safeload.errors import SafeloadError, SandboxError
 from sandbox.worker._common import Budgets, FormatError, LimitError
 from sandbox.worker._emit import build_manifest
 from sandbox.worker._formats import parse
+from tests.helpers.torch_tar import torch_tar_bytes
 
 
 def _torch_zip() -> bytes:
@@ -59,7 +60,7 @@ def _pickles() -> list[bytes]:
     return [pickle.dumps(value, protocol=p) for p in range(6)]
 
 
-SEEDS = [_torch_zip(), _torch_legacy(), _npy(), *_pickles()]
+SEEDS = [_torch_zip(), _torch_legacy(), _npy(), torch_tar_bytes(), *_pickles()]
 BUDGETS = Budgets(max_nodes=20_000, max_depth=100, max_memo=20_000, max_ops=200_000, max_output_bytes=1 << 24)
 
 

@@ -10,8 +10,6 @@ import argparse
 import collections
 import io
 import pickle
-import struct
-import tarfile
 import types
 import zipfile
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 import safeload
 from tests.helpers.reference import Described, assert_same, references
+from tests.helpers.torch_tar import write_torch_tar
 
 Builder = Callable[[], Any]
 
@@ -212,52 +211,6 @@ def _big_endian(src: Path, dst: Path) -> None:
             zout.writestr(info.filename, data)
 
 
-class _Saved:
-    def __init__(self, key: int) -> None:
-        self.key = key
-
-
-def _write_torch_tar(path: Path) -> None:
-    """A checkpoint in torch's pre-0.4 tar layout, written by hand (torch today only reads it)."""
-
-    def p(obj: Any) -> bytes:
-        return pickle.dumps(obj, protocol=2)
-
-    a = torch.arange(12, dtype=torch.float32)
-    b = torch.arange(4, dtype=torch.int64) - 2
-    storages = io.BytesIO()
-    storages.write(p(2))
-    for key, stype, t in ((0, torch.FloatStorage, a), (1, torch.LongStorage, b)):
-        storages.write(p((key, "cpu", stype)))
-        storages.write(struct.pack("<q", t.numel()) + t.numpy().tobytes())
-    storages.write(p([(5, 0, 2, 6)]))  # storage 5 is elements 2..8 of storage 0
-    geometry = [(10, 0, (12,), (1,), 0), (11, 0, (2, 3), (1, 2), 4), (12, 1, (4,), (1,), 0),
-                (13, 5, (2, 3), (3, 1), 0), (14, 0, (), (), 7)]
-    tensors = io.BytesIO()
-    tensors.write(p(len(geometry)))
-    for key, sid, size, stride, offset in geometry:
-        tensors.write(p((key, sid, "torch.FloatTensor")))
-        tensors.write(struct.pack("<i", len(size)) + b"\0" * 4)
-        tensors.write(struct.pack(f"<{len(size)}q", *size) + struct.pack(f"<{len(size)}q", *stride))
-        tensors.write(struct.pack("<q", offset))
-
-    class Saver(pickle.Pickler):
-        def persistent_id(self, obj: Any) -> Any:
-            return str(obj.key) if isinstance(obj, _Saved) else None
-
-    main = io.BytesIO()
-    Saver(main, protocol=2).dump({"a": _Saved(10), "t": _Saved(11), "i": _Saved(12), "view": _Saved(13),
-                                  "scalar": _Saved(14), "again": _Saved(10), "n": [1, 2]})
-    sys_info = p({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4}})
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        members = {"sys_info": sys_info, "pickle": main.getvalue(), "tensors": tensors.getvalue(),
-                   "storages": storages.getvalue()}
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Described]]:
     """Every case saved as zip and legacy files (plus CUDA-located and deflated variants), with references."""
@@ -280,7 +233,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
     for name in ("dtypes", "views"):
         _big_endian(root / f"{name}.pt", root / f"{name}.big.pt")
         paths[f"{name}.big"] = (root / f"{name}.big.pt", None)
-    _write_torch_tar(root / "old.tar.pt")
+    write_torch_tar(root / "old.tar.pt")
     paths["legacy_tar"] = (root / "old.tar.pt", None)
     torch.save(CASES["views"](), root / "views.cuda_legacy.pt", pickle_module=_cuda_pickle_module(),
                _use_new_zipfile_serialization=False)
