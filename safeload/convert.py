@@ -304,9 +304,15 @@ def cached_conversion(
     record = target.with_name(target.name + ".stat.json")
     if _fingerprint_matches(target, record):
         return target
-    convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
-    st = os.lstat(target)
-    record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
+    from safeload.store import Store
+
+    # One process converts; another one asking for the same bytes waits and then reuses its result.
+    with Store(Path(policy.store)).lock("convert:" + digest):
+        if _fingerprint_matches(target, record):
+            return target
+        convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
+        st = os.lstat(target)
+        record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
     return target
 
 

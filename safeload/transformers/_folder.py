@@ -16,6 +16,7 @@ symlinks to the verified files plus the converted weights; otherwise it reads th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -369,7 +370,8 @@ def _build_derived(
             return final
         # Someone changed the folder after it was built: set it aside and build it again.
         stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
-        os.rename(final, stale / "folder")
+        with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+            os.rename(final, stale / "folder")
         shutil.rmtree(stale, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
