@@ -273,7 +273,7 @@ def load(
     Objects the inert unpickler will not build come back as :class:`safeload.Stub`; with
     ``weights_only=True`` any such object is an error instead. ``mmap`` is accepted for compatibility:
     storages are always mapped. ``unpickler="execute"`` (or ``[sandbox] unpickler`` in the policy) runs
-    the real ``torch.load`` inside the jail instead of the inert unpickler.
+    the real ``torch.load`` inside the jail instead of the inert unpickler, unless ``weights_only=True``.
 
     Raises:
         UnsupportedFormatError: the content is not a format safeload opens.
@@ -288,8 +288,9 @@ def load(
     if unpickler not in ("inert", "execute"):
         raise ValueError(f"unpickler must be 'inert' or 'execute', not {unpickler!r}")
     pol = load_policy(policy)
+    # weights_only=True asks for data only, which the inert unpickler alone guarantees: no code runs.
     mode: Literal["inert", "execute"] = (
-        "execute" if "execute" in (unpickler, pol.sandbox.unpickler) else "inert"
+        "execute" if "execute" in (unpickler, pol.sandbox.unpickler) and not weights_only else "inert"
     )
     fd, name = _open_source(f, pol)
     try:
