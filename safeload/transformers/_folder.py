@@ -317,6 +317,12 @@ def prepare(
             doc = converted_index(src.folder / rel)  # validates shard names before anything is opened
             source_map = json.loads((src.folder / rel).read_text(encoding="utf-8"))["weight_map"]
             shards = {_sibling(rel, b) for b in source_map.values()}
+            missing = sorted(shards - present)
+            if missing:
+                raise UntrustedSourceError(
+                    f"{src.folder / rel} names shards that are not among the model's pinned files: "
+                    f"{', '.join(missing)}; pin them in trust.toml (`safeload pin` writes every file)"
+                )
             sharded |= shards
             if target in present:
                 continue

@@ -331,6 +331,16 @@ def test_local_folder_pickles_go_through_the_jail(use_policy: World) -> None:
     assert torch.equal(M.logits(model), use_policy.refs[name])
 
 
+def test_an_index_naming_unpinned_shards_is_refused(use_policy: World, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "partial"
+    shutil.copytree(use_policy.local["tiny/bert-sharded_bin"], folder)
+    (folder / "pytorch_model-00002-of-00003.bin").unlink()
+    with pytest.raises(UntrustedSourceError, match=r"pytorch_model-00002-of-00003\.bin"):
+        AutoModelForMaskedLM.from_pretrained(str(folder))
+
+
 def test_guard_refuses_host_unpickling_inside_transformers(world: World, tmp_path: Path) -> None:
     import pickle
 
