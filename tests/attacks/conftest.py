@@ -1,4 +1,4 @@
-"""Shared set-up for the attack suite: one set of artifacts, one listener, one secret per module.
+"""Shared set-up for the attack suite: one set of artifacts, one listener, one secret per test module.
 
 Everything a payload could touch on the host lives under one folder whose name is unique to the run (the
 "marker"): the canary folder, the store, the temporary folders the sandbox writes into. A process that
@@ -45,8 +45,10 @@ class AttackEnv:
         return Policy(store=self.store, sandbox=sandbox, files=dict(self.pins))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def attack_env() -> Iterator[AttackEnv]:
+    # Module scope: the secret in os.environ and the redirected tempfile folder must not outlive the
+    # attack tests (building the artifacts takes milliseconds).
     # Not under pytest's tmp folder: the jail drops to an unprivileged uid, which must be able to search
     # the path to its output folder (the caller's "home" below stays private, as a real one would).
     root = Path(tempfile.mkdtemp(prefix=f"safeload-attacks-{secrets.token_hex(4)}-"))
