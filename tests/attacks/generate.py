@@ -609,6 +609,16 @@ _TAMPERS: list[tuple[str, str, str]] = [
      "for i in range(20000):\n    open(f'/out/junk{i}', 'w').close()\n"),
     ("tamper_manifest_not_json", "manifest.json overwritten with invalid JSON",
      "open('/out/manifest.json', 'w').write('{\"version\": 1, \"root\": ' * 100000)\n"),
+    # The worker fails on purpose (exit 4) after planting error.json: a host that reads the error through
+    # the symlink would put the secret into the exception message.
+    ("tamper_error_symlink_secret", "error.json a symlink to the caller's secret, worker exits 4",
+     "os.unlink('/out/manifest.json')\nos.symlink(SECRET, '/out/error.json')\nos._exit(4)\n"),
+    ("tamper_error_fifo", "error.json a FIFO, worker exits 4",
+     "os.unlink('/out/manifest.json')\nos.mkfifo('/out/error.json')\nos._exit(4)\n"),
+    ("tamper_error_huge", "error.json of 100 MiB claiming kind 'limit', worker exits 3",
+     "os.unlink('/out/manifest.json')\n"
+     "open('/out/error.json', 'w').write('{\"version\": 1, \"kind\": \"limit\", \"message\": \"' "
+     "+ 'A' * (100 << 20) + '\"}')\nos._exit(3)\n"),
     ("tamper_forged_input_offset", "forged manifest: an input storage at an offset past the file's end",
      _forged("{'kind': 'input', 'offset': 1 << 40, 'length': 16}", _tensor_node("0", "[4]", "[1]"))),
     ("tamper_forged_input_negative", "forged manifest: an input storage at a negative offset",
