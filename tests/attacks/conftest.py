@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +24,14 @@ import pytest
 from safeload.errors import SafeloadError
 from safeload.policy import Policy, SandboxSettings
 from tests.attacks.generate import ATTACKS, Attack, Trace, write_all
-from tests.helpers.canary import Listener, find_secret, leftover_processes, process_table, secret_in_tree
+from tests.helpers.canary import (
+    Listener,
+    SignalCounter,
+    find_secret,
+    leftover_processes,
+    process_table,
+    secret_in_tree,
+)
 
 SECRET_ENV = "SAFELOAD_ATTACK_SECRET"
 
@@ -34,6 +42,7 @@ class AttackEnv:
     trace: Trace
     secret: str
     listener: Listener
+    signals: SignalCounter
     paths: dict[str, Path]
     pins: dict[str, str]
     store: Path
@@ -62,13 +71,14 @@ def attack_env() -> Iterator[AttackEnv]:
     canary_dir = root / "canary"
     canary_dir.mkdir()
     listener = Listener()
-    trace = Trace(canary_dir / "pwned", listener.port, SECRET_ENV, secret_file)
+    signals = SignalCounter(signal.SIGUSR1)
+    trace = Trace(canary_dir / "pwned", listener.port, SECRET_ENV, secret_file, os.getpid(), signal.SIGUSR1)
     paths = write_all(root / "artifacts", trace)
     pins = {str(p.resolve()): "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in paths.values()}
     scratch = root / "scratch"
     scratch.mkdir(mode=0o711)
     store = root / "store"
-    env = AttackEnv(root, trace, secret, listener, paths, pins, store, scratch)
+    env = AttackEnv(root, trace, secret, listener, signals, paths, pins, store, scratch)
     saved_env = os.environ.get(SECRET_ENV)
     saved_tmp = tempfile.tempdir
     os.environ[SECRET_ENV] = secret  # the caller's environment holds the secret for the whole run
@@ -85,10 +95,13 @@ def attack_env() -> Iterator[AttackEnv]:
         time.sleep(0.5)
         late_canary = trace.canary.exists()
         late_connections = listener.connections
+        late_signals = signals.count
         listener.close()
+        signals.close()
         shutil.rmtree(root, ignore_errors=True)
         assert not late_canary, "a payload wrote the canary file on the host"
         assert late_connections == 0, "a payload connected to the host's loopback listener"
+        assert late_signals == 0, "a payload signalled the test process"
 
 
 @dataclass
@@ -107,6 +120,7 @@ def run_load(
 
     before = process_table()
     connections = env.listener.connections
+    signals = env.signals.count
     start = time.monotonic()
     result: Any = None
     error: SafeloadError | None = None
@@ -124,6 +138,7 @@ def run_load(
     assert not env.trace.canary.exists(), f"{attack.name}: the payload wrote the canary on the host"
     assert list(env.trace.canary.parent.iterdir()) == [], f"{attack.name}: a payload wrote beside the canary"
     assert env.listener.connections == connections, f"{attack.name}: the payload reached the host's listener"
+    assert env.signals.count == signals, f"{attack.name}: the payload signalled the test process"
     assert find_secret(result, env.secret) == [], f"{attack.name}: the caller's secret is in the result"
     for folder in (env.scratch, env.store):
         if folder.exists():

@@ -1,7 +1,8 @@
 """Malicious artifacts, one per technique, built from code (nothing binary is checked in).
 
 Every payload, if it ever ran on the host, leaves a trace the tests can see: it appends to a canary file
-outside the jail, connects to a loopback TCP listener the test runs, and tries to exfiltrate a secret from
+outside the jail, connects to a loopback TCP listener the test runs, signals the test process (a jail
+that shared the host's process table would let it), and tries to exfiltrate a secret from
 the caller's environment and home (returning it in the result and copying it into every folder the jail
 could write). Pickle bytes are hand-assembled from opcodes wherever ``pickle.dumps`` cannot express the
 technique. ``ATTACKS`` is the registry: ``(name, description, builder)`` plus what the tests expect.
@@ -35,6 +36,8 @@ class Trace:
     port: int  # a loopback listener run by the test; must never see a connection
     secret_env: str  # name of an environment variable of the caller holding the secret
     secret_file: Path  # a file in the caller's home holding the secret
+    host_pid: int = 0  # when set, the payload sends ``signum`` to this host process
+    signum: int = 0
 
 
 Category = Literal["code", "container", "zip", "dos", "bomb", "tamper"]
@@ -64,6 +67,9 @@ class Attack:
 def payload_source(trace: Trace, extra: str = "") -> str:
     """Python source that leaves every trace; it sets ``leak`` to whatever secret it could read.
 
+    The traces: the canary file, a connection to the listener, a signal to the host process (when the
+    trace names one), and the secret copied next to the canary and into every folder it can write.
+
     Each step tolerates failure, so inside the jail the payload goes on to whatever comes after it.
     """
     return (
@@ -81,7 +87,14 @@ def payload_source(trace: Trace, extra: str = "") -> str:
         f"    leak += open({str(trace.secret_file)!r}).read()\n"
         "except OSError:\n"
         "    pass\n"
-        "for _d in ('/out', '/tmp', os.path.dirname(" + repr(str(trace.canary)) + ")):\n"
+        + (
+            "try:\n"
+            f"    os.kill({trace.host_pid}, {trace.signum})\n"
+            "except OSError:\n"
+            "    pass\n"
+            if trace.host_pid and trace.signum else ""
+        )
+        + "for _d in ('/out', '/tmp', os.path.dirname(" + repr(str(trace.canary)) + ")):\n"
         "    try:\n"
         "        open(os.path.join(_d, 'leak.txt'), 'a').write(leak)\n"
         "    except OSError:\n"

@@ -9,6 +9,7 @@ the leaked secret.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from tests.attacks.conftest import SECRET_ENV, AttackEnv
 from tests.attacks.generate import Trace, by_name
-from tests.helpers.canary import Listener
+from tests.helpers.canary import Listener, SignalCounter
 
 _LOADERS = {
     "pickle": "import pickle\ndef load(p):\n    return pickle.loads(open(p, 'rb').read())\n",
@@ -71,9 +72,17 @@ def listener() -> Iterator[Listener]:
     own.close()
 
 
+@pytest.fixture
+def signals() -> Iterator[SignalCounter]:
+    # SIGUSR2, not the SIGUSR1 the sandboxed tests watch.
+    counter = SignalCounter(signal.SIGUSR2)
+    yield counter
+    counter.close()
+
+
 @pytest.mark.parametrize("loader", sorted(REPRESENTATIVE))
 def test_payloads_leave_traces_when_loaded_unsandboxed(
-    attack_env: AttackEnv, listener: Listener, tmp_path: Path, loader: str
+    attack_env: AttackEnv, listener: Listener, signals: SignalCounter, tmp_path: Path, loader: str
 ) -> None:
     cases = REPRESENTATIVE[loader]
     traces: dict[str, Trace] = {}
@@ -81,7 +90,8 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
     for name, _ in cases:
         folder = tmp_path / name
         folder.mkdir()
-        traces[name] = Trace(folder / "pwned", listener.port, SECRET_ENV, attack_env.trace.secret_file)
+        traces[name] = Trace(folder / "pwned", listener.port, SECRET_ENV, attack_env.trace.secret_file,
+                             os.getpid(), signal.SIGUSR2)
         (folder / "artifact").write_bytes(by_name(name).build(traces[name]))
         artifacts.append(str(folder / "artifact"))
     before = listener.connections
@@ -94,7 +104,7 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
     printed = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
     def all_traces_seen() -> bool:
-        return listener.connections - before >= len(cases) and all(
+        return listener.connections - before >= len(cases) and signals.count >= len(cases) and all(
             (t.canary.parent / "leak.txt").exists() and t.canary.exists() for t in traces.values()
         )
 
@@ -109,3 +119,4 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
         if returns_secret:
             assert attack_env.secret in printed[artifact], f"{name}: the secret is not in the loaded value"
     assert listener.connections - before >= len(cases), "some payloads did not reach the listener"
+    assert signals.count >= len(cases), "some payloads did not signal the test process"

@@ -1,8 +1,9 @@
 """Host-side detectors for the traces a malicious payload leaves if it runs outside the jail.
 
-A loopback TCP listener that counts connections, a walk that finds a secret anywhere in a loaded result
-(including inside stubs' arguments and state), a scan of folders for the secret, and a view of the process
-table to spot workers or forked children that outlived a load.
+A loopback TCP listener that counts connections, a counter of signals sent to the test process, a walk
+that finds a secret anywhere in a loaded result (including inside stubs' arguments and state), a scan of
+folders for the secret, and a view of the process table to spot workers or forked children that outlived
+a load.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "Listener",
+    "SignalCounter",
     "find_secret",
     "leftover_processes",
     "process_table",
@@ -51,6 +54,21 @@ class Listener:
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
+
+
+class SignalCounter:
+    """Counts deliveries of one signal to the test process (a payload that can see host processes)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.count = 0
+        self._previous = signal.signal(signum, self._received)
+
+    def _received(self, signum: int, frame: object) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        signal.signal(self.signum, self._previous)
 
 
 def _children(obj: Any) -> Iterator[Any]:
