@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from safeload.errors import SandboxError
-from sandbox.worker._common import DTYPE_SIZES, MAX_DEPTH, MAX_NODES
+from sandbox.worker._common import ATTRIBUTE, DTYPE_SIZES, LOCATION, MAX_DEPTH, MAX_NAME, MAX_NODES, NP_DTYPE
 
 __all__ = [
     "FLOATING_DTYPES",
@@ -34,14 +34,14 @@ FLOATING_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
      "float8_e5m2fnuz", "complex64", "complex128", "complex32"}
 )
-_LOCATION = re.compile(r"^[A-Za-z0-9_.\-]{1,32}(:[0-9]{1,6})?$")
-_NP_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<>][iu](2|4|8)|[<>]f(2|4|8)|[<>]c(8|16))$")
+_LOCATION = LOCATION
+_NP_DTYPE = NP_DTYPE
 _OUTPUT_KEY = re.compile(r"^storage_[0-9]{1,9}$")
-_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ATTR = ATTRIBUTE
 _MAX_DIMS = 64
 # Sizes, offsets, strides and ids all stay below this, so every product torch forms fits in int64.
 _MAX_INT = 1 << 62
-_MAX_NAME = 1024
+_MAX_NAME = MAX_NAME
 # Values whose identity may be referenced before they are complete (the host creates them empty first).
 _MUTABLE = frozenset({"list", "set", "dict", "odict", "namespace", "stub", "bytearray", "objarray"})
 

@@ -6,12 +6,17 @@ worker enforced while writing it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
+    "ATTRIBUTE",
     "DTYPE_SIZES",
+    "LOCATION",
     "MAX_DEPTH",
+    "MAX_NAME",
     "MAX_NODES",
+    "NP_DTYPE",
     "Budgets",
     "FormatError",
     "LimitError",
@@ -47,6 +52,15 @@ DTYPE_SIZES: dict[str, int] = {
     "complex32": 4,
 }
 
+# Storage locations and device strings (``cpu``, ``cuda:0``, ``mps``, ...).
+LOCATION = re.compile(r"^[A-Za-z0-9_.\-]{1,32}(:[0-9]{1,6})?$")
+# Attribute names an OrderedDict or argparse.Namespace may carry (no dunders).
+ATTRIBUTE = re.compile(r"^(?!__)[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Longest module or global name a stub may record.
+MAX_NAME = 1024
+# The numpy dtypes (``dtype.str``) that the host rebuilds as numeric arrays.
+NP_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<>][iu](2|4|8)|[<>]f(2|4|8)|[<>]c(8|16))$")
+
 
 class FormatError(Exception):
     """The artifact is not in a format the worker can read (reported as kind ``format``)."""
@@ -64,5 +78,5 @@ class Budgets:
     max_depth: int = MAX_DEPTH
     max_memo: int = 10_000_000
     max_ops: int = 200_000_000
-    max_int_bytes: int = 4096
+    max_int_bytes: int = 1024  # JSON and int() refuse numbers over 4300 digits
     max_output_bytes: int = 64 << 30

@@ -30,6 +30,7 @@ from ._unpickle import (
 __all__ = ["StorageTable", "build_manifest", "write_outputs"]
 
 _SHARED_STR_LEN = 32
+_MAX_INT = 1 << 62
 
 
 class StorageTable:
@@ -217,13 +218,35 @@ class _Emitter:
     def tensor(self, t: Tensor) -> dict[str, Any]:
         if t.dtype not in DTYPE_SIZES:
             raise FormatError(f"tensor dtype {t.dtype!r} is not supported")
+        # The same checks the host makes (safeload/_manifest.py), so that a well-formed file never
+        # produces a manifest the host rejects as an attack.
+        size = DTYPE_SIZES[t.dtype]
+        nbytes = self.table.specs[t.storage.index]["nbytes"]
+        numel, span = 1, 1
+        for s, st in zip(t.shape, t.stride, strict=True):
+            numel *= s
+            span += (s - 1) * st
+        if 0 in t.shape:
+            span = 0
+        if (len(t.shape) > 64 or any(x >= _MAX_INT for x in (t.offset, *t.shape, *t.stride))
+                or numel * size >= _MAX_INT or (t.offset + span) * size > nbytes):
+            raise FormatError("a tensor's view lies outside its storage")
+        if t.requires_grad and not t.dtype.startswith(("float", "bfloat", "complex")):
+            raise FormatError("an integer tensor cannot require gradients")
         return {"t": "tensor", "storage": t.storage.index, "offset": t.offset, "shape": list(t.shape),
                 "stride": list(t.stride), "dtype": t.dtype, "requires_grad": t.requires_grad}
 
     def ndarray(self, a: NDArray, d: int) -> dict[str, Any]:
         if a.dtype is None:
             return self.stub_node(Stub("numpy", "ndarray", None, True), d, key=a)
+        if len(a.shape) > 64 or any(x >= _MAX_INT for x in a.shape):
+            raise FormatError("numpy array shape is out of range")
         if a.objects is not None:
+            count = 1
+            for x in a.shape:
+                count *= x
+            if count != len(a.objects):
+                raise FormatError("numpy object array has a different number of items than its shape")
             n = self.open(a)
             return {"t": "objarray", "id": n, "shape": list(a.shape), "order": a.order,
                     "items": [self.node(x, d) for x in a.objects]}

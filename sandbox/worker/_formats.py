@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
+from ._common import DTYPE_SIZES, LOCATION, Budgets, FormatError, LimitError
 from ._emit import StorageTable
 from ._unpickle import Global, NDArray, NpDtype, StorageRef, Stub, Tensor, unpickle
 from ._zip import ZipArchive, is_zip
@@ -60,6 +60,13 @@ def _check_str(v: Any, what: str) -> str:
     if type(v) is not str or not v or len(v) > 256:
         raise FormatError(f"torch {what} is malformed")
     return v
+
+
+def _location(v: Any) -> str:
+    loc = _check_str(v, "storage location")
+    if not LOCATION.match(loc):
+        raise FormatError(f"torch storage location {loc[:40]!r} is not a device name")
+    return loc
 
 
 def _np_typestr(descr: Any) -> str:
@@ -109,7 +116,7 @@ class _Reader:
                 raise FormatError("torch persistent id is not ('storage', type, key, location, numel)")
             dtype = _storage_dtype(pid[1])
             key = _check_str(pid[2], "storage key")
-            location = _check_str(pid[3], "storage location")
+            location = _location(pid[3])
             numel = pid[4]
             if type(numel) is not int or numel < 0:
                 raise FormatError("torch storage size is malformed")
@@ -168,7 +175,7 @@ class _Reader:
                 raise FormatError("torch legacy persistent id is malformed")
             dtype = _storage_dtype(pid[1])
             key = _check_str(pid[2], "storage key")
-            location = _check_str(pid[3], "storage location")
+            location = _location(pid[3])
             numel, view = pid[4], pid[5]
             if type(numel) is not int or numel < 0:
                 raise FormatError("torch storage size is malformed")
@@ -254,7 +261,7 @@ class _Reader:
             if type(args) is not tuple or len(args) != 3 or type(args[0]) not in (int, str):
                 raise FormatError("torch tar storage record is malformed")
             dtype = _storage_dtype(args[2])
-            location = _check_str(args[1], "storage location")
+            location = _location(args[1])
             (numel,) = read_struct("<q", pos, end)
             pos += 8
             nbytes = numel * DTYPE_SIZES[dtype]

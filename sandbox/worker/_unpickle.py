@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
+from ._common import ATTRIBUTE, DTYPE_SIZES, LOCATION, MAX_NAME, NP_DTYPE, Budgets, FormatError, LimitError
 
 __all__ = [
     "Global",
@@ -167,12 +167,10 @@ class NpScalar:
 
 
 def _np_default_typestr(kind: str) -> str | None:
-    if len(kind) < 2 or kind[0] not in "biufcV" or not kind[1:].isdigit():
+    if len(kind) < 2 or not kind[1:].isdigit():
         return None
-    size = int(kind[1:])
-    if kind[0] == "V" or size not in (1, 2, 4, 8, 16):
-        return None
-    return ("|" if size == 1 else "<") + kind
+    typestr = ("|" if kind[1:] == "1" else "<") + kind
+    return typestr if NP_DTYPE.match(typestr) else None
 
 
 _TORCH_DTYPES = {name: name for name in DTYPE_SIZES}
@@ -363,6 +361,8 @@ class _Machine:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
+        if len(module) > MAX_NAME or len(name) > MAX_NAME:
+            raise FormatError("pickle names a global longer than any real module or name")
         key = (module, name)
         self.globals_seen[key] = self.globals_seen.get(key, 0) + 1
         if module == "torch" and name in _TORCH_DTYPES:
@@ -414,10 +414,14 @@ class _Machine:
             return TorchSize(_ints(args[0]))
         if key == ("torch", "device"):
             if len(args) == 1 and type(args[0]) is str:
-                return TorchDevice(args[0])
-            if len(args) == 2 and type(args[0]) is str and type(args[1]) is int:
-                return TorchDevice(f"{args[0]}:{args[1]}")
-            raise _NotData
+                device = args[0]
+            elif len(args) == 2 and type(args[0]) is str and type(args[1]) is int:
+                device = f"{args[0]}:{args[1]}"
+            else:
+                raise _NotData
+            if not LOCATION.match(device):
+                raise _NotData
+            return TorchDevice(device)
         if key == ("collections", "OrderedDict"):
             od = ODict()
             if len(args) == 1 and isinstance(args[0], (list, tuple)):
@@ -544,16 +548,16 @@ class _Machine:
             if not isinstance(state, dict) or slot_state:
                 raise FormatError("argparse.Namespace state is not a dictionary")
             for k, v in state.items():
-                if type(k) is not str:
-                    raise FormatError("argparse.Namespace attribute name is not a string")
+                if type(k) is not str or not ATTRIBUTE.match(k):
+                    raise FormatError("argparse.Namespace attribute name is not an identifier")
                 obj.items[k] = v
             return
         if isinstance(obj, ODict):
             if state is not None and not isinstance(state, dict):
                 raise FormatError("OrderedDict state is not a dictionary")
             for k, v in (state or {}).items():
-                if type(k) is not str:
-                    raise FormatError("OrderedDict attribute name is not a string")
+                if type(k) is not str or not ATTRIBUTE.match(k):
+                    raise FormatError("OrderedDict attribute name is not an identifier")
                 obj.attrs[k] = v
             return
         if isinstance(obj, NpDtype):
