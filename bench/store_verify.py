@@ -149,6 +149,7 @@ def main() -> None:
             "reference_GiBps": round(one * cores / gib, 3),
             "hashlib_threads_measured_GiBps": round(par / gib, 3),
             "cold_copy_vs_measured_threads": round(total / cold_copy / par, 3),
+            "cold_in_place_vs_measured_threads": round(total / cold_owned / par, 3),
             "cold_copy_GiBps": round(total / cold_copy / gib, 3),
             "cold_copy_ratio": round(total / cold_copy / (one * cores), 3),
             "cold_in_place_GiBps": round(total / cold_owned / gib, 3),
