@@ -174,8 +174,8 @@ def groups(ds: Dataset, runs: int | None) -> list[Group]:
                 {"name": "bench/verify"}, "verify.read", store="warm",
                 checks=(Check("ratio_max", 1.05, "<= 1.05x reading", "verify.read"),)),
         )),
-        Group("minilm", "from_pretrained: all-MiniLM-L6-v2 (90 MB)", n(3 if full else 1),
+        Group("minilm", "from_pretrained: all-MiniLM-L6-v2 (90 MB)", n(5 if full else 1),
               _hf_rows(ds, "minilm", targets=True)),
-        Group("gen", f"from_pretrained: generated GPT-2 ({gen_mb:.0f} MB)", n(3 if full else 1),
+        Group("gen", f"from_pretrained: generated GPT-2 ({gen_mb:.0f} MB)", n(5 if full else 1),
               _hf_rows(ds, "gen", targets=True)),
     ]
