@@ -55,9 +55,11 @@ class AttackEnv:
 
 
 @pytest.fixture(scope="module")
-def attack_env() -> Iterator[AttackEnv]:
+def attack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AttackEnv]:
     # Module scope: the secret in os.environ and the redirected tempfile folder must not outlive the
     # attack tests (building the artifacts takes milliseconds).
+    # pytest picks its own base folder from tempfile on first use: settle it before the redirection.
+    tmp_path_factory.getbasetemp()
     # Not under pytest's tmp folder: the jail drops to an unprivileged uid, which must be able to search
     # the path to its output folder (the caller's "home" below stays private, as a real one would).
     root = Path(tempfile.mkdtemp(prefix=f"safeload-attacks-{secrets.token_hex(4)}-"))

@@ -89,7 +89,7 @@ def payload_source(trace: Trace, extra: str = "") -> str:
         "    pass\n"
         + (
             "try:\n"
-            f"    os.kill({trace.host_pid}, {trace.signum})\n"
+            f"    os.kill({int(trace.host_pid)}, {int(trace.signum)})\n"
             "except OSError:\n"
             "    pass\n"
             if trace.host_pid and trace.signum else ""

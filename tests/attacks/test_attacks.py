@@ -96,6 +96,8 @@ def test_execute(attack_env: AttackEnv, attack: Attack) -> None:
             f"{attack.name}: tampered output was accepted: {out.result!r}"[:2000]
         )
         message = str(out.error)
+        # The payload itself must have run cleanly: the error is the host refusing the tampered output.
+        assert "loading the checkpoint raised" not in message, message
         assert attack_env.secret not in message
         assert "root:" not in message, "the host read /etc/shadow through a planted symlink"
     if attack.name == "bomb_deep_nesting":

@@ -64,6 +64,9 @@ REPRESENTATIVE: dict[str, list[tuple[str, bool]]] = {
 }
 
 
+_SIGNAL = signal.SIGRTMIN + 3
+
+
 @pytest.fixture(scope="module")
 def listener() -> Iterator[Listener]:
     # Not the sandboxed tests' listener: that one must never count a connection.
@@ -74,8 +77,9 @@ def listener() -> Iterator[Listener]:
 
 @pytest.fixture
 def signals() -> Iterator[SignalCounter]:
-    # SIGUSR2, not the SIGUSR1 the sandboxed tests watch.
-    counter = SignalCounter(signal.SIGUSR2)
+    # A real-time signal: those queue, so each payload's delivery counts (SIGUSR2 would coalesce). Not
+    # the SIGUSR1 the sandboxed tests watch.
+    counter = SignalCounter(_SIGNAL)
     yield counter
     counter.close()
 
@@ -91,7 +95,7 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
         folder = tmp_path / name
         folder.mkdir()
         traces[name] = Trace(folder / "pwned", listener.port, SECRET_ENV, attack_env.trace.secret_file,
-                             os.getpid(), signal.SIGUSR2)
+                             os.getpid(), _SIGNAL)
         (folder / "artifact").write_bytes(by_name(name).build(traces[name]))
         artifacts.append(str(folder / "artifact"))
     before = listener.connections
