@@ -167,6 +167,7 @@ class _Validator:
         self.nodes = 0
         self.ids: dict[int, tuple[str, bool]] = {}  # id -> (node type, complete)
         self.align = [1] * len(storages)
+        self.tensor_dtypes: dict[int, str] = {}
 
     def register(self, node: dict[str, Any], path: str, complete: bool) -> None:
         if "id" not in node:
@@ -264,6 +265,10 @@ class _Validator:
                 raise _fail(f"{path}.data", "a parameter must wrap a tensor")
             if type(v["requires_grad"]) is not bool:
                 raise _fail(f"{path}.requires_grad", "expected a boolean")
+            data = v["data"]
+            dtype = data["dtype"] if data["t"] == "tensor" else self.tensor_dtypes[data["id"]]
+            if v["requires_grad"] and dtype not in FLOATING_DTYPES:
+                raise _fail(f"{path}.requires_grad", "only floating-point tensors can require gradients")
             self.register(v, path, True)
         elif t == "storage":
             _obj(v, path, {"t", "storage", "dtype"}, idf)
@@ -369,6 +374,8 @@ class _Validator:
             raise _fail(path, f"view reaches past the end of storage {spec['id']}")
         self.align[spec["id"]] = max(self.align[spec["id"]], min(size, 8))
         self.register(v, path, True)
+        if "id" in v:
+            self.tensor_dtypes[v["id"]] = dtype
 
     def stub(self, v: dict[str, Any], path: str, d: int) -> None:
         _obj(v, path, {"t", "id", "module", "name", "called", "args", "kwargs", "state", "listitems",

@@ -182,6 +182,8 @@ class _Emitter:
         if t is Tensor:
             return self.close(obj, self.tensor(obj))
         if t is Parameter:
+            if obj.requires_grad and not obj.data.dtype.startswith(("float", "bfloat", "complex")):
+                raise FormatError("an integer parameter cannot require gradients")
             out = {"t": "parameter", "data": self.node(obj.data, d), "requires_grad": obj.requires_grad}
             return self.close(obj, out)
         if t is TorchSize:

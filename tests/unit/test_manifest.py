@@ -176,3 +176,12 @@ def test_map_location_forms() -> None:
     with pytest.raises(TypeError):
         make_restore(3)  # type: ignore[arg-type]
 
+
+
+def test_integer_parameters_cannot_require_grad() -> None:
+    direct = {"t": "parameter", "data": _tensor(dtype="uint8"), "requires_grad": True}
+    param = {"t": "parameter", "data": {"t": "ref", "id": 1}, "requires_grad": True}
+    by_ref = {"t": "list", "id": 0, "items": [_tensor(dtype="uint8", id=1), param]}
+    for root in (direct, by_ref):
+        with pytest.raises(SandboxError, match="gradients"):
+            _parse(_doc(root))
