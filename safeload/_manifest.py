@@ -7,7 +7,9 @@ torch, so that :mod:`safeload._rebuild` only ever sees a manifest whose views ar
 
 from __future__ import annotations
 
+import argparse
 import binascii
+import collections
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -244,12 +246,12 @@ class _Validator:
             self.register(v, path, False)
             self.pairs(v["items"], f"{path}.items", d)
             if "attrs" in v:
-                self.attrs(v["attrs"], f"{path}.attrs", d)
+                self.attrs(v["attrs"], f"{path}.attrs", d, collections.OrderedDict)
             self.complete(v)
         elif t == "namespace":
             _obj(v, path, {"t", "items"}, idf)
             self.register(v, path, False)
-            self.attrs(v["items"], f"{path}.items", d)
+            self.attrs(v["items"], f"{path}.items", d, argparse.Namespace)
             self.complete(v)
         elif t == "slice":
             _obj(v, path, {"t", "start", "stop", "step"}, idf)
@@ -343,11 +345,12 @@ class _Validator:
             self.node(pair[0], f"{path}[{i}][0]", d)
             self.node(pair[1], f"{path}[{i}][1]", d)
 
-    def attrs(self, v: Any, path: str, d: int) -> None:
+    def attrs(self, v: Any, path: str, d: int, cls: type) -> None:
         for i, pair in enumerate(_list(v, path)):
             if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
                 raise _fail(f"{path}[{i}]", "expected a [name, value] pair")
-            if not _ATTR.match(pair[0]) or pair[0].startswith("__"):
+            # No dunders, and nothing that would shadow a method (``sd.items = ...``) of the built object.
+            if not _ATTR.match(pair[0]) or hasattr(cls, pair[0]):
                 raise _fail(f"{path}[{i}]", f"attribute name {pair[0][:64]!r} is not allowed")
             self.node(pair[1], f"{path}[{i}][1]", d)
 

@@ -182,7 +182,10 @@ class _Builder:
         if t == "torch_size":
             return self.keep(node, torch.Size(node["items"]))
         if t == "torch_device":
-            return torch.device(node["v"])
+            try:
+                return torch.device(node["v"])
+            except RuntimeError as exc:  # an unknown device type, as torch.load would also refuse
+                raise SandboxError(f"the checkpoint names a device torch does not know: {exc}") from None
         if t == "np_dtype":
             return np.dtype(node["v"])
         if t == "stub":

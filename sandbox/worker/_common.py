@@ -54,7 +54,8 @@ DTYPE_SIZES: dict[str, int] = {
 
 # Storage locations and device strings (``cpu``, ``cuda:0``, ``mps``, ...).
 LOCATION = re.compile(r"^[A-Za-z0-9_.\-]{1,32}(:[0-9]{1,6})?$")
-# Attribute names an OrderedDict or argparse.Namespace may carry (no dunders).
+# Attribute names an OrderedDict or argparse.Namespace may carry (no dunders; the host also refuses names
+# of the class's own attributes, such as ``items``).
 ATTRIBUTE = re.compile(r"^(?!__)[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Longest module or global name a stub may record.
 MAX_NAME = 1024

@@ -206,6 +206,13 @@ DATA_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+# What an OrderedDict already has as attributes (dir(collections.OrderedDict)), which state may not shadow.
+_ODICT_ATTRS = frozenset({
+    "clear", "copy", "fromkeys", "get", "items", "keys", "move_to_end", "pop", "popitem", "setdefault",
+    "update", "values",
+})
+
+
 class Unpickled:
     """The result of one inert unpickling: the root object and every global it referenced."""
 
@@ -548,7 +555,7 @@ class _Machine:
             if not isinstance(state, dict) or slot_state:
                 raise FormatError("argparse.Namespace state is not a dictionary")
             for k, v in state.items():
-                if type(k) is not str or not ATTRIBUTE.match(k):
+                if type(k) is not str or not ATTRIBUTE.match(k) or k in ("_get_args", "_get_kwargs"):
                     raise FormatError("argparse.Namespace attribute name is not an identifier")
                 obj.items[k] = v
             return
@@ -556,8 +563,8 @@ class _Machine:
             if state is not None and not isinstance(state, dict):
                 raise FormatError("OrderedDict state is not a dictionary")
             for k, v in (state or {}).items():
-                if type(k) is not str or not ATTRIBUTE.match(k):
-                    raise FormatError("OrderedDict attribute name is not an identifier")
+                if type(k) is not str or not ATTRIBUTE.match(k) or k in _ODICT_ATTRS:
+                    raise FormatError("OrderedDict attribute name would shadow a method")
                 obj.attrs[k] = v
             return
         if isinstance(obj, NpDtype):

@@ -70,6 +70,8 @@ def test_valid_manifest_builds_views_sharing_storage() -> None:
         {"t": "ndarray", "storage": 0, "dtype": "<f8", "shape": [3], "order": "C"},
         {"t": "ndarray", "storage": 0, "dtype": "|O", "shape": [1], "order": "C"},
         {"t": "odict", "id": 0, "items": [], "attrs": [["__class__", {"t": "none"}]]},
+        {"t": "odict", "id": 0, "items": [], "attrs": [["items", {"t": "none"}]]},  # would shadow .items()
+        {"t": "namespace", "id": 0, "items": [["_get_kwargs", {"t": "none"}]]},
         {"t": "parameter", "data": {"t": "int", "v": 1}, "requires_grad": True},
         {"t": "eval", "v": "os.system('id')"},
         {"t": "int", "v": True},
@@ -185,3 +187,9 @@ def test_integer_parameters_cannot_require_grad() -> None:
     for root in (direct, by_ref):
         with pytest.raises(SandboxError, match="gradients"):
             _parse(_doc(root))
+
+
+def test_unknown_device_names_are_a_sandbox_error() -> None:
+    m = _parse(_doc({"t": "torch_device", "v": "nosuchdevice"}))
+    with pytest.raises(SandboxError, match="device"):
+        build(m, [torch.zeros(16, dtype=torch.uint8)], make_restore(None))
