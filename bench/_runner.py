@@ -26,7 +26,7 @@ from bench._child import MARK
 from bench._data import Dataset
 from bench._rows import Check, Group, Row
 
-__all__ = ["Figures", "RowResult", "from_json", "profile_rows", "run_groups"]
+__all__ = ["Figures", "RowResult", "check_results", "from_json", "profile_rows", "run_groups"]
 
 _REPO = Path(__file__).resolve().parent.parent
 _CHILD_TIMEOUT_S = 900
@@ -38,9 +38,12 @@ class RowResult:
 
     row: Row
     runs: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None  # the path ran but returned something other than its baseline did
 
     @property
     def status(self) -> str:
+        if self.problem:
+            return "failed"
         for r in self.runs:
             if r["status"] != "ok":
                 return str(r["status"])
@@ -48,6 +51,8 @@ class RowResult:
 
     @property
     def reason(self) -> str:
+        if self.problem:
+            return self.problem
         for r in self.runs:
             if r["status"] != "ok":
                 return str(r.get("reason", ""))
@@ -280,6 +285,7 @@ def run_groups(groups: list[Group], ds: Dataset, work: Path, log: Callable[[str]
         for srv in servers:
             if srv is not None:
                 srv.close()
+    check_results(results)
     return results
 
 
@@ -299,10 +305,28 @@ def profile_rows(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], 
         srv.close()
 
 
+def check_results(results: dict[str, RowResult]) -> None:
+    """Fail a row whose call returned other tensors than its baseline's (a fast wrong answer is no answer)."""
+    for res in results.values():
+        base = results.get(res.row.baseline or "")
+        if base is None or res.status != "ok" or base.status != "ok":
+            continue
+        mine = {(r.get("storages"), r.get("tensor_bytes")) for r in res.runs}
+        theirs = {(r.get("storages"), r.get("tensor_bytes")) for r in base.runs}
+        if None in {x for pair in mine | theirs for x in pair}:
+            continue
+        if mine != theirs:
+            (ms, mb), (ts, tb) = sorted(mine)[0], sorted(theirs)[0]
+            res.problem = (f"wrong result: returned {ms} storages of {mb} bytes, "
+                           f"{base.row.name} returned {ts} of {tb}")
+
+
 def from_json(groups: list[Group], dump: dict[str, Any]) -> dict[str, RowResult]:
     """The runs of an earlier ``results.json``, for the rows still planned."""
     runs = {r["key"]: r["runs"] for g in dump["groups"] for r in g["rows"]}
-    return {row.key: RowResult(row, runs.get(row.key, [])) for g in groups for row in g.rows}
+    results = {row.key: RowResult(row, runs.get(row.key, [])) for g in groups for row in g.rows}
+    check_results(results)
+    return results
 
 
 def _measure_all(rows: list[Row], ds: Dataset, work: Path, log: Callable[[str], None],
