@@ -236,10 +236,11 @@ def chart(groups: Sequence[Group], table: dict[str, RowResult], figs: dict[str, 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}x"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: ""))
         ax.axvline(1.0, color="black", linewidth=0.6, linestyle=":")
-    ax.set_xlabel("ratio to the baseline named on each bar (median of per-run ratios; whiskers min-max; "
-                  "black tick = ratio target; red = a target of the row missed, green = all met)", fontsize=8)
+    ax.set_xlabel("ratio to the baseline named on each bar (median of per-run ratios; whiskers min-max)\n"
+                  "black tick = ratio target; red = a target of the row missed, green = all met, grey = none",
+                  fontsize=8)
     ax.set_title(f"safeload benchmark: {mach['cpu']}, {mach['memory']}, torch {mach['torch']}", fontsize=9)
     fig_.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig_.savefig(path, dpi=110)
+    fig_.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig_)
