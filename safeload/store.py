@@ -36,6 +36,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -155,6 +156,10 @@ class Store:
         for d in (self.blobs, self.models, self.manifests, self.local, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Downloads already turned into blobs, by real path: a Hub cache links every file with the same
+        # bytes to one object, which the first ingest consumes.
+        self._owned: dict[str, BlobRecord] = {}
+        self._owned_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------ locks, staging
 
@@ -275,10 +280,16 @@ class Store:
         real = Path(os.path.realpath(src))
         if self.staging_root.resolve() not in real.parents:
             return self.ingest_copy(src, staging, expected=expected, what=what, advance=advance)
+        done = self._consumed(real, expected, what)
+        if done is not None:
+            return done
         tmp = staging / f"blob-{secrets.token_hex(8)}"
         try:
             os.link(real, tmp)
         except OSError:
+            done = self._consumed(real, expected, what)
+            if done is not None:
+                return done
             return self.ingest_copy(real, staging, expected=expected, what=what, advance=advance)
         try:
             fd = os.open(tmp, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
@@ -291,10 +302,19 @@ class Store:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        with self._owned_lock:
+            self._owned[str(real)] = record
         # Drop the download's own link now: removing it later would change the blob's ctime after its
         # fingerprint is recorded and cost a needless re-hash on the first warm load.
         with contextlib.suppress(OSError):
             os.unlink(real)
+        return record
+
+    def _consumed(self, real: Path, expected: str | None, what: str) -> BlobRecord | None:
+        with self._owned_lock:
+            record = self._owned.get(str(real))
+        if record is not None:
+            self._check(what, expected, record.digest)
         return record
 
     @staticmethod

@@ -86,6 +86,19 @@ def test_only_pinned_files_reach_the_folder(tmp_path: Path, hub: SessionHub) -> 
     assert sorted(os.listdir(got.folder)) == ["config.json", "w.safetensors"]
 
 
+def test_files_with_identical_bytes_share_one_blob(tmp_path: Path, hub: SessionHub) -> None:
+    # The Hub cache links both paths to one downloaded object; ingesting the first must not strand the second.
+    same = b"\x07" * 2048
+    files = {"config.json": b"{}", "a.safetensors": same, "b/a.safetensors": same, "note.txt": b"{}"}
+    sha = hub.add_repo("dedupe/model", files, lfs={"a.safetensors", "b/a.safetensors"})
+    entry = {"registry": "hub", "repo": "dedupe/model", "revision": sha, "files": pins(files)}
+    policy = hub_policy(tmp_path, hub, {"m": entry})
+    got = fetch_model("m", policy=load_policy(policy), progress=False)
+    for rel, data in files.items():
+        assert (got.folder / rel).read_bytes() == data
+    assert (got.folder / "a.safetensors").stat().st_ino == (got.folder / "b/a.safetensors").stat().st_ino
+
+
 def test_blob_changed_on_server_after_pinning(tmp_path: Path, hub: SessionHub) -> None:
     files = {"config.json": b"{}", "model.safetensors": b"\x01" * 4096}
     sha = hub.add_repo("tamper/server", files)
