@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -26,6 +27,8 @@ from rich.text import Text
 from safetensors.torch import load_file
 
 import safeload
+from safeload.cli.inspect import classify
+from safeload.loader import inspect_artifact
 from safeload.policy import load_policy
 
 console = Console()
@@ -54,7 +57,8 @@ def act_malicious(work: Path) -> None:
     torch.save({"weights": torch.randn(4, 4), "config": _Payload(marker)}, ckpt)
     console.print(f"wrote {ckpt.name}: a real tensor plus a pickled call to os.system('touch {marker.name}')")
     result = safeload.load(ckpt)
-    console.print(f"safeload.load returned keys {sorted(result)}; weights shape {tuple(result['weights'].shape)}")
+    shape = tuple(result["weights"].shape)
+    console.print(f"safeload.load returned keys {sorted(result)}; weights shape {shape}")
     stub = result["config"]
     console.print(f"the payload came back inert: [yellow]{stub!r}[/yellow]")
     console.print(f"marker file exists on the host: [bold]{marker.exists()}[/bold]")
@@ -65,10 +69,12 @@ def act_malicious(work: Path) -> None:
         refused("with weights_only=True", exc)
     else:  # pragma: no cover - the demo fails loudly if safeload regresses
         raise SystemExit("weights_only=True accepted a code-bearing checkpoint")
-    report = safeload.inspect_artifact(ckpt)
-    table = Table("global", "verdict", title="globals the checkpoint references")
+    report = inspect_artifact(ckpt)
+    table = Table("global", "verdict", title="what `safeload inspect` reports (computed in the jail)")
     for g in report.globals:
-        table.add_row(f"{g.module}.{g.name}", g.verdict)
+        severity = classify(g.module, g.name, g.verdict)
+        style = {"code-bearing": "bold red", "stub": "yellow"}.get(severity, "green")
+        table.add_row(f"{g.module}.{g.name}", Text(severity, style=style))
     console.print(table)
 
 
@@ -102,7 +108,7 @@ def act_policy(work: Path) -> None:
     repo.mkdir(parents=True)
     for name in wanted:
         shutil.copyfile(MODEL_FILES / name, repo / name)
-    pins = ", ".join(f'"{name}" = "{_sha256(repo / name)}"' for name in wanted)
+    pins = "\n".join(f'"{name}" = "{_sha256(repo / name)}"' for name in wanted)
     policy_file = work / "trust.toml"
     policy_file.write_text(
         f"""version = 1
@@ -117,7 +123,9 @@ path = "{registry}"
 [models."minilm"]
 registry = "local"
 repo = "sentence-transformers/all-MiniLM-L6-v2"
-files = {{ {pins} }}
+
+[models."minilm".files]
+{pins}
 """
     )
     console.print(policy_file.read_text(), markup=False, highlight=False)
@@ -126,6 +134,7 @@ files = {{ {pins} }}
     load_policy()  # fails early, naming the bad field, if the file is malformed
 
     import transformers
+
     from safeload.transformers import AutoModel, AutoTokenizer
 
     sentence = "safeload keeps the bytes you reviewed"
@@ -145,7 +154,12 @@ files = {{ {pins} }}
     console.print(f"embedding[:5] via plain transformers:    {plain[0, :5].tolist()}")
     console.print(f"identical: [bold]{torch.equal(ours, plain)}[/bold]")
     assert torch.equal(ours, plain)
-    console.print("audit log:", (work / "audit.jsonl").read_text().strip().splitlines()[-1], markup=False)
+    line = json.loads((work / "audit.jsonl").read_text().splitlines()[-1])
+    console.print(
+        f"audit log: decision={line['decision']} name={line['name']} registry={line['registry']} "
+        f"revision={line['revision']} files={len(line['files'])}",
+        markup=False,
+    )
 
     # Someone swaps the weights in the registry; the pins catch it.
     shutil.rmtree(work / "store")
