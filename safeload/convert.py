@@ -1,9 +1,11 @@
 """Pickle checkpoints to safetensors, with the pickle opened only inside the jail.
 
-The checkpoint is read by :func:`safeload.load` (sandboxed, ``weights_only=True``); the host then writes
-plain tensors with the ``safetensors`` library. Tensors that share storage (tied embeddings, views) are
-written as separate copies: ``safetensors`` refuses shared storage, and copying keeps every name the
-checkpoint had, so transformers can re-tie them whatever the model's tying rules are.
+The checkpoint is read as :func:`safeload.load` reads it (in the jail, inert unpickler); the host then
+writes the safetensors file itself: the header, then each tensor's bytes, copied kernel-side
+(``copy_file_range``) from the verified source file when they lie there uncompressed, else from memory.
+Tensors that share storage (tied embeddings, views) are written as separate copies: ``safetensors``
+refuses shared storage, and copying keeps every name the checkpoint had, so transformers can re-tie them
+whatever the model's tying rules are.
 
 :func:`cached_conversion` keeps the result in the store under the source's sha256, so a checkpoint is
 converted once per machine however many folders or names point at it.
@@ -11,6 +13,7 @@ converted once per machine however many folders or names point at it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,12 +21,13 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from safeload.errors import UnsafeContentError, UnsupportedFormatError
+from safeload.errors import IntegrityError, UnsafeContentError, UnsupportedFormatError
 
 if TYPE_CHECKING:
     import torch
@@ -105,31 +109,6 @@ def _state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     return found
 
 
-def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
-    if t.numel() == 0:
-        return None
-    return (str(t.device), t.untyped_storage().data_ptr())
-
-
-def _writable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensors ``safetensors`` accepts: contiguous, on the CPU, no two sharing a storage."""
-    import torch
-
-    seen: set[tuple[str, int]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, t in state.items():
-        t = t.to("cpu") if t.device.type != "cpu" else t
-        key = _storage_key(t)
-        if key is not None and key in seen:
-            out[name] = t.clone(memory_format=torch.contiguous_format)
-            continue
-        if key is not None:
-            seen.add(key)
-        full = t.is_contiguous() and t.storage_offset() == 0 and t.nbytes == t.untyped_storage().nbytes()
-        out[name] = t if full else t.clone(memory_format=torch.contiguous_format)
-    return out
-
-
 _ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
     "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
@@ -138,12 +117,126 @@ _ST_DTYPES = {
 }
 
 
-def _write_safetensors(tensors: Mapping[str, torch.Tensor], fd: int, metadata: Mapping[str, str]) -> None:
-    """Write the safetensors format straight from the tensors' memory (no intermediate copy).
+@dataclass(frozen=True)
+class _Mapped:
+    """The verified source file the loader mapped, so tensor bytes can be copied from it kernel-side.
+
+    ``base`` is the address of the file's byte 0 in this process's copy-on-write mapping; a tensor whose
+    bytes lie inside ``[base, base + size)`` holds exactly the file's bytes at ``data_ptr() - base``
+    (nothing writes into the mapping between the load and the copy).
+    """
+
+    fd: int
+    base: int
+    size: int
+
+    def offset_of(self, t: torch.Tensor) -> int | None:
+        start = t.data_ptr() - self.base
+        if 0 <= start and start + t.nbytes <= self.size:
+            return start
+        return None
+
+
+@contextmanager
+def _load_mapped(
+    src: Path, policy: Policy | None, weights_only: bool
+) -> Iterator[tuple[Any, _Mapped | None]]:
+    """``safeload.load(src, map_location="cpu", unpickler="inert")``, keeping the source descriptor open.
+
+    The same steps as :func:`safeload.loader.load` (the same private functions, so the same jail, the same
+    manifest validation and the same ``weights_only`` refusal); the difference is that the caller also
+    gets the opened, verified file and where it is mapped, to copy tensor bytes from it without reading
+    them through this process.
+    """
+    from safeload import loader as _loader
+    from safeload._formats import sniff
+    from safeload._rebuild import build, make_restore
+    from safeload.policy import load_policy
+
+    pol = load_policy(policy)
+    mode: Literal["inert", "execute"] = (
+        "execute" if pol.sandbox.unpickler == "execute" and not weights_only else "inert"
+    )
+    fd, name = _loader._open_source(src, pol)
+    try:
+        size = os.fstat(fd).st_size
+        if sniff(fd, size) == "safetensors":
+            yield _loader._load_safetensors(fd, name, "cpu"), None
+            return
+        manifest, outputs = _loader._run_jail(fd, size, pol, mode)
+        if weights_only and manifest.stub_globals:
+            names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
+            raise UnsafeContentError(
+                f"{name} references globals that are not plain data ({names}); nothing from it was run. "
+                "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
+                "tensors with safeload convert"
+            )
+        raw = _loader._raw_storages(manifest, fd, size, outputs)
+        bases = {
+            t.data_ptr() - spec.offset
+            for spec, t in zip(manifest.storages, raw, strict=True)
+            if spec.kind == "input" and spec.nbytes and spec.offset % spec.align == 0
+        }
+        obj = build(manifest, raw, make_restore("cpu"))
+        # One mapping gives one base; anything else (no storage mapped in place) copies from memory.
+        yield obj, (_Mapped(fd, bases.pop(), size) if len(bases) == 1 else None)
+    finally:
+        os.close(fd)
+
+
+def _dtype_code(name: str, t: torch.Tensor) -> str:
+    code = _ST_DTYPES.get(str(t.dtype).removeprefix("torch."))
+    if code is None:
+        raise UnsupportedFormatError(f"tensor {name!r} has dtype {t.dtype}; safetensors cannot store it")
+    return code
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _copy_range(src: _Mapped, start: int, out: int, count: int, at: int) -> bool:
+    """Copy ``count`` bytes of the source at ``start`` to ``out`` at ``at`` in the kernel.
+
+    Returns False when the file systems cannot (the caller then writes from memory).
+
+    Raises:
+        IntegrityError: the source file shrank after it was verified and mapped.
+    """
+    while count:
+        try:
+            n = os.copy_file_range(src.fd, out, count, start, at)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                return False
+            raise
+        if n == 0:
+            raise IntegrityError(
+                "the checkpoint shrank while it was being converted; something is rewriting the verified "
+                "file. Find what writes to it and load it again"
+            )
+        start, at, count = start + n, at + n, count - n
+    return True
+
+
+def _write_safetensors(
+    tensors: Mapping[str, torch.Tensor], fd: int, metadata: Mapping[str, str], src: _Mapped | None = None
+) -> None:
+    """Write the safetensors format for ``tensors`` to ``fd``, never building the file in memory.
 
     ``safetensors.torch.save_file`` copies every tensor into a Python ``bytes`` first; for a model of
     gigabytes that doubles peak memory and costs a pass over the data. The layout is the format's own:
-    an 8-byte little-endian header length, a JSON header padded with spaces to 8 bytes, then the data.
+    an 8-byte little-endian header length, a JSON header padded with spaces to 8 bytes, then each
+    tensor's bytes in header order. Every name gets its own bytes, so tensors that shared a storage (tied
+    weights) or were views come out as separate, contiguous copies. A contiguous tensor whose bytes are
+    a range of the mapped source file ``src`` is copied file to file by ``copy_file_range`` (no page
+    of it passes through this process); any other tensor is written from memory.
+
+    Raises:
+        UnsupportedFormatError: a tensor has a dtype safetensors cannot store.
+        IntegrityError: the source file shrank while its bytes were being copied.
     """
     import torch
 
@@ -152,30 +245,37 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], fd: int, metadata: M
     order = sorted(tensors)
     for name in order:
         t = tensors[name]
-        dtype = _ST_DTYPES.get(str(t.dtype).removeprefix("torch."))
-        if dtype is None:
-            raise UnsupportedFormatError(f"tensor {name!r} has dtype {t.dtype}; safetensors cannot store it")
         end = offset + t.numel() * t.element_size()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, end]}
+        header[name] = {"dtype": _dtype_code(name, t), "shape": list(t.shape), "data_offsets": [offset, end]}
         offset = end
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with os.fdopen(fd, "wb", closefd=False) as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name in order:
-            t = tensors[name]
-            if t.numel():
-                # Native byte order is little-endian on every platform torch ships CPU wheels for.
-                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+    _pwrite_all(fd, memoryview(len(raw).to_bytes(8, "little") + raw), 0)
+    data_start = 8 + len(raw)
+    # Sized up front: ext4 and friends then allocate once instead of growing the file per tensor.
+    os.ftruncate(fd, data_start + offset)
+    for name in order:
+        t = tensors[name]
+        if not t.numel():
+            continue
+        at = data_start + header[name]["data_offsets"][0]
+        t = t if t.device.type == "cpu" else t.to("cpu")
+        start = src.offset_of(t) if src is not None and t.is_contiguous() else None
+        if start is not None and src is not None and _copy_range(src, start, fd, t.nbytes, at):
+            continue
+        t = t.contiguous()
+        # Native byte order is little-endian on every platform torch ships CPU wheels for.
+        _pwrite_all(fd, t.reshape(-1).view(torch.uint8).numpy().data.cast("B"), at)
 
 
-def _atomic_save(tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str]) -> None:
+def _atomic_save(
+    tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str], src: _Mapped | None = None
+) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=dst.parent)
     try:
         try:
-            _write_safetensors(tensors, fd, metadata)
+            _write_safetensors(tensors, fd, metadata, src)
         finally:
             os.close(fd)
         os.chmod(tmp, 0o444)
@@ -208,14 +308,12 @@ def convert_file(
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
     """
-    from safeload.loader import load
-
     src_path = Path(src)
-    obj = load(src_path, map_location="cpu", weights_only=weights_only, policy=policy, unpickler="inert")
-    state = _state_dict(obj, str(src_path))
-    meta = {"format": "pt", **(metadata or {})}
     out = Path(dst)
-    _atomic_save(_writable(state), out, meta)
+    meta = {"format": "pt", **(metadata or {})}
+    with _load_mapped(src_path, policy, weights_only) as (obj, mapped):
+        state = _state_dict(obj, str(src_path))
+        _atomic_save(state, out, meta, mapped)
     return out
 
 

@@ -159,3 +159,66 @@ def test_a_swapped_cached_file_is_converted_again(tmp_path: Path, policy: Policy
     again = cached_conversion(src, policy=policy)
     assert again == cached
     assert torch.equal(load_file(again)["w"], weights)
+
+
+def _tied_and_views() -> dict[str, torch.Tensor]:
+    base = torch.arange(40, dtype=torch.float32).reshape(5, 8)
+    emb = torch.randn(6, 4)
+    return {
+        "emb": emb, "head": emb, "base": base, "row": base[2], "tail": base.view(-1)[3:29],
+        "cols": base[:, 1:3], "t": base.t(), "h": torch.randn(3, 3).half(), "empty": torch.empty(0),
+    }
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_kernel_copy_writes_the_same_file_as_memory(tmp_path: Path, policy: Policy, zipped: bool) -> None:
+    from safeload.convert import _atomic_save, _load_mapped, _state_dict
+
+    state = _tied_and_views()
+    src = tmp_path / "w.pt"
+    torch.save(state, src, _use_new_zipfile_serialization=zipped)
+    data = src.read_bytes()
+    with _load_mapped(src, policy, True) as (obj, mapped):
+        assert mapped is not None  # storages are mapped from the verified file, not copied
+        loaded = _state_dict(obj, str(src))
+        if zipped:
+            # What the kernel copy relies on: a mapped tensor's bytes are the file's bytes at its offset.
+            for name, t in loaded.items():
+                if not t.is_contiguous() or not t.numel():
+                    continue  # written from memory
+                start = mapped.offset_of(t)
+                assert start is not None, name
+                assert data[start : start + t.nbytes] == t.view(torch.uint8).numpy().tobytes(), name
+        _atomic_save(loaded, tmp_path / "copied.safetensors", {"k": "v"}, mapped)
+        _atomic_save(loaded, tmp_path / "written.safetensors", {"k": "v"}, None)
+    copied = (tmp_path / "copied.safetensors").read_bytes()
+    assert copied == (tmp_path / "written.safetensors").read_bytes()
+    got = load_file(tmp_path / "copied.safetensors")  # the safetensors library accepts the layout
+    assert set(got) == set(state)
+    for k, v in state.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    header_len = int.from_bytes(copied[:8], "little")
+    assert header_len % 8 == 0 and json.loads(copied[8 : 8 + header_len])["__metadata__"] == {"k": "v"}
+
+
+def test_a_source_rewritten_during_conversion_is_refused(tmp_path: Path, policy: Policy) -> None:
+    from safeload.convert import _atomic_save, _load_mapped, _state_dict
+    from safeload.errors import IntegrityError
+
+    src = tmp_path / "w.pt"
+    torch.save({"w": torch.randn(64, 64)}, src)
+    dst = tmp_path / "out" / "w.safetensors"
+    with _load_mapped(src, policy, True) as (obj, mapped):
+        os.truncate(src, 128)  # someone cuts the verified file after the jail read it
+        with pytest.raises(IntegrityError, match="shrank"):
+            _atomic_save(_state_dict(obj, str(src)), dst, {}, mapped)
+    assert not dst.exists() and list(dst.parent.iterdir()) == []  # no partial file is left behind
+
+
+def test_a_safetensors_source_converts_as_itself(tmp_path: Path, policy: Policy) -> None:
+    from safetensors.torch import save_file
+
+    state = {"a": torch.randn(3, 4), "b": torch.arange(6)}
+    save_file(state, tmp_path / "in.safetensors")
+    got = load_file(convert_file(tmp_path / "in.safetensors", tmp_path / "out.safetensors", policy=policy))
+    assert set(got) == set(state) and all(torch.equal(got[k], v) for k, v in state.items())
