@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from safeload.errors import IntegrityError, UnsafeContentError, UnsupportedFormatError
 
@@ -139,7 +139,7 @@ class _Mapped:
 
 @contextmanager
 def _load_mapped(
-    src: Path, policy: Policy | None, weights_only: bool
+    src: Path, policy: Policy | None, weights_only: bool, expect_sha256: str | None = None
 ) -> Iterator[tuple[Any, _Mapped | None]]:
     """``safeload.load(src, map_location="cpu", unpickler="inert")``, keeping the source descriptor open.
 
@@ -147,6 +147,15 @@ def _load_mapped(
     manifest validation and the same ``weights_only`` refusal); the difference is that the caller also
     gets the opened, verified file and where it is mapped, to copy tensor bytes from it without reading
     them through this process.
+
+    With ``expect_sha256`` (a digest computed from the path earlier, that the result will be filed
+    under), the bytes are first copied into a sealed memory file while hashed, and loaded from there only
+    if they still have that digest: the bytes converted are then exactly the bytes the digest names,
+    even if someone rewrites the file in between.
+
+    Raises:
+        IntegrityError: ``expect_sha256`` is given and the file no longer has that digest.
+        The errors of :func:`safeload.load`.
     """
     from safeload import loader as _loader
     from safeload._formats import sniff
@@ -157,7 +166,10 @@ def _load_mapped(
     mode: Literal["inert", "execute"] = (
         "execute" if pol.sandbox.unpickler == "execute" and not weights_only else "inert"
     )
-    fd, name = _loader._open_source(src, pol)
+    if expect_sha256 is None:
+        fd, name = _loader._open_source(src, pol)
+    else:
+        fd, name = _snapshot(src, pol, expect_sha256)
     try:
         size = os.fstat(fd).st_size
         if sniff(fd, size) == "safetensors":
@@ -178,10 +190,47 @@ def _load_mapped(
             if spec.kind == "input" and spec.nbytes and spec.offset % spec.align == 0
         }
         obj = build(manifest, raw, make_restore("cpu"))
-        # One mapping gives one base; anything else (no storage mapped in place) copies from memory.
-        yield obj, (_Mapped(fd, bases.pop(), size) if len(bases) == 1 else None)
+        # One mapping gives one base. A sealed memory copy lives on another file system, which
+        # copy_file_range refuses, so its tensors are written from memory.
+        in_place = len(bases) == 1 and expect_sha256 is None
+        yield obj, (_Mapped(fd, bases.pop(), size) if in_place else None)
     finally:
         os.close(fd)
+
+
+class _HashingReader:
+    """A binary file's ``read`` that hashes what it returns (the loader copies from it in chunks)."""
+
+    def __init__(self, f: IO[bytes], name: str) -> None:
+        self._f = f
+        self.name = name
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self.sha256.update(chunk)
+        return chunk
+
+
+def _snapshot(src: Path, pol: Policy, expect_sha256: str) -> tuple[int, str]:
+    """The loader's descriptor for ``src``, taken from a sealed copy whose sha256 is ``expect_sha256``.
+
+    Raises:
+        IntegrityError: the file's bytes no longer have that digest.
+    """
+    from safeload import loader as _loader
+    from safeload.resolve import local_load_path
+
+    with open(local_load_path(src, pol), "rb") as f:  # a [files]-pinned path reads its store copy
+        reader = _HashingReader(f, str(src))
+        fd, name = _loader._open_source(reader, pol)  # type: ignore[arg-type]
+    if reader.sha256.hexdigest() != expect_sha256:
+        os.close(fd)
+        raise IntegrityError(
+            f"{src} changed while it was being converted (its sha256 is no longer {expect_sha256}); "
+            "find what rewrites it and load it again once it is stable"
+        )
+    return fd, name
 
 
 def _dtype_code(name: str, t: torch.Tensor) -> str:
@@ -292,6 +341,7 @@ def convert_file(
     policy: Policy | None = None,
     metadata: Mapping[str, str] | None = None,
     weights_only: bool = False,
+    _expect_sha256: str | None = None,
 ) -> Path:
     """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
 
@@ -311,7 +361,7 @@ def convert_file(
     src_path = Path(src)
     out = Path(dst)
     meta = {"format": "pt", **(metadata or {})}
-    with _load_mapped(src_path, policy, weights_only) as (obj, mapped):
+    with _load_mapped(src_path, policy, weights_only, _expect_sha256) as (obj, mapped):
         state = _state_dict(obj, str(src_path))
         _atomic_save(state, out, meta, mapped)
     return out
@@ -408,7 +458,12 @@ def cached_conversion(
     with Store(Path(policy.store)).lock("convert:" + digest):
         if _fingerprint_matches(target, record):
             return target
-        convert_file(src, target, policy=policy, metadata={"safeload.source_sha256": digest})
+        # A digest computed here came from the path, not from bytes anyone verified: convert a sealed
+        # copy that still has it, or a file rewritten meanwhile would be filed under the old digest.
+        convert_file(
+            src, target, policy=policy, metadata={"safeload.source_sha256": digest},
+            _expect_sha256=None if sha256 is not None else digest,
+        )
         st = os.lstat(target)
         record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
     return target

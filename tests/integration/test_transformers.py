@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import safeload
-from safeload.errors import UnsafeContentError, UntrustedSourceError
+from safeload.errors import IntegrityError, UnsafeContentError, UntrustedSourceError
 from safeload.transformers import (
     AutoConfig,
     AutoModel,
@@ -329,6 +329,31 @@ def test_local_folder_pickles_go_through_the_jail(use_policy: World) -> None:
     name = "tiny/bert-bin"
     model = AutoModelForMaskedLM.from_pretrained(str(use_policy.local[name]))
     assert torch.equal(M.logits(model), use_policy.refs[name])
+
+
+def test_a_pinned_local_bin_converts_from_its_verified_copy(
+    use_policy: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    folder = shutil.copytree(use_policy.local["tiny/bert-bin"], tmp_path / "pinned")
+    weights = folder / "pytorch_model.bin"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    policy = tmp_path / "trust.toml"
+    policy.write_text(
+        f"version = 1\nstore = {json.dumps(str(tmp_path / 'store'))}\n"
+        f'[files]\n{json.dumps(str(weights))} = "sha256:{digest}"\n'
+    )
+    monkeypatch.setenv("SAFELOAD_POLICY", str(policy))
+    model = AutoModelForMaskedLM.from_pretrained(str(folder))
+    assert torch.equal(M.logits(model), use_policy.refs["tiny/bert-bin"])
+    assert (tmp_path / "store" / "converted" / "sha256" / f"{digest}.safetensors").is_file()
+    # Other bytes at the pinned path (same size): refused, never answered from the cached conversion.
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="pin"):
+        AutoModelForMaskedLM.from_pretrained(str(folder))
 
 
 def test_an_index_naming_unpinned_shards_is_refused(use_policy: World, tmp_path: Path) -> None:

@@ -222,3 +222,21 @@ def test_a_safetensors_source_converts_as_itself(tmp_path: Path, policy: Policy)
     save_file(state, tmp_path / "in.safetensors")
     got = load_file(convert_file(tmp_path / "in.safetensors", tmp_path / "out.safetensors", policy=policy))
     assert set(got) == set(state) and all(torch.equal(got[k], v) for k, v in state.items())
+
+
+def test_a_source_that_no_longer_has_its_digest_is_not_converted(tmp_path: Path, policy: Policy) -> None:
+    import hashlib
+
+    from safeload.errors import IntegrityError
+
+    src = tmp_path / "w.pt"
+    torch.save({"w": torch.randn(8)}, src)
+    hashed_earlier = hashlib.sha256(b"the bytes the file held when it was hashed").hexdigest()
+    dst = tmp_path / "out" / "w.safetensors"
+    with pytest.raises(IntegrityError, match="changed while it was being converted"):
+        convert_file(src, dst, policy=policy, _expect_sha256=hashed_earlier)
+    assert not dst.exists()
+    # With the digest the bytes do have, the sealed copy converts.
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    got = load_file(convert_file(src, dst, policy=policy, _expect_sha256=digest))
+    assert got.keys() == {"w"}
