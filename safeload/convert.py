@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from safeload.errors import IntegrityError, UnsafeContentError, UnsupportedFormatError
 
@@ -149,8 +149,8 @@ def _load_mapped(
     them through this process.
 
     With ``expect_sha256`` (a digest computed from the path earlier, that the result will be filed
-    under), the bytes are first copied into a sealed memory file while hashed, and loaded from there only
-    if they still have that digest: the bytes converted are then exactly the bytes the digest names,
+    under), the bytes are first copied into a private file while hashed, and loaded from there only if
+    they still have that digest: the bytes converted are then exactly the bytes the digest names,
     even if someone rewrites the file in between.
 
     Raises:
@@ -190,47 +190,40 @@ def _load_mapped(
             if spec.kind == "input" and spec.nbytes and spec.offset % spec.align == 0
         }
         obj = build(manifest, raw, make_restore("cpu"))
-        # One mapping gives one base. A sealed memory copy lives on another file system, which
-        # copy_file_range refuses, so its tensors are written from memory.
-        in_place = len(bases) == 1 and expect_sha256 is None
-        yield obj, (_Mapped(fd, bases.pop(), size) if in_place else None)
+        # One mapping gives one base; without one (nothing mapped in place) tensors come from memory.
+        yield obj, (_Mapped(fd, bases.pop(), size) if len(bases) == 1 else None)
     finally:
         os.close(fd)
 
 
-class _HashingReader:
-    """A binary file's ``read`` that hashes what it returns (the loader copies from it in chunks)."""
-
-    def __init__(self, f: IO[bytes], name: str) -> None:
-        self._f = f
-        self.name = name
-        self.sha256 = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        chunk = self._f.read(n)
-        self.sha256.update(chunk)
-        return chunk
-
-
 def _snapshot(src: Path, pol: Policy, expect_sha256: str) -> tuple[int, str]:
-    """The loader's descriptor for ``src``, taken from a sealed copy whose sha256 is ``expect_sha256``.
+    """A read-only descriptor of a private copy of ``src`` whose sha256 is ``expect_sha256``.
+
+    The copy is an unlinked file next to the conversions (disk-backed, so a large checkpoint costs page
+    cache, not pinned memory, and tensor bytes can still be copied from it kernel-side); once written,
+    only the read-only descriptor returned is left, so neither the jail nor anyone else can change it.
 
     Raises:
         IntegrityError: the file's bytes no longer have that digest.
     """
-    from safeload import loader as _loader
     from safeload.resolve import local_load_path
 
-    with open(local_load_path(src, pol), "rb") as f:  # a [files]-pinned path reads its store copy
-        reader = _HashingReader(f, str(src))
-        fd, name = _loader._open_source(reader, pol)  # type: ignore[arg-type]
-    if reader.sha256.hexdigest() != expect_sha256:
-        os.close(fd)
-        raise IntegrityError(
-            f"{src} changed while it was being converted (its sha256 is no longer {expect_sha256}); "
-            "find what rewrites it and load it again once it is stable"
-        )
-    return fd, name
+    staging = Path(pol.store).expanduser() / "converted"
+    staging.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    # A [files]-pinned path reads its verified store copy, as the loader would.
+    with open(local_load_path(src, pol), "rb") as f, tempfile.TemporaryFile(dir=staging) as tmp:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            tmp.write(chunk)
+        tmp.flush()
+        if h.hexdigest() != expect_sha256:
+            raise IntegrityError(
+                f"{src} changed while it was being converted (its sha256 is no longer {expect_sha256}); "
+                "find what rewrites it and load it again once it is stable"
+            )
+        fd = os.open(f"/proc/self/fd/{tmp.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+    return fd, str(src)
 
 
 def _dtype_code(name: str, t: torch.Tensor) -> str:
@@ -458,7 +451,7 @@ def cached_conversion(
     with Store(Path(policy.store)).lock("convert:" + digest):
         if _fingerprint_matches(target, record):
             return target
-        # A digest computed here came from the path, not from bytes anyone verified: convert a sealed
+        # A digest computed here came from the path, not from bytes anyone verified: convert a private
         # copy that still has it, or a file rewritten meanwhile would be filed under the old digest.
         convert_file(
             src, target, policy=policy, metadata={"safeload.source_sha256": digest},

@@ -236,7 +236,8 @@ def test_a_source_that_no_longer_has_its_digest_is_not_converted(tmp_path: Path,
     with pytest.raises(IntegrityError, match="changed while it was being converted"):
         convert_file(src, dst, policy=policy, _expect_sha256=hashed_earlier)
     assert not dst.exists()
-    # With the digest the bytes do have, the sealed copy converts.
+    # With the digest the bytes do have, the private copy converts.
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     got = load_file(convert_file(src, dst, policy=policy, _expect_sha256=digest))
     assert got.keys() == {"w"}
+    assert list((policy.store / "converted").iterdir()) == []  # the private copies are gone
