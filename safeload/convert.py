@@ -21,6 +21,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+_RACY_NS = 1_000_000_000
 _log = logging.getLogger("safeload.convert")
 _SHA_RE = re.compile(r"^(sha256:)?([0-9a-f]{64})$")
 # Common wrappers around a state dict (Lightning, many training scripts).
@@ -428,8 +430,9 @@ def cached_conversion(
     """The safetensors form of the checkpoint ``src``, converted once and kept in the store.
 
     The result lives at ``<store>/converted/sha256/<hex>.safetensors`` where ``<hex>`` is the source's
-    sha256 (``sha256`` when the caller already verified it, as the store does; else computed here). A
-    second call for the same bytes returns the existing file without opening the checkpoint.
+    sha256 (``sha256`` when the caller already verified it, as the store does; else computed here, once
+    per change of the file, and the bytes converted are checked to have it). A second call for the same
+    bytes returns the existing file without opening the checkpoint.
 
     Raises:
         The errors of :func:`convert_file`.
@@ -440,7 +443,7 @@ def cached_conversion(
             raise UnsupportedFormatError(f"{sha256!r} is not a sha256 digest ('sha256:<64 hex>')")
         digest = m.group(2)
     else:
-        digest = sha256_file(src)
+        digest = _path_digest(Path(src), Path(policy.store).expanduser() / "converted" / "by-path")
     target = Path(policy.store).expanduser() / "converted" / "sha256" / f"{digest}.safetensors"
     record = target.with_name(target.name + ".stat.json")
     if _fingerprint_matches(target, record):
@@ -460,6 +463,44 @@ def cached_conversion(
         st = os.lstat(target)
         record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
     return target
+
+
+def _source_stat(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _path_digest(src: Path, memo_dir: Path) -> str:
+    """The sha256 of the file at ``src``, hashed once per change of the file.
+
+    The digest is remembered with the file's stat (device, inode, size, mtime, ctime: any write or
+    rename changes the ctime, which no one can set back); while the stat is unchanged the remembered
+    digest is used. It only picks the cache entry: a conversion on a miss re-checks the bytes it
+    converts (:func:`_snapshot`).
+    """
+    path = os.path.realpath(src)
+    memo = memo_dir / (hashlib.sha256(path.encode()).hexdigest() + ".json")
+    try:
+        seen = json.loads(memo.read_text(encoding="utf-8"))
+        if seen["stat"] == _source_stat(os.stat(path)) and _SHA_RE.match(seen["sha256"]):
+            return str(seen["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        before = _source_stat(os.fstat(f.fileno()))
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+        after = _source_stat(os.fstat(f.fileno()))
+    digest = h.hexdigest()
+    # Remembered only for a file unchanged while hashed and last changed over a second ago: a later
+    # change then gets a later ctime even on a file system whose clock ticks coarsely.
+    if before == after and max(after[3], after[4]) < time.time_ns() - _RACY_NS:
+        memo_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".memo-", dir=memo_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"path": path, "stat": after, "sha256": digest}, out)
+        os.replace(tmp, memo)
+    return digest
 
 
 def _fingerprint(st: os.stat_result) -> dict[str, int]:

@@ -241,3 +241,29 @@ def test_a_source_that_no_longer_has_its_digest_is_not_converted(tmp_path: Path,
     got = load_file(convert_file(src, dst, policy=policy, _expect_sha256=digest))
     assert got.keys() == {"w"}
     assert list((policy.store / "converted").iterdir()) == []  # the private copies are gone
+
+
+def test_an_unverified_source_is_hashed_once_per_change(tmp_path: Path, policy: Policy) -> None:
+    import time
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    src = tmp_path / "a" / "w.pt"
+    torch.save({"w": torch.zeros(16)}, src)
+    memo_dir = policy.store / "converted" / "by-path"
+    first = cached_conversion(src, policy=policy)
+    assert not memo_dir.exists()  # changed a moment ago: not remembered, hashed again next time
+    time.sleep(1.1)
+    assert cached_conversion(src, policy=policy) == first
+    (memo,) = memo_dir.iterdir()
+    assert json.loads(memo.read_text())["sha256"] == first.stem
+    assert cached_conversion(src, policy=policy) == first
+    # Other bytes of the same size, with the old mtime put back: the ctime still tells.
+    torch.save({"w": torch.ones(16)}, tmp_path / "b" / "w.pt")
+    other = (tmp_path / "b" / "w.pt").read_bytes()
+    st = src.stat()
+    assert len(other) == st.st_size
+    src.write_bytes(other)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = cached_conversion(src, policy=policy)
+    assert again != first and torch.equal(load_file(again)["w"], torch.ones(16))
