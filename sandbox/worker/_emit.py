@@ -67,14 +67,19 @@ class StorageTable:
         self, dtype: str, nbytes: int, location: str, chunks: Callable[[], Iterable[bytes]]
     ) -> StorageRef:
         """A storage whose bytes the worker copies into ``tensors.safetensors``."""
+        ref = self._add(dtype, nbytes, location)
+        self.set_output(ref, chunks)
+        return ref
+
+    def set_output(self, ref: StorageRef, chunks: Callable[[], Iterable[bytes]]) -> None:
+        """Give a storage added with ``add_input(..., None)`` bytes the worker copies instead."""
+        nbytes = self.specs[ref.index]["nbytes"]
         self.output_bytes += nbytes
         if self.output_bytes > self.budgets.max_output_bytes:
             raise LimitError(f"decoded tensors exceed the {self.budgets.max_output_bytes}-byte output budget")
-        ref = self._add(dtype, nbytes, location)
         key = f"storage_{ref.index}"
         self.specs[ref.index]["source"] = {"kind": "output", "key": key}
         self.outputs.append((key, nbytes, chunks))
-        return ref
 
 
 def write_outputs(out_dir: str, table: StorageTable) -> None:

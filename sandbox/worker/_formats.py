@@ -108,7 +108,8 @@ class _Reader:
         return result.root, end
 
     # -- torch zip and TorchScript ----------------------------------------------------------------------
-    def torch_zip(self, z: ZipArchive, prefix: str, pkl: str, data_dir: str) -> Any:
+    def torch_zip(self, z: ZipArchive, prefix: str, pkl: str, data_dir: str, base: int | None = 0) -> Any:
+        """A torch zip's pickle; ``base``: where ``z`` starts in the input (None: not in it verbatim)."""
         storages: dict[str, StorageRef] = {}
 
         def persistent_load(pid: Any) -> StorageRef:
@@ -135,8 +136,8 @@ class _Reader:
                 ref = self.table.add_output(
                     dtype, nbytes, location, lambda: (_byteswap(z.read(name, nbytes)[:nbytes], unit),)
                 )
-            elif member.method == 0:
-                ref = self.table.add_input(dtype, nbytes, location, member.data_offset)
+            elif member.method == 0 and base is not None:
+                ref = self.table.add_input(dtype, nbytes, location, base + member.data_offset)
             else:
                 ref = self.table.add_output(dtype, nbytes, location, lambda: _take(z.stream(name), nbytes))
             storages[key] = ref
@@ -153,8 +154,10 @@ class _Reader:
         return root
 
     # -- legacy torch ------------------------------------------------------------------------------------
-    def torch_legacy(self) -> Any:
-        data = self.data
+    def torch_legacy(self, data: bytes | mmap.mmap | None = None, base: int | None = 0) -> Any:
+        """A legacy torch file (``data``, default the input; ``base``: where it starts in the input)."""
+        if data is None:
+            data = self.data
         magic, pos = self.unpickle(data)
         if magic != _LEGACY_MAGIC:
             raise FormatError("not a torch legacy file")
@@ -213,14 +216,45 @@ class _Reader:
             end = pos + numel * DTYPE_SIZES[dtype]
             if end > size:
                 raise FormatError("torch legacy file is truncated")
-            self.table.set_offset(ref, pos)
+            self.place(ref, data, base, pos)
             offsets[key] = pos
             pos = end
         for ref, key, byte_offset in views:
             if key not in offsets:
                 raise FormatError(f"torch legacy storage {key!r} has no data")
-            self.table.set_offset(ref, offsets[key] + byte_offset)
+            self.place(ref, data, base, offsets[key] + byte_offset)
         return root
+
+    def place(self, ref: StorageRef, data: bytes | mmap.mmap, base: int | None, pos: int) -> None:
+        """The storage's bytes are at ``pos`` of ``data``, which starts at ``base`` of the input."""
+        if base is not None:
+            self.table.set_offset(ref, base + pos)
+            return
+        end = pos + self.table.specs[ref.index]["nbytes"]
+        self.table.set_output(ref, lambda: (bytes(data[pos:end]),))
+
+    # -- torch.storage._load_from_bytes inside a plain pickle -------------------------------------------
+    def nested_hook(self, base: int | None) -> Callable[[bytes, int | None], Any]:
+        """Reads the torch.save file that ``pickle.dump`` of a tensor embeds for each storage.
+
+        ``base`` is where the outer pickle starts in the input (None: decompressed, not mappable). The
+        nested file is read with the same strict readers and budgets, but its own pickles get no hook,
+        so a ``_load_from_bytes`` inside it stays a stub.
+        """
+
+        def load_from_bytes(raw: bytes, at: int | None) -> Any:
+            offset = None if base is None or at is None else base + at
+            if is_zip(raw[:4]):
+                z = ZipArchive(raw)
+                kind, prefix = _zip_kind(z)
+                if kind != "torch_zip":
+                    raise FormatError("a pickled storage holds a zip archive that is not a torch checkpoint")
+                return self.torch_zip(z, prefix, "data.pkl", "data/", offset)
+            if raw[:3] == b"\x80\x02\x8a" and raw[4:14] == _LEGACY_MAGIC.to_bytes(10, "little"):
+                return self.torch_legacy(raw, offset)
+            raise FormatError("a pickled storage's bytes are not a torch.save file")
+
+        return load_from_bytes
 
     # -- legacy torch tar (torch < 0.4) -------------------------------------------------------------------
     def torch_tar(self) -> Any:
@@ -376,7 +410,7 @@ class _Reader:
 
     def raw_pickle(self, data: Any, base: int | None) -> Parsed:
         self.saw_joblib = False
-        root, _ = self.unpickle(data, build_hook=self.joblib_hook(base))
+        root, _ = self.unpickle(data, build_hook=self.joblib_hook(base), nested=self.nested_hook(base))
         return Parsed("joblib" if self.saw_joblib else "pickle", root, self.globals_seen)
 
     # -- numpy ------------------------------------------------------------------------------------------

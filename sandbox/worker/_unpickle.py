@@ -197,7 +197,7 @@ DATA_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     | {("torch", n) for n in _TORCH_DTYPES}
     | {("collections", "OrderedDict"), ("argparse", "Namespace"), ("_codecs", "encode"),
        ("copyreg", "_reconstructor"), ("copyreg", "__newobj__"), ("builtins", "object"),
-       ("joblib.numpy_pickle", "NumpyArrayWrapper")}
+       ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("torch.storage", "_load_from_bytes")}
     | {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice", "bytes", "list",
                                  "dict", "tuple")}
     | {(m, n) for m in _NP_MODULES for n in ("_reconstruct", "scalar")}
@@ -303,6 +303,12 @@ class _Machine:
         self.proto = 0
         self.globals_seen: dict[tuple[str, str], int] = {}
         self.build_hook: Callable[[_Machine, Stub], Any] | None = None
+        # torch.storage._load_from_bytes(b): b is a whole torch.save file, read by the format layer
+        # (which passes no hook down, so nesting stops after one level). ``bytes_at`` remembers where
+        # each long BINBYTES payload sits in ``data``, so the nested file's raw storages can be
+        # referenced in place.
+        self.nested: Callable[[bytes, int | None], Any] | None = None
+        self.bytes_at: dict[int, tuple[bytes, int]] = {}
 
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
@@ -415,6 +421,12 @@ class _Machine:
                     return inner
                 return Parameter(inner, inner.requires_grad)
             raise _NotData
+        if key == ("torch.storage", "_load_from_bytes"):
+            if self.nested is None or len(args) != 1 or type(args[0]) is not bytes:
+                raise _NotData
+            raw = args[0]
+            seen = self.bytes_at.get(id(raw))
+            return self.nested(raw, seen[1] if seen is not None and seen[0] is raw else None)
         if key == ("torch", "Size"):
             if len(args) != 1:
                 raise _NotData
@@ -828,8 +840,20 @@ def _op_binunicode8(m: _Machine) -> None:
     _utf8(m, _u8(m))
 
 
+def _long_bytes(m: _Machine, n: int) -> None:
+    at = m.pos
+    raw = m.read(n)
+    if m.nested is not None and n >= _NESTED_MIN:
+        m.bytes_at[id(raw)] = (raw, at)
+    m.stack.append(raw)
+
+
+# Shorter byte strings cannot hold a torch.save file with a storage in it; not worth remembering.
+_NESTED_MIN = 256
+
+
 def _op_binbytes(m: _Machine) -> None:
-    m.stack.append(m.read(_u4(m)))
+    _long_bytes(m, _u4(m))
 
 
 def _op_short_binbytes(m: _Machine) -> None:
@@ -837,7 +861,7 @@ def _op_short_binbytes(m: _Machine) -> None:
 
 
 def _op_binbytes8(m: _Machine) -> None:
-    m.stack.append(m.read(_u8(m)))
+    _long_bytes(m, _u8(m))
 
 
 def _op_bytearray8(m: _Machine) -> None:
@@ -1143,13 +1167,16 @@ def unpickle(
     encoding: str = "utf-8",
     start: int = 0,
     build_hook: Callable[[Any, Stub], Any] | None = None,
+    nested: Callable[[bytes, int | None], Any] | None = None,
 ) -> tuple[Unpickled, int]:
     """Read one pickle from ``data[start:]`` without calling anything.
 
     Returns the result and the offset just past the STOP opcode (legacy torch files and joblib put more
     data after a pickle). ``build_hook(machine, stub)`` runs after each BUILD on a stub; a non-None
     result replaces the stub (joblib's array wrappers are followed by the array's bytes, which the hook
-    reads by advancing ``machine.pos``).
+    reads by advancing ``machine.pos``). ``nested(raw, offset)`` reads the torch.save file ``raw`` a
+    ``torch.storage._load_from_bytes`` call carries (``offset``: where ``raw`` sits in ``data``, or None
+    when it does not appear there verbatim); without it such calls stay stubs.
 
     Raises:
         FormatError: the bytes are not a well-formed pickle.
@@ -1158,6 +1185,7 @@ def unpickle(
     m = _Machine(data, persistent_load, budgets or Budgets(), encoding)
     m.pos = start
     m.build_hook = build_hook
+    m.nested = nested
     try:
         root = m.run()
     except RecursionError:

@@ -329,6 +329,19 @@ def _torch_zip(t: Trace) -> bytes:
     return _raw_zip(_torch_members(_evil_data_pkl(t)))
 
 
+def _storage_bytes(inner: bytes) -> bytes:
+    """``pickle.dump`` of a tensor: each storage is ``torch.storage._load_from_bytes(<torch.save file>)``."""
+    return _pickle(_dict(("w", _call(_glob("torch.storage", "_load_from_bytes"), _b(inner)))))
+
+
+def _storage_bytes_legacy(t: Trace) -> bytes:
+    return _storage_bytes(_torch_legacy(t))
+
+
+def _storage_bytes_zip(t: Trace) -> bytes:
+    return _storage_bytes(_torch_zip(t))
+
+
 def _torch_zip_deflated(t: Trace) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -698,6 +711,10 @@ ATTACKS: tuple[Attack, ...] = (
            _torch_zip_deflated, "container", (("builtins", "eval"),), True),
     Attack("torch_legacy", "legacy (non-zip) torch file whose main pickle calls eval", _torch_legacy,
            "container", (("builtins", "eval"),), True),
+    Attack("storage_bytes_legacy", "plain pickle whose storage bytes are a legacy torch file calling eval",
+           _storage_bytes_legacy, "container", (("builtins", "eval"),), True),
+    Attack("storage_bytes_zip", "plain pickle whose storage bytes are a torch zip calling eval",
+           _storage_bytes_zip, "container", (("builtins", "eval"),), True),
     Attack("torch_legacy_keys", "legacy torch file whose storage-keys pickle calls eval", _torch_legacy_keys,
            "container"),
     Attack("torch_legacy_tar", "torch < 0.4 tar format whose storages member calls eval", _torch_legacy_tar,
