@@ -141,7 +141,7 @@ class _Mapped:
 
 @contextmanager
 def _load_mapped(
-    src: Path, policy: Policy | None, weights_only: bool, expect_sha256: str | None = None
+    src: Path, policy: Policy | None, weights_only: bool, opened: tuple[int, str] | None = None
 ) -> Iterator[tuple[Any, _Mapped | None]]:
     """``safeload.load(src, map_location="cpu", unpickler="inert")``, keeping the source descriptor open.
 
@@ -150,13 +150,10 @@ def _load_mapped(
     gets the opened, verified file and where it is mapped, to copy tensor bytes from it without reading
     them through this process.
 
-    With ``expect_sha256`` (a digest computed from the path earlier, that the result will be filed
-    under), the bytes are first copied into a private file while hashed, and loaded from there only if
-    they still have that digest: the bytes converted are then exactly the bytes the digest names,
-    even if someone rewrites the file in between.
+    ``opened`` is a descriptor (and a name for messages) to read instead of opening ``src``, such as a
+    :func:`_snapshot`; it is closed here either way.
 
     Raises:
-        IntegrityError: ``expect_sha256`` is given and the file no longer has that digest.
         The errors of :func:`safeload.load`.
     """
     from safeload import loader as _loader
@@ -164,14 +161,16 @@ def _load_mapped(
     from safeload._rebuild import build, make_restore
     from safeload.policy import load_policy
 
-    pol = load_policy(policy)
-    mode: Literal["inert", "execute"] = (
-        "execute" if pol.sandbox.unpickler == "execute" and not weights_only else "inert"
-    )
-    if expect_sha256 is None:
-        fd, name = _loader._open_source(src, pol)
-    else:
-        fd, name = _snapshot(src, pol, expect_sha256)
+    try:
+        pol = load_policy(policy)
+        mode: Literal["inert", "execute"] = (
+            "execute" if pol.sandbox.unpickler == "execute" and not weights_only else "inert"
+        )
+        fd, name = opened if opened is not None else _loader._open_source(src, pol)
+    except BaseException:
+        if opened is not None:
+            os.close(opened[0])
+        raise
     try:
         size = os.fstat(fd).st_size
         if sniff(fd, size) == "safetensors":
@@ -198,34 +197,67 @@ def _load_mapped(
         os.close(fd)
 
 
-def _snapshot(src: Path, pol: Policy, expect_sha256: str) -> tuple[int, str]:
-    """A read-only descriptor of a private copy of ``src`` whose sha256 is ``expect_sha256``.
+def _snapshot(src: Path, pol: Policy, memo_dir: Path) -> tuple[int, str, str]:
+    """A read-only descriptor of a private copy of ``src``, a name for messages, and the copy's sha256.
 
-    The copy is an unlinked file next to the conversions (disk-backed, so a large checkpoint costs page
-    cache, not pinned memory, and tensor bytes can still be copied from it kernel-side); once written,
-    only the read-only descriptor returned is left, so neither the jail nor anyone else can change it.
+    Hashing the copy, not the path, means the digest a conversion is filed under is the digest of the
+    bytes converted, however the file changes meanwhile. The copy is an unlinked file next to the
+    conversions (disk-backed: a large checkpoint costs page cache, not pinned memory, and tensor bytes
+    can still be copied from it kernel-side); once written, only the read-only descriptor is left, so
+    neither the jail nor anyone else can change it. The digest is remembered for :func:`_remembered`.
 
     Raises:
-        IntegrityError: the file's bytes no longer have that digest.
+        IntegrityError: ``src`` is pinned in ``[files]`` and its bytes differ.
     """
     from safeload.resolve import local_load_path
 
-    staging = Path(pol.store).expanduser() / "converted"
+    staging = memo_dir.parent
     staging.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
-    # A [files]-pinned path reads its verified store copy, as the loader would.
-    with open(local_load_path(src, pol), "rb") as f, tempfile.TemporaryFile(dir=staging) as tmp:
+    opened = local_load_path(src, pol)  # a [files]-pinned path reads its verified store copy
+    with open(opened, "rb") as f, tempfile.TemporaryFile(dir=staging) as tmp:
+        before = _source_stat(os.fstat(f.fileno()))
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             tmp.write(chunk)
         tmp.flush()
-        if h.hexdigest() != expect_sha256:
-            raise IntegrityError(
-                f"{src} changed while it was being converted (its sha256 is no longer {expect_sha256}); "
-                "find what rewrites it and load it again once it is stable"
-            )
+        after = _source_stat(os.fstat(f.fileno()))
         fd = os.open(f"/proc/self/fd/{tmp.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
-    return fd, str(src)
+    digest = h.hexdigest()
+    # Remembered only for a file unchanged while copied and last changed over a second ago: a later
+    # change then gets a later ctime even on a file system whose clock ticks coarsely.
+    if opened == os.fspath(src) and before == after and max(after[3], after[4]) < time.time_ns() - _RACY_NS:
+        path = os.path.realpath(src)
+        memo_dir.mkdir(parents=True, exist_ok=True)
+        mfd, tmp_memo = tempfile.mkstemp(prefix=".memo-", dir=memo_dir)
+        with os.fdopen(mfd, "w", encoding="utf-8") as out:
+            json.dump({"path": path, "stat": after, "sha256": digest}, out)
+        os.replace(tmp_memo, _memo_path(memo_dir, path))
+    return fd, str(src), digest
+
+
+def _memo_path(memo_dir: Path, real: str) -> Path:
+    return memo_dir / (hashlib.sha256(real.encode()).hexdigest() + ".json")
+
+
+def _remembered(src: Path, memo_dir: Path) -> str | None:
+    """The sha256 :func:`_snapshot` found for ``src``, if the file's stat is still the one it had then.
+
+    The stat is device, inode, size, mtime and ctime: any write or rename changes the ctime, which no
+    one can set back. The digest only picks the cache entry; a miss converts a fresh snapshot.
+    """
+    path = os.path.realpath(src)
+    try:
+        seen = json.loads(_memo_path(memo_dir, path).read_text(encoding="utf-8"))
+        if seen["stat"] == _source_stat(os.stat(path)) and _SHA_RE.match(seen["sha256"]):
+            return str(seen["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _source_stat(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _dtype_code(name: str, t: torch.Tensor) -> str:
@@ -336,7 +368,6 @@ def convert_file(
     policy: Policy | None = None,
     metadata: Mapping[str, str] | None = None,
     weights_only: bool = False,
-    _expect_sha256: str | None = None,
 ) -> Path:
     """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
 
@@ -353,13 +384,21 @@ def convert_file(
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
     """
-    src_path = Path(src)
-    out = Path(dst)
+    return _convert(Path(src), Path(dst), policy, metadata, weights_only, None)
+
+
+def _convert(
+    src: Path,
+    dst: Path,
+    policy: Policy | None,
+    metadata: Mapping[str, str] | None,
+    weights_only: bool,
+    opened: tuple[int, str] | None,
+) -> Path:
     meta = {"format": "pt", **(metadata or {})}
-    with _load_mapped(src_path, policy, weights_only, _expect_sha256) as (obj, mapped):
-        state = _state_dict(obj, str(src_path))
-        _atomic_save(state, out, meta, mapped)
-    return out
+    with _load_mapped(src, policy, weights_only, opened) as (obj, mapped):
+        _atomic_save(_state_dict(obj, str(src)), dst, meta, mapped)
+    return dst
 
 
 def _read_index(index: Path) -> dict[str, Any]:
@@ -430,77 +469,49 @@ def cached_conversion(
     """The safetensors form of the checkpoint ``src``, converted once and kept in the store.
 
     The result lives at ``<store>/converted/sha256/<hex>.safetensors`` where ``<hex>`` is the source's
-    sha256 (``sha256`` when the caller already verified it, as the store does; else computed here, once
-    per change of the file, and the bytes converted are checked to have it). A second call for the same
-    bytes returns the existing file without opening the checkpoint.
+    sha256 (``sha256`` when the caller already verified it, as the store does; else that of a private
+    copy of the file, which is what gets converted, remembered while the file's stat is unchanged). A
+    second call for the same bytes returns the existing file without opening the checkpoint.
 
     Raises:
         The errors of :func:`convert_file`.
     """
+    converted = Path(policy.store).expanduser() / "converted"
+    opened: tuple[int, str] | None = None
     if sha256 is not None:
         m = _SHA_RE.match(sha256)
         if m is None:
             raise UnsupportedFormatError(f"{sha256!r} is not a sha256 digest ('sha256:<64 hex>')")
         digest = m.group(2)
     else:
-        digest = _path_digest(Path(src), Path(policy.store).expanduser() / "converted" / "by-path")
-    target = Path(policy.store).expanduser() / "converted" / "sha256" / f"{digest}.safetensors"
-    record = target.with_name(target.name + ".stat.json")
-    if _fingerprint_matches(target, record):
-        return target
-    from safeload.store import Store
-
-    # One process converts; another one asking for the same bytes waits and then reuses its result.
-    with Store(Path(policy.store)).lock("convert:" + digest):
+        remembered = _remembered(Path(src), converted / "by-path")
+        if remembered is not None and _fingerprint_matches(*_cache_paths(converted, remembered)):
+            return _cache_paths(converted, remembered)[0]
+        fd, name, digest = _snapshot(Path(src), policy, converted / "by-path")
+        opened = (fd, name)
+    try:
+        target, record = _cache_paths(converted, digest)
         if _fingerprint_matches(target, record):
             return target
-        # A digest computed here came from the path, not from bytes anyone verified: convert a private
-        # copy that still has it, or a file rewritten meanwhile would be filed under the old digest.
-        convert_file(
-            src, target, policy=policy, metadata={"safeload.source_sha256": digest},
-            _expect_sha256=None if sha256 is not None else digest,
-        )
-        st = os.lstat(target)
-        record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
-    return target
+        from safeload.store import Store
+
+        # One process converts; another one asking for the same bytes waits and then reuses its result.
+        with Store(Path(policy.store)).lock("convert:" + digest):
+            if _fingerprint_matches(target, record):
+                return target
+            handed, opened = opened, None  # _convert closes it
+            _convert(Path(src), target, policy, {"safeload.source_sha256": digest}, False, handed)
+            st = os.lstat(target)
+            record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
+        return target
+    finally:
+        if opened is not None:
+            os.close(opened[0])
 
 
-def _source_stat(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def _path_digest(src: Path, memo_dir: Path) -> str:
-    """The sha256 of the file at ``src``, hashed once per change of the file.
-
-    The digest is remembered with the file's stat (device, inode, size, mtime, ctime: any write or
-    rename changes the ctime, which no one can set back); while the stat is unchanged the remembered
-    digest is used. It only picks the cache entry: a conversion on a miss re-checks the bytes it
-    converts (:func:`_snapshot`).
-    """
-    path = os.path.realpath(src)
-    memo = memo_dir / (hashlib.sha256(path.encode()).hexdigest() + ".json")
-    try:
-        seen = json.loads(memo.read_text(encoding="utf-8"))
-        if seen["stat"] == _source_stat(os.stat(path)) and _SHA_RE.match(seen["sha256"]):
-            return str(seen["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        before = _source_stat(os.fstat(f.fileno()))
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-        after = _source_stat(os.fstat(f.fileno()))
-    digest = h.hexdigest()
-    # Remembered only for a file unchanged while hashed and last changed over a second ago: a later
-    # change then gets a later ctime even on a file system whose clock ticks coarsely.
-    if before == after and max(after[3], after[4]) < time.time_ns() - _RACY_NS:
-        memo_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".memo-", dir=memo_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump({"path": path, "stat": after, "sha256": digest}, out)
-        os.replace(tmp, memo)
-    return digest
+def _cache_paths(converted: Path, digest: str) -> tuple[Path, Path]:
+    target = converted / "sha256" / f"{digest}.safetensors"
+    return target, target.with_name(target.name + ".stat.json")
 
 
 def _fingerprint(st: os.stat_result) -> dict[str, int]:

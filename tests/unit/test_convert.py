@@ -224,23 +224,22 @@ def test_a_safetensors_source_converts_as_itself(tmp_path: Path, policy: Policy)
     assert set(got) == set(state) and all(torch.equal(got[k], v) for k, v in state.items())
 
 
-def test_a_source_that_no_longer_has_its_digest_is_not_converted(tmp_path: Path, policy: Policy) -> None:
+def test_an_unverified_source_is_filed_under_the_digest_of_the_bytes_converted(
+    tmp_path: Path, policy: Policy
+) -> None:
     import hashlib
 
-    from safeload.errors import IntegrityError
-
     src = tmp_path / "w.pt"
-    torch.save({"w": torch.randn(8)}, src)
-    hashed_earlier = hashlib.sha256(b"the bytes the file held when it was hashed").hexdigest()
-    dst = tmp_path / "out" / "w.safetensors"
-    with pytest.raises(IntegrityError, match="changed while it was being converted"):
-        convert_file(src, dst, policy=policy, _expect_sha256=hashed_earlier)
-    assert not dst.exists()
-    # With the digest the bytes do have, the private copy converts.
+    weights = torch.randn(8)
+    torch.save({"w": weights}, src)
+    out = cached_conversion(src, policy=policy)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    got = load_file(convert_file(src, dst, policy=policy, _expect_sha256=digest))
-    assert got.keys() == {"w"}
-    assert list((policy.store / "converted").iterdir()) == []  # the private copies are gone
+    assert out.name == f"{digest}.safetensors"
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["safeload.source_sha256"] == digest
+    assert torch.equal(load_file(out)["w"], weights)
+    leftovers = [p.name for p in (policy.store / "converted").iterdir() if p.is_file()]
+    assert leftovers == []  # the private copy is gone
 
 
 def test_an_unverified_source_is_hashed_once_per_change(tmp_path: Path, policy: Policy) -> None:
