@@ -400,6 +400,136 @@ class _Validator:
         self.complete(v)
 
 
+class _Fallback(Exception):
+    """The fast pass met a node it does not handle or a check that failed: validate the slow way."""
+
+
+_K_T = frozenset({"t"})
+_K_V = frozenset({"t", "v"})
+_K_V_ID = frozenset({"t", "v", "id"})
+_K_ITEMS = frozenset({"t", "items"})
+_K_ITEMS_ID = frozenset({"t", "items", "id"})
+_K_REF = frozenset({"t", "id"})
+_K_TENSOR = frozenset({"t", "storage", "offset", "shape", "stride", "dtype", "requires_grad"})
+_K_TENSOR_ID = _K_TENSOR | {"id"}
+_K_PARAM = frozenset({"t", "data", "requires_grad"})
+_K_PARAM_ID = _K_PARAM | {"id"}
+
+
+class _FastValidator(_Validator):
+    """The same checks as :class:`_Validator` for the nodes state dicts are made of, without building
+    error paths. It accepts a subset of what the full validator accepts; on anything else, or any failed
+    check, it raises :class:`_Fallback` and the full validator runs from scratch (and names the error).
+    """
+
+    def fast(self, v: Any, depth: int) -> str:
+        self.nodes += 1
+        if self.nodes > self.max_nodes or depth > self.max_depth or type(v) is not dict:
+            raise _Fallback
+        t = v.get("t")
+        keys = v.keys()
+        if type(t) is not str:
+            raise _Fallback
+        if t == "tensor":
+            if keys != _K_TENSOR and keys != _K_TENSOR_ID:
+                raise _Fallback
+            self.fast_tensor(v)
+            return t
+        if t == "ref":
+            if keys != _K_REF:
+                raise _Fallback
+            n = v["id"]
+            if type(n) is not int or n not in self.ids:
+                raise _Fallback
+            target, done = self.ids[n]
+            if not done and target not in _MUTABLE:
+                raise _Fallback
+            return target
+        d = depth + 1
+        if t == "str":
+            if (keys != _K_V and keys != _K_V_ID) or type(v["v"]) is not str:
+                raise _Fallback
+            self.fast_register(v, t, True)
+        elif t == "int":
+            if keys != _K_V or type(v["v"]) is not int:
+                raise _Fallback
+        elif t == "bool":
+            if keys != _K_V or type(v["v"]) is not bool:
+                raise _Fallback
+        elif t == "none":
+            if keys != _K_T:
+                raise _Fallback
+        elif t in ("dict", "odict"):
+            items = v["items"]
+            if (keys != _K_ITEMS and keys != _K_ITEMS_ID) or type(items) is not list:
+                raise _Fallback
+            self.fast_register(v, t, False)
+            fast = self.fast
+            for pair in items:
+                if type(pair) is not list or len(pair) != 2:
+                    raise _Fallback
+                fast(pair[0], d)
+                fast(pair[1], d)
+            self.complete(v)
+        elif t in ("list", "tuple"):
+            items = v["items"]
+            if (keys != _K_ITEMS and keys != _K_ITEMS_ID) or type(items) is not list:
+                raise _Fallback
+            self.fast_register(v, t, t == "list")
+            for x in items:
+                self.fast(x, d)
+            self.complete(v)
+        elif t == "parameter":
+            rg = v["requires_grad"]
+            if (keys != _K_PARAM and keys != _K_PARAM_ID) or type(rg) is not bool:
+                raise _Fallback
+            if self.fast(v["data"], d) != "tensor":
+                raise _Fallback
+            data = v["data"]
+            dtype = data["dtype"] if data["t"] == "tensor" else self.tensor_dtypes[data["id"]]
+            if rg and dtype not in FLOATING_DTYPES:
+                raise _Fallback
+            self.fast_register(v, t, True)
+        else:
+            raise _Fallback
+        return str(t)
+
+    def fast_register(self, v: dict[str, Any], t: str, complete: bool) -> None:
+        n = v.get("id")
+        if n is None:
+            return
+        if type(n) is not int or not 0 <= n < _MAX_INT or n in self.ids:
+            raise _Fallback
+        self.ids[n] = (t, complete)
+
+    def fast_tensor(self, v: dict[str, Any]) -> None:
+        sid, dtype, offset, shape, stride = v["storage"], v["dtype"], v["offset"], v["shape"], v["stride"]
+        if (type(sid) is not int or not 0 <= sid < len(self.storages) or type(dtype) is not str
+                or dtype not in DTYPE_SIZES or type(offset) is not int or not 0 <= offset < _MAX_INT
+                or type(shape) is not list or type(stride) is not list or len(shape) != len(stride)
+                or len(shape) > _MAX_DIMS):
+            raise _Fallback
+        size = DTYPE_SIZES[dtype]
+        numel = size
+        span = 1
+        for n, st in zip(shape, stride, strict=True):
+            if type(n) is not int or type(st) is not int or not 0 <= n < _MAX_INT or not 0 <= st < _MAX_INT:
+                raise _Fallback
+            numel *= n
+            span += (n - 1) * st
+        if numel == 0:
+            span = 0
+        rg = v["requires_grad"]
+        if (type(rg) is not bool or (rg and dtype not in FLOATING_DTYPES) or numel >= _MAX_INT
+                or (offset + span) * size > self.storages[sid]["nbytes"]):
+            raise _Fallback
+        if size > self.align[sid]:
+            self.align[sid] = min(size, 8)
+        if "id" in v:
+            self.fast_register(v, "tensor", True)
+            self.tensor_dtypes[v["id"]] = dtype
+
+
 def _storages(raw: Any, input_size: int, outputs: Mapping[str, int]) -> list[dict[str, Any]]:
     specs = _list(raw, "storages")
     keys_seen: set[str] = set()
@@ -480,8 +610,13 @@ def parse_manifest(
             raise _fail("byteorder", "only little-endian storages are supported")
         specs = _storages(doc["storages"], input_size, outputs)
         gl = _globals(doc["globals"])
-        v = _Validator(specs, max_nodes, max_depth)
-        v.node(doc["root"], "root", 0)
+        v: _Validator = _FastValidator(specs, max_nodes, max_depth)
+        try:
+            assert isinstance(v, _FastValidator)
+            v.fast(doc["root"], 0)
+        except (_Fallback, KeyError, TypeError, RecursionError):
+            v = _Validator(specs, max_nodes, max_depth)
+            v.node(doc["root"], "root", 0)
     except _Invalid as exc:
         raise SandboxError(
             f"the sandboxed worker returned an invalid manifest ({exc}); nothing was loaded. "

@@ -9,6 +9,7 @@ the host opened (mapped copy-on-write, zero-copy) or on that safetensors file.
 from __future__ import annotations
 
 import fcntl
+import gc
 import mmap as _mmap
 import os
 import re
@@ -297,21 +298,45 @@ def load(
         size = os.fstat(fd).st_size
         if sniff(fd, size) == "safetensors":
             return _load_safetensors(fd, name, map_location)
-        manifest, tensors = _run_jail(fd, size, pol, mode)
-        if weights_only and manifest.stub_globals:
-            names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
-            raise UnsafeContentError(
-                f"{name} references globals that are not plain data ({names}); nothing from it was run. "
-                "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
-                "tensors with safeload convert"
-            )
-        raw = _raw_storages(manifest, fd, size, tensors)
-        result = build(manifest, raw, make_restore(map_location))
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return result
+        with _no_cycle_collection():
+            return _load_from_jail(fd, size, name, pol, mode, map_location, weights_only)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause the cycle collector while a manifest is parsed and built.
+
+    Every object made then stays reachable (the manifest's node tree, then the result), so collections
+    triggered by the allocations only rescan it: with many small tensors, about a fifth of the load.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_from_jail(
+    fd: int, size: int, name: str, pol: Policy, mode: Literal["inert", "execute"], map_location: MapLocation,
+    weights_only: bool | None,
+) -> Any:
+    manifest, tensors = _run_jail(fd, size, pol, mode)
+    if weights_only and manifest.stub_globals:
+        names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
+        raise UnsafeContentError(
+            f"{name} references globals that are not plain data ({names}); nothing from it was run. "
+            "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
+            "tensors with safeload convert"
+        )
+    raw = _raw_storages(manifest, fd, size, tensors)
+    result = build(manifest, raw, make_restore(map_location))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result
 
 
 def _module_state(stub: Stub) -> dict[str, Any] | None:

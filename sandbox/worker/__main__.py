@@ -7,6 +7,7 @@ over to ``execute.main``. On failure it writes ``/out/error.json`` (see PROTOCOL
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import mmap
@@ -58,6 +59,10 @@ def _inert(path: str, out_dir: str, budgets: Budgets) -> None:
         data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
+    # The object graph only grows while a file is read, and everything in it stays reachable until the
+    # worker exits: the cycle collector would rescan it again and again (a third of the time for files of
+    # many small tensors) and never free anything. The jail's memory limit bounds the process either way.
+    gc.disable()
     parsed, table = parse(data, budgets)
     manifest = build_manifest(parsed.fmt, parsed.root, table, parsed.globals_seen, budgets)
     write_outputs(out_dir, table)
