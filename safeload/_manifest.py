@@ -495,9 +495,9 @@ class _FastValidator(_Validator):
         return str(t)
 
     def fast_register(self, v: dict[str, Any], t: str, complete: bool) -> None:
-        n = v.get("id")
-        if n is None:
+        if "id" not in v:
             return
+        n = v["id"]
         if type(n) is not int or not 0 <= n < _MAX_INT or n in self.ids:
             raise _Fallback
         self.ids[n] = (t, complete)
