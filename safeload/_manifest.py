@@ -375,7 +375,9 @@ class _Validator:
             raise _fail(path, "tensor has more elements than any storage can hold")
         if (offset + _span(shape, stride)) * size > spec["nbytes"]:
             raise _fail(path, f"view reaches past the end of storage {spec['id']}")
-        self.align[spec["id"]] = max(self.align[spec["id"]], min(size, 8))
+        # c10::complex<double> is alignas(16): torch's kernels crash on complex128 at 8 mod 16 (indexing
+        # segfaults on x86_64), so every dtype needs its full item size.
+        self.align[spec["id"]] = max(self.align[spec["id"]], size)
         self.register(v, path, True)
         if "id" in v:
             self.tensor_dtypes[v["id"]] = dtype
@@ -524,7 +526,7 @@ class _FastValidator(_Validator):
                 or (offset + span) * size > self.storages[sid]["nbytes"]):
             raise _Fallback
         if size > self.align[sid]:
-            self.align[sid] = min(size, 8)
+            self.align[sid] = size
         if "id" in v:
             self.fast_register(v, "tensor", True)
             self.tensor_dtypes[v["id"]] = dtype
