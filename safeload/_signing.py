@@ -55,6 +55,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from safeload._signers import CertificateSigner, KeySigner, Signer, SigstoreSigner, VerifiedSignature
 from safeload.errors import SignatureError
 
 __all__ = [
@@ -66,47 +67,6 @@ __all__ = [
     "verify_model_signature",
     "verify_signature",
 ]
-
-
-@dataclass(frozen=True)
-class KeySigner:
-    """``kind = "key"``: an ECDSA public key (PEM)."""
-
-    name: str
-    public_key: Path
-
-
-@dataclass(frozen=True)
-class CertificateSigner:
-    """``kind = "certificate"``: a pinned certificate chain and the expected leaf."""
-
-    name: str
-    chain: tuple[Path, ...]
-    leaf_sha256: str | None = None  # fingerprint of the signing certificate, "sha256:<hex>"
-    leaf_subject: str | None = None
-
-
-@dataclass(frozen=True)
-class SigstoreSigner:
-    """``kind = "sigstore"``: keyless, verified offline against a trusted root pinned by hash."""
-
-    name: str
-    identity: str
-    issuer: str
-    trusted_root: Path  # a Sigstore trusted_root.json, or a client trust config that embeds one
-    trusted_root_sha256: str | None = None  # "sha256:<hex>" of the file's bytes
-
-
-Signer = KeySigner | CertificateSigner | SigstoreSigner
-
-
-@dataclass(frozen=True)
-class VerifiedSignature:
-    """What a valid signature vouches for."""
-
-    signer: str  # the policy's signer name
-    identity: str  # key fingerprint, certificate subject, or sigstore identity
-    digests: Mapping[str, str]  # relative path -> "sha256:<hex>"
 
 
 # A model.sig is a few KiB; the cap keeps a hostile file from being read into memory whole.

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from safeload._signing import CertificateSigner, KeySigner, Signer, SigstoreSigner
+from safeload._signers import CertificateSigner, KeySigner, Signer, SigstoreSigner
 from safeload._units import parse_duration, parse_size
 from safeload.errors import PolicyError
 

@@ -33,13 +33,12 @@ from types import MappingProxyType
 
 from safeload import audit
 from safeload._hashing import Advance, parallel, progress_bar
-from safeload._signing import (
+from safeload._signers import (
     CertificateSigner,
     KeySigner,
     Signer,
     SigstoreSigner,
     VerifiedSignature,
-    verify_model_signature,
 )
 from safeload.errors import (
     IntegrityError,
@@ -334,6 +333,10 @@ def _cold(
         if signer is not None:
             assert sig_record is not None
             digests = {rel: rec.digest for rel, rec in records.items()}
+            # Imported here: the cryptography stack costs tens of milliseconds, and warm loads of
+            # models already in the store never verify a signature.
+            from safeload._signing import verify_model_signature
+
             verified = verify_model_signature(
                 signer,
                 built,
