@@ -124,8 +124,12 @@ def jail_interpreter() -> tuple[str, str]:
     )
 
 
-def staging_dir() -> Path:
-    """A fresh output folder the jail's uid owns, under a folder that uid can reach.
+def staging_dir() -> tuple[Path, int]:
+    """A fresh output folder the jail's uid owns, under a folder that uid can reach, and a descriptor on it.
+
+    The descriptor is opened while the folder is still root's: the folder sits in a world-writable
+    temporary folder and, once given to uid 65534, any process of that uid may rename it and put a
+    symlink in its place, so the launcher takes the folder back through the descriptor, never the path.
 
     Raises:
         SandboxUnavailableError: the system temporary folder is not reachable by the jail's uid.
@@ -137,9 +141,14 @@ def staging_dir() -> Path:
             "every user can search (such as /tmp)"
         )
     path = Path(tempfile.mkdtemp(prefix="safeload-out-", dir=base))
-    os.chown(path, JAIL_UID, JAIL_GID)
-    os.chmod(path, 0o700)
-    return path
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+        os.fchown(fd, JAIL_UID, JAIL_GID)
+    except BaseException:
+        os.close(fd)
+        raise
+    return path, fd
 
 
 _verdict: str | SandboxUnavailableError | None = None

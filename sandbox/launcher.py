@@ -248,9 +248,11 @@ def _launch(
                 # inherited descriptor reopened through /proc needs no path, only access to the inode.
                 fd = own(_jail_readable_copy(input_fd, drop))
                 cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
+        stage_fd = -1
         if drop:
-            jail_out = staging_dir()
-            stack.callback(shutil.rmtree, jail_out, True)
+            jail_out, stage_fd = staging_dir()
+            stack.callback(os.close, stage_fd)
+            stack.callback(_remove_stage, jail_out, stage_fd)
         else:
             jail_out = Path(os.path.realpath(output_dir))
         # A path, not a descriptor: a directory descriptor inherited into the jail would let the worker
@@ -300,7 +302,7 @@ def _launch(
         if returncode != 0 and stderr.startswith("bwrap: "):
             raise SandboxError(f"bubblewrap could not set up the jail: {stderr.strip()[:2000]}")
         if drop:
-            _move_entries(jail_out, output_dir)
+            _move_entries(jail_out, stage_fd, output_dir, limits.max_output_files)
         return WorkerRun(returncode, stderr[-8000:], elapsed, out.decode("utf-8", "replace"))
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
@@ -475,28 +477,80 @@ def _usage(root: Path, max_files: int) -> tuple[int, int]:
     return total, files
 
 
-def _reclaim(stage: Path) -> None:
-    """Make everything the worker wrote the caller's, with no set-id bits.
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st, at_path = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def _remove_stage(stage: Path, stage_fd: int) -> None:
+    # A path another process of uid 65534 swapped for its own folder (or a symlink) is left alone.
+    if _same_file(stage_fd, stage):
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _safe_mode(mode: int) -> int:
+    """``mode`` without set-id or sticky bits and without write access for group and others."""
+    return stat.S_IMODE(mode) & 0o755
+
+
+def _reclaim(stage: Path, stage_fd: int, max_files: int) -> None:
+    """Make everything the worker wrote the caller's, with no set-id bits and no write access for others.
 
     Left owned by uid 65534, a file the caller later caches could be rewritten by any host process
-    running as ``nobody``. The staging folder is reclaimed first, so nothing of that uid can add to it
-    or swap entries while its contents are walked; ``lchown`` never follows the worker's links.
+    running as ``nobody``; and any such process may have renamed the staging folder and put a symlink
+    in its place, or be swapping entries in the folders it could write while they are walked. So the
+    staging folder is taken back through the descriptor opened when it was made and must still be at
+    its path; each folder is then locked (root's, not writable by others) *before* its entries are
+    touched, so no name below a locked folder can change, and a file with more than one link (perhaps
+    a host file linked in) is refused rather than chowned.
     """
     uid, gid = os.geteuid(), os.getegid()
-    os.chown(stage, uid, gid, follow_symlinks=False)
-    os.chmod(stage, 0o700)
-    for entry in _walk(stage):
-        os.chown(entry.path, uid, gid, follow_symlinks=False)
-        if not entry.is_symlink():
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(entry.path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+    os.fchown(stage_fd, uid, gid)
+    os.fchmod(stage_fd, 0o700)
+    if not _same_file(stage_fd, stage):
+        raise SandboxError(
+            f"the staging folder {stage} was replaced while the worker ran (another process of uid "
+            f"{JAIL_UID} is interfering); nothing was taken from it. Stop host processes running as that uid"
+        )
+    pending = [stage]
+    count = 0
+    while pending:
+        with os.scandir(pending.pop()) as it:
+            entries = list(it)
+        for entry in entries:
+            count += 1
+            if count > max_files:
+                raise SandboxError(f"the worker's output holds more than {max_files} entries")
+            st = os.stat(entry.path, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchown(fd, uid, gid)
+                    os.fchmod(fd, _safe_mode(st.st_mode))
+                finally:
+                    os.close(fd)
+                pending.append(Path(entry.path))
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.chown(entry.path, uid, gid, follow_symlinks=False)
+                continue
+            if st.st_nlink != 1:
+                raise SandboxError(
+                    f"the worker's output {entry.name!r} has {st.st_nlink} links; a file linked in from "
+                    "elsewhere on the host is never taken over"
+                )
+            os.chown(entry.path, uid, gid, follow_symlinks=False)
+            # The folder is locked, so the name still holds this (now root's) file, not a swapped link.
+            os.chmod(entry.path, _safe_mode(st.st_mode))
 
 
-def _move_entries(src: Path, dst: Path) -> None:
+def _move_entries(src: Path, src_fd: int, dst: Path, max_files: int) -> None:
     """Move what the worker wrote from the staging folder into the caller's folder, links as links."""
     try:
-        _reclaim(src)
+        _reclaim(src, src_fd, max_files)
     except OSError as exc:
         raise SandboxError(f"could not take over the worker's output in {src}: {exc}") from exc
     for entry in os.scandir(src):
