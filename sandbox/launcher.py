@@ -460,20 +460,27 @@ def _walk(root: Path) -> Iterator[os.DirEntry[str]]:
                     yield entry
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(Path(entry.path))
-        except OSError:
-            continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed or replaced by the running worker since it was listed
 
 
 def _usage(root: Path, max_files: int) -> tuple[int, int]:
-    """Bytes in regular files and number of entries under ``root`` (stops counting past the cap)."""
+    """Bytes in regular files and number of entries under ``root`` (stops counting past the cap).
+
+    A tree the walk cannot follow (a worker can nest folders until their paths exceed ``PATH_MAX``) is
+    reported as over the cap: what cannot be counted cannot be let through.
+    """
     total = files = 0
-    for entry in _walk(root):
-        files += 1
-        if files > max_files:
-            break
-        with contextlib.suppress(OSError):
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
+    try:
+        for entry in _walk(root):
+            files += 1
+            if files > max_files:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return total, max_files + 1
     return total, files
 
 

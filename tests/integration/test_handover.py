@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload.errors import SandboxError
+from safeload.errors import SandboxError, SandboxLimitError
 from sandbox import _privileges, launcher
 
 pytestmark = [
@@ -123,3 +123,22 @@ def test_output_is_not_left_writable_by_others(tmp_path: Path) -> None:
         assert st.st_uid == os.geteuid()
         unsafe = stat.S_IWGRP | stat.S_IWOTH | stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
         assert not st.st_mode & unsafe, path
+
+
+def test_output_nested_past_path_max_is_counted(tmp_path: Path) -> None:
+    # Paths longer than PATH_MAX could not be walked by path, so bytes written below them escaped the
+    # output cap while the worker ran (filling the host's disk) until the timeout.
+    code = textwrap.dedent("""
+        import os, time
+        os.chdir("/out")
+        for _ in range(40):
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+        for i in range(8):  # each file under the per-file limit, together over the total
+            with open(f"part{i}", "wb") as f:
+                f.write(b"x" * (512 << 10))
+        time.sleep(30)
+    """)
+    limits = launcher.Limits(timeout_s=10, max_output_bytes=1 << 20)
+    with pytest.raises(SandboxLimitError, match="over the cap"):
+        launcher._run_python_in_jail(code, output_dir=tmp_path, limits=limits)
