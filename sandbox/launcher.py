@@ -324,17 +324,26 @@ def _write_sealed(fd: int) -> bool:
         return False
 
 
+def _has_acl(fd: int) -> bool:
+    """Whether the file has an access ACL, which can grant the jail's uid more than its mode bits show."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(fd)
+    except OSError:
+        return False
+
+
 def _jail_readable_copy(input_fd: int, drop: bool) -> int:
     """A descriptor for the input that the jail may read and may not write (a sealed copy if need be).
 
     Reopening ``/proc/self/fd/N`` goes through the file's own mount, not a read-only bind, so a file
-    the jail's uid could write (or a memfd without a write seal) is copied into a sealed memfd first.
+    the jail's uid could write (or a memfd without a write seal) is copied into a sealed memfd first;
+    so is a file with an ACL, whose mode bits do not tell what that uid may do.
     """
     st = os.fstat(input_fd)
     if not stat.S_ISREG(st.st_mode):
         raise SandboxError("the artifact handed to the sandbox is not a regular file")
     uid, gid = (JAIL_UID, JAIL_GID) if drop else (os.getuid(), os.getgid())
-    if _write_sealed(input_fd) or readable_input(st, uid, gid):
+    if _write_sealed(input_fd) or (readable_input(st, uid, gid) and not _has_acl(input_fd)):
         return os.dup(input_fd)
     src = os.open(f"/proc/self/fd/{input_fd}", os.O_RDONLY | os.O_CLOEXEC)
     copy = os.memfd_create("safeload-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -142,3 +143,32 @@ def test_output_nested_past_path_max_is_counted(tmp_path: Path) -> None:
     limits = launcher.Limits(timeout_s=10, max_output_bytes=1 << 20)
     with pytest.raises(SandboxLimitError, match="over the cap"):
         launcher._run_python_in_jail(code, output_dir=tmp_path, limits=limits)
+
+
+def test_input_whose_acl_lets_the_jail_write_it_is_not_handed_over(tmp_path: Path) -> None:
+    # Mode 0644 says uid 65534 may only read, but an ACL entry user:65534:rw- lets it write: the jail
+    # reopening /in/artifact read-write would then change the caller's own file.
+    artifact = tmp_path / "model.bin"
+    artifact.write_bytes(b"original bytes")
+    artifact.chmod(0o644)
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 6, UID), (0x04, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF),
+               (0x20, 4, 0xFFFFFFFF)]  # user::rw- user:65534:rw- group::r-- mask::rw- other::r--
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    try:
+        os.setxattr(artifact, "system.posix_acl_access", acl)
+    except OSError as exc:  # pragma: no cover - a file system without ACLs has nothing to test
+        pytest.skip(f"no POSIX ACLs on {tmp_path}: {exc}")
+    fd = os.open(artifact, os.O_RDONLY)
+    try:
+        run = launcher._run_python_in_jail(textwrap.dedent("""
+            try:
+                with open("/in/artifact", "r+b") as f:
+                    f.write(b"PWNED")
+                print("wrote")
+            except OSError as exc:
+                print("refused", exc)
+        """), input_fd=fd)
+    finally:
+        os.close(fd)
+    assert run.returncode == 0, run.stderr
+    assert artifact.read_bytes() == b"original bytes", run.stdout
