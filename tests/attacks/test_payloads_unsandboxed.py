@@ -64,7 +64,9 @@ REPRESENTATIVE: dict[str, list[tuple[str, bool]]] = {
 }
 
 
-_SIGNAL = signal.SIGRTMIN + 3
+# One real-time signal per payload: Python runs a handler once for however many deliveries of one signal
+# arrived since it last looked, so a shared signal could under-count payloads that did signal.
+_FIRST_SIGNAL = signal.SIGRTMIN + 3
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +78,28 @@ def listener() -> Iterator[Listener]:
 
 
 @pytest.fixture
-def signals() -> Iterator[SignalCounter]:
-    # A real-time signal: those queue, so each payload's delivery counts (SIGUSR2 would coalesce). Not
-    # the SIGUSR1 the sandboxed tests watch.
-    counter = SignalCounter(_SIGNAL)
-    yield counter
-    counter.close()
+def signals() -> Iterator[list[SignalCounter]]:
+    # Not the SIGUSR1 the sandboxed tests watch.
+    count = max(len(cases) for cases in REPRESENTATIVE.values())
+    assert _FIRST_SIGNAL + count - 1 <= signal.SIGRTMAX
+    counters = [SignalCounter(_FIRST_SIGNAL + i) for i in range(count)]
+    yield counters
+    for counter in counters:
+        counter.close()
 
 
 @pytest.mark.parametrize("loader", sorted(REPRESENTATIVE))
 def test_payloads_leave_traces_when_loaded_unsandboxed(
-    attack_env: AttackEnv, listener: Listener, signals: SignalCounter, tmp_path: Path, loader: str
+    attack_env: AttackEnv, listener: Listener, signals: list[SignalCounter], tmp_path: Path, loader: str
 ) -> None:
     cases = REPRESENTATIVE[loader]
     traces: dict[str, Trace] = {}
     artifacts: list[str] = []
-    for name, _ in cases:
+    for i, (name, _) in enumerate(cases):
         folder = tmp_path / name
         folder.mkdir()
         traces[name] = Trace(folder / "pwned", listener.port, SECRET_ENV, attack_env.trace.secret_file,
-                             os.getpid(), _SIGNAL)
+                             os.getpid(), _FIRST_SIGNAL + i)
         (folder / "artifact").write_bytes(by_name(name).build(traces[name]))
         artifacts.append(str(folder / "artifact"))
     before = listener.connections
@@ -108,9 +112,9 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
     printed = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
 
     def all_traces_seen() -> bool:
-        return listener.connections - before >= len(cases) and signals.count >= len(cases) and all(
-            (t.canary.parent / "leak.txt").exists() and t.canary.exists() for t in traces.values()
-        )
+        signalled = all(c.count for c in signals[: len(cases)])
+        files = all((t.canary.parent / "leak.txt").exists() and t.canary.exists() for t in traces.values())
+        return listener.connections - before >= len(cases) and signalled and files
 
     deadline = time.monotonic() + 10  # Popen's child finishes on its own schedule
     while not all_traces_seen() and time.monotonic() < deadline:
@@ -123,4 +127,5 @@ def test_payloads_leave_traces_when_loaded_unsandboxed(
         if returns_secret:
             assert attack_env.secret in printed[artifact], f"{name}: the secret is not in the loaded value"
     assert listener.connections - before >= len(cases), "some payloads did not reach the listener"
-    assert signals.count >= len(cases), "some payloads did not signal the test process"
+    silent = [name for (name, _), c in zip(cases, signals) if not c.count]
+    assert not silent, f"these payloads did not signal the test process: {silent}"
