@@ -277,6 +277,8 @@ class _Validator:
             spec = self.storage(v["storage"], f"{path}.storage")
             if v["dtype"] != spec["dtype"]:
                 raise _fail(f"{path}.dtype", "does not match the storage's dtype")
+            # A typed storage is as strict about alignment as a tensor of its dtype (see tensor()).
+            self.align[spec["id"]] = max(self.align[spec["id"]], DTYPE_SIZES[spec["dtype"]])
             self.register(v, path, True)
         elif t == "ndarray":
             _obj(v, path, {"t", "storage", "dtype", "shape", "order"}, idf)
@@ -371,7 +373,9 @@ class _Validator:
         if v["requires_grad"] and dtype not in FLOATING_DTYPES:
             raise _fail(f"{path}.requires_grad", "only floating-point tensors can require gradients")
         size = DTYPE_SIZES[dtype]
-        if _prod(shape) * size >= _MAX_INT:
+        # Zero dimensions are left out: torch multiplies the others out too, and overflows on an empty
+        # tensor whose remaining dimensions do.
+        if _prod([n for n in shape if n]) * size >= _MAX_INT:
             raise _fail(path, "tensor has more elements than any storage can hold")
         if (offset + _span(shape, stride)) * size > spec["nbytes"]:
             raise _fail(path, f"view reaches past the end of storage {spec['id']}")
@@ -517,9 +521,10 @@ class _FastValidator(_Validator):
         for n, st in zip(shape, stride, strict=True):
             if type(n) is not int or type(st) is not int or not 0 <= n < _MAX_INT or not 0 <= st < _MAX_INT:
                 raise _Fallback
-            numel *= n
+            if n:
+                numel *= n
             span += (n - 1) * st
-        if numel == 0:
+        if 0 in shape:
             span = 0
         rg = v["requires_grad"]
         if (type(rg) is not bool or (rg and dtype not in FLOATING_DTYPES) or numel >= _MAX_INT
@@ -598,6 +603,10 @@ def parse_manifest(
     Raises:
         SandboxError: the manifest is malformed or describes anything out of bounds.
     """
+    # Every node is a JSON object and containers add a list or two: far more brackets than the node
+    # budget allows means a document built to exhaust the host's memory while it is parsed.
+    if raw.count(b"{") + raw.count(b"[") > 4 * max_nodes + 1024:
+        raise SandboxError(f"the sandboxed worker returned a manifest with more than {max_nodes} nodes")
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:

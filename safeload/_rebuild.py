@@ -242,5 +242,6 @@ def build(manifest: Manifest, raw: Sequence[torch.Tensor], restore: Restore) -> 
     builder = _Builder(manifest, raw, restore)
     try:
         return builder.build(manifest.root)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
+        # RuntimeError is left alone: it is how a missing device is reported, exactly as torch.load does.
         raise SandboxError(f"the worker's manifest describes values that cannot be built: {exc}") from None

@@ -43,7 +43,8 @@ __all__ = ["FileLike", "Inspection", "TensorInfo", "inspect_artifact", "load", "
 
 FileLike = Union[str, "os.PathLike[str]", IO[bytes]]
 
-_MANIFEST_CAP = 1 << 30
+# Python's JSON objects take ~25x the bytes they are parsed from: the cap bounds the host's memory.
+_MANIFEST_CAP = 256 << 20
 _ERROR_CAP = 1 << 16
 _COPY_CHUNK = 1 << 22
 
@@ -346,9 +347,21 @@ def _module_state(stub: Stub) -> dict[str, Any] | None:
     return None
 
 
-def _walk(stub: Stub, prefix: str, out: OrderedDict[str, torch.Tensor], depth: int) -> None:
-    if depth > 200:
-        raise ValueError("module tree nests deeper than 200 levels")
+# A module shared under several names is walked once per name, as nn.Module.state_dict does; a hostile
+# checkpoint can share submodules level after level, so the walk is budgeted.
+_MAX_MODULE_VISITS = 1_000_000
+_MAX_MODULE_DEPTH = 200
+
+
+def _walk(
+    stub: Stub, prefix: str, out: OrderedDict[str, torch.Tensor], depth: int, visits: list[int]
+) -> None:
+    visits[0] += 1
+    if depth > _MAX_MODULE_DEPTH or visits[0] > _MAX_MODULE_VISITS:
+        raise UnsafeContentError(
+            f"the pickled module tree is deeper than {_MAX_MODULE_DEPTH} levels or has more than "
+            f"{_MAX_MODULE_VISITS} submodule paths; it is not a state dict safeload will expand"
+        )
     state = _module_state(stub)
     if state is None:
         # TorchScript objects keep attributes directly in their state: tensors and submodules.
@@ -357,7 +370,7 @@ def _walk(stub: Stub, prefix: str, out: OrderedDict[str, torch.Tensor], depth: i
                 if isinstance(value, torch.Tensor):
                     out[prefix + str(key)] = value.detach()
                 elif isinstance(value, Stub):
-                    _walk(value, f"{prefix}{key}.", out, depth + 1)
+                    _walk(value, f"{prefix}{key}.", out, depth + 1, visits)
         return
     skip = state.get("_non_persistent_buffers_set") or set()
     for key, value in state["_parameters"].items():
@@ -372,7 +385,7 @@ def _walk(stub: Stub, prefix: str, out: OrderedDict[str, torch.Tensor], depth: i
     if isinstance(modules, dict):
         for key, value in modules.items():
             if isinstance(value, Stub):
-                _walk(value, f"{prefix}{key}.", out, depth + 1)
+                _walk(value, f"{prefix}{key}.", out, depth + 1, visits)
 
 
 def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
@@ -383,13 +396,14 @@ def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
 
     Raises:
         TypeError: ``obj`` is not a stub of a pickled module.
+        UnsafeContentError: the module tree nests too deep or names too many submodule paths.
     """
     if isinstance(obj, torch.nn.Module):
         return OrderedDict(obj.state_dict())
     if not isinstance(obj, Stub) or not isinstance(obj.state, dict):
         raise TypeError(f"state_dict expects a pickled nn.Module loaded as a safeload.Stub, got {obj!r}")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    _walk(obj, "", out, 0)
+    _walk(obj, "", out, 0, [0])
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 from safeload import Stub, state_dict
 from safeload._manifest import parse_manifest
 from safeload._rebuild import build, make_restore
-from safeload.errors import SandboxError
+from safeload.errors import SandboxError, UnsafeContentError
 
 
 def _tensor(
@@ -193,3 +193,43 @@ def test_unknown_device_names_are_a_sandbox_error() -> None:
     m = _parse(_doc({"t": "torch_device", "v": "nosuchdevice"}))
     with pytest.raises(SandboxError, match="device"):
         build(m, [torch.zeros(16, dtype=torch.uint8)], make_restore(None))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-pass", "full-validator"])
+def test_empty_tensor_whose_other_dimensions_overflow_is_refused(fast: bool) -> None:
+    # numel is 0, but torch multiplies the non-zero dimensions out and overflows int64 building it.
+    root = _tensor(shape=[2**61, 2**61, 0], stride=[0, 0, 0])
+    if not fast:  # a node type the fast pass does not know sends the whole document to the full validator
+        root = {"t": "list", "items": [root, {"t": "complex", "re": "0x0p+0", "im": "0x0p+0"}]}
+    with pytest.raises(SandboxError, match="more elements"):
+        _parse(_doc(root))
+
+
+def test_manifest_built_to_exhaust_host_memory_is_refused_before_parsing() -> None:
+    # ~25 bytes of Python object per byte of JSON: the bracket count is checked before json.loads runs.
+    bomb = b'{"t": "list", "items": [' + b"{}," * 300_000 + b"{}]}"
+    with pytest.raises(SandboxError, match="more than 1000 nodes"):
+        parse_manifest(bomb, input_size=1, outputs={}, max_nodes=1000)
+
+
+def test_typed_storage_node_is_aligned_like_its_dtype() -> None:
+    # A complex128 storage at 8 mod 16 of the input crashes torch's kernels; it must be copied to an
+    # aligned buffer even when only a storage node (no tensor view) names it.
+    doc = _doc({"t": "storage", "storage": 0, "dtype": "complex128"}, nbytes=32,
+               source={"kind": "input", "offset": 8, "length": 32})
+    doc["storages"][0]["dtype"] = "complex128"
+    m = _parse(doc)
+    assert m.storages[0].align == 16
+
+
+def test_state_dict_of_a_module_tree_that_shares_submodules_exponentially_is_refused() -> None:
+    leaf = Stub("torch.nn.modules.linear", "Linear")
+    object.__setattr__(leaf, "state", {"_parameters": {"w": torch.zeros(1)}, "_buffers": {}, "_modules": {}})
+    node = leaf
+    for _ in range(40):  # 2**40 paths to the leaf through 40 shared levels
+        parent = Stub("torch.nn.modules.container", "Sequential")
+        shared = {"_parameters": {}, "_buffers": {}, "_modules": {"a": node, "b": node}}
+        object.__setattr__(parent, "state", shared)
+        node = parent
+    with pytest.raises(UnsafeContentError, match="submodule paths"):
+        state_dict(node)
