@@ -7,7 +7,6 @@ worker enforced while writing it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 __all__ = [
     "ATTRIBUTE",
@@ -71,13 +70,27 @@ class LimitError(Exception):
     """The artifact exceeds a budget (reported as kind ``limit``)."""
 
 
-@dataclass(frozen=True)
 class Budgets:
-    """Limits that end decompression, allocation and nesting bombs."""
+    """Limits that end decompression, allocation and nesting bombs.
 
-    max_nodes: int = MAX_NODES
-    max_depth: int = MAX_DEPTH
-    max_memo: int = 10_000_000
-    max_ops: int = 200_000_000
-    max_int_bytes: int = 1024  # JSON and int() refuse numbers over 4300 digits
-    max_output_bytes: int = 64 << 30
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect``, about a fifth of the worker's
+    start-up inside the jail.
+    """
+
+    __slots__ = ("max_depth", "max_int_bytes", "max_memo", "max_nodes", "max_ops", "max_output_bytes")
+
+    def __init__(
+        self,
+        max_nodes: int = MAX_NODES,
+        max_depth: int = MAX_DEPTH,
+        max_memo: int = 10_000_000,
+        max_ops: int = 200_000_000,
+        max_int_bytes: int = 1024,  # JSON and int() refuse numbers over 4300 digits
+        max_output_bytes: int = 64 << 30,
+    ) -> None:
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.max_memo = max_memo
+        self.max_ops = max_ops
+        self.max_int_bytes = max_int_bytes
+        self.max_output_bytes = max_output_bytes

@@ -13,7 +13,6 @@ import mmap
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ._common import FormatError, LimitError
 
@@ -27,14 +26,23 @@ _LFH = struct.Struct("<4sHHHHHIIIHH")
 _MAX_MEMBERS = 10_000_000
 
 
-@dataclass(frozen=True)
 class Member:
-    name: str
-    method: int  # 0 stored, 8 deflated
-    crc: int
-    compressed_size: int
-    size: int
-    data_offset: int  # absolute offset of the member's (possibly compressed) bytes in the archive
+    """One archive member, as the central directory and its local header agree it is.
+
+    A plain class: ``dataclasses`` costs the jailed worker milliseconds of start-up (see ``Budgets``).
+    """
+
+    __slots__ = ("compressed_size", "crc", "data_offset", "method", "name", "size")
+
+    def __init__(
+        self, name: str, method: int, crc: int, compressed_size: int, size: int, data_offset: int
+    ) -> None:
+        self.name = name
+        self.method = method  # 0 stored, 8 deflated
+        self.crc = crc
+        self.compressed_size = compressed_size
+        self.size = size
+        self.data_offset = data_offset  # absolute offset of the member's (possibly compressed) bytes
 
 
 def is_zip(head: bytes) -> bool:
