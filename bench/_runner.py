@@ -220,6 +220,10 @@ def _measure(row: Row, ds: Dataset, work: Path, log: Callable[[str], None],
         policy = work / "stores" / f"trust-{store.name}.toml"
         policy.write_text(ds.policy_text(store))
         env["SAFELOAD_POLICY"] = str(policy)
+    if cold is not None:
+        # The previous measurement's writes are still being flushed; without this, that write-back lands
+        # in whichever row runs next.
+        os.sync()
     spec = {"case": row.case, "params": row.params, "profile": profile}
     t0 = time.monotonic()
     try:

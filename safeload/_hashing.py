@@ -64,33 +64,31 @@ def _read_and_hash(fd: int, advance: Advance) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-def _copy(src_fd: int, dst_fd: int) -> None:
-    """Copy in the kernel where possible (no round trip through user space), else read/write."""
-    try:
-        while os.copy_file_range(src_fd, dst_fd, 1 << 30):
-            pass
-        return
-    except OSError:
-        # Not supported across these filesystems: start again with plain reads and writes.
-        os.lseek(src_fd, 0, os.SEEK_SET)
-        os.lseek(dst_fd, 0, os.SEEK_SET)
-        os.ftruncate(dst_fd, 0)
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while n := os.readv(src_fd, [buf]):
-        written = 0
-        while written < n:
-            written += os.write(dst_fd, view[written:n])
+# Small enough that the block is still in the core's cache when it is written out after hashing: one
+# pass over memory instead of a kernel copy followed by a second, cold read for the hash.
+_COPY_BLOCK = 1 << 20
 
 
 def copy_and_hash(src_fd: int, dst_fd: int, advance: Advance = _noop) -> tuple[str, int]:
-    """Copy ``src_fd`` to ``dst_fd`` (opened read-write) and hash the copy; return ("sha256:<hex>", size).
+    """Copy ``src_fd`` to ``dst_fd`` and hash what is written; return ("sha256:<hex>", size).
 
-    The digest is of the destination's bytes, read back after the copy: what is hashed is exactly what
-    the store keeps, whatever happens to the source meanwhile.
+    Each block is read once into private memory, hashed there and written from there: the digest is of
+    exactly the bytes the destination receives, whatever happens to the source meanwhile.
     """
-    _copy(src_fd, dst_fd)
-    return hash_fd(dst_fd, advance)
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(_COPY_BLOCK)
+    view = memoryview(buf)
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    while n := os.readv(src_fd, [buf]):
+        block = view[:n]
+        h.update(block)
+        written = 0
+        while written < n:
+            written += os.write(dst_fd, block[written:])
+        size += n
+        advance(n)
+    return "sha256:" + h.hexdigest(), size
 
 
 def parallel(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = None) -> list[R]:

@@ -1,0 +1,64 @@
+"""The store's hashing primitives against hashlib, on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from safeload import _hashing
+
+
+def _expected(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+_BLOCK = _hashing._COPY_BLOCK
+
+
+@pytest.mark.parametrize("size", [0, 1, _BLOCK - 1, _BLOCK, 3 * _BLOCK + 7])
+def test_copy_and_hash_writes_exactly_what_it_hashes(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    seen: list[int] = []
+    s = os.open(src, os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.lseek(s, 5 if size > 5 else 0, os.SEEK_SET)  # a moved file offset must not shorten the copy
+        digest, n = _hashing.copy_and_hash(s, d, seen.append)
+    finally:
+        os.close(s)
+        os.close(d)
+    assert (digest, n) == (_expected(data), size)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert sum(seen) == size
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_hash_fd_matches_hashlib(tmp_path: Path, mapped: bool) -> None:
+    data = os.urandom(_hashing.CHUNK + 123)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _hashing.hash_fd(fd, mapped=mapped) == (_expected(data), len(data))
+    finally:
+        os.close(fd)
+
+
+def test_parallel_keeps_order_and_raises_after_all_finish() -> None:
+    assert _hashing.parallel(lambda x: x * 2, [1, 2, 3, 4]) == [2, 4, 6, 8]
+    done: list[int] = []
+
+    def work(x: int) -> int:
+        if x == 0:
+            raise OSError("boom")
+        done.append(x)
+        return x
+
+    with pytest.raises(OSError, match="boom"):
+        _hashing.parallel(work, [0, 1, 2, 3])
+    assert sorted(done) == [1, 2, 3]
