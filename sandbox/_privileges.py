@@ -6,56 +6,88 @@ host root without capabilities: it could write ``/proc/sys`` (unless bound read-
 files in its output folder, and ``RLIMIT_NPROC`` does not apply to it (the kernel exempts uid 0).
 
 So when the launcher runs as root it drops privileges *before* executing bubblewrap: util-linux
-``setpriv --reuid=65534 --regid=65534 --clear-groups`` gives the chain uid and gid 65534
-(``nobody``/``nogroup``) and no supplementary groups, which also clears every capability (no
-``preexec_fn``; and unlike ``Popen(user=...)`` it lets Python vfork, which matters for start-up time
-in a caller that has torch loaded). bubblewrap then runs unprivileged, creates the user namespace itself
-and maps the sandbox uid 65534 to host uid 65534. Consequences, all handled here:
+``setpriv --reuid=N --regid=N --clear-groups`` gives the chain uid and gid N and no supplementary
+groups, which also clears every capability (no ``preexec_fn``; and unlike ``Popen(user=...)`` it lets
+Python vfork, which matters for start-up time in a caller that has torch loaded). bubblewrap then runs
+unprivileged, creates the user namespace itself and maps the sandbox uid N to host uid N.
 
-- bubblewrap resolves every bind source with ``realpath`` *as uid 65534*, so a bind source must be
-  reachable by that uid (every parent directory searchable by others). ``/usr`` is; a Python installed
-  under ``/root`` (pyenv) is not, so the jail then uses the distribution's interpreter of the same
-  ``major.minor`` (``/usr/bin/python3.X``; extension modules of the same minor version are ABI-compatible).
+N is the run's own (:func:`claim_staging`): drawn at random from :data:`JAIL_ID_RANGE` for each run,
+never twice in one process, and never one that the passwd or group database lists, that
+``/etc/subuid`` or ``/etc/subgid`` delegates, that a live process holds (any of the real, effective,
+saved or file-system ids in ``/proc/*/status``) or that owns an entry of the staging base. A shared uid
+such as ``nobody`` would let every other process of that uid (another jail, a host daemon) signal or
+ptrace the jail, enter its namespaces (the uid that creates a user namespace holds every capability in
+it), tamper with its staging folder before the handover and share its host-level ``RLIMIT_NPROC``. The
+draw and its checks cost about 1.5 ms a run here (70 processes, 300 entries in ``/tmp``).
+
+Consequences, all handled here:
+
+- bubblewrap resolves every bind source with ``realpath`` *as uid N*, so a bind source must be
+  reachable by a stranger (:func:`reachable` without ids: a uid that owns nothing and is in no group,
+  so only the "other" permission bits count; every parent directory searchable by others). ``/usr``
+  is; a Python installed under ``/root`` (pyenv) is not, so the jail then uses the distribution's
+  interpreter of the same ``major.minor`` (``/usr/bin/python3.X``; extension modules of the same minor
+  version are ABI-compatible).
 - The input is handed over as an inherited descriptor and ``/in/artifact`` is a symlink to
   ``/proc/self/fd/N``: opening it needs no path to the file (the store lives under the caller's home).
-  If uid 65534 could not read the file, or could write it, it is first copied into a sealed memfd.
-- The output is written to a staging folder under the system temporary directory owned by uid 65534
-  (the caller's folder may sit where that uid cannot reach, such as pytest's private temporary
-  folders). After the run the staging folder and everything in it are chowned back to the caller,
-  set-id bits cleared, and moved into the caller's folder. A directory descriptor is never passed into
-  the jail instead: ``openat(fd, "..")`` would walk out of it.
-- ``RLIMIT_NPROC`` now counts: per jail (the jail's own user namespace) against the limit, and at the
-  host level across every process of uid 65534 against the same limit.
+  If the run's uid could not read the file, or could write it, it is first copied into a sealed memfd.
+- The output is written to a staging folder under the system temporary directory owned by the run's
+  uid (the caller's folder may sit where that uid cannot reach, such as pytest's private temporary
+  folders). Its name carries the uid and is made with ``mkdir``, which fails if it exists, so two
+  processes that drew the same uid at once cannot both use it. After the run the staging folder and
+  everything in it are chowned back to the caller, set-id bits cleared, and moved into the caller's
+  folder. A directory descriptor is never passed into the jail instead: ``openat(fd, "..")`` would walk
+  out of it.
+- ``RLIMIT_NPROC`` now counts, per jail: in the jail's own user namespace and, at the host level, for
+  a uid no other process has.
 
 Without root, bubblewrap maps the sandbox uid to the caller's own uid, which holds no privilege to drop.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import re
+import secrets
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from safeload.errors import SandboxUnavailableError
+from safeload.errors import SandboxError, SandboxUnavailableError
 
 __all__ = [
-    "JAIL_GID",
-    "JAIL_UID",
+    "JAIL_ID_RANGE",
+    "JAIL_USER",
+    "JailIds",
+    "claim_staging",
     "drop_privileges",
+    "fresh_jail_ids",
     "jail_interpreter",
     "probe_bwrap",
     "reachable",
     "readable_input",
-    "staging_dir",
 ]
 
-JAIL_UID = 65534
-JAIL_GID = 65534
+# 0x7F000000 up to, not into, systemd's "foreign" range 0x7FFE0000-0x7FFEFFFF; below 2^31, which some
+# programs and kernel interfaces mishandle. systemd assigns nothing else here (docs/UIDS-GIDS.md).
+JAIL_ID_RANGE = range(0x7F000000, 0x7FFE0000)
+
+_STAGE_PREFIX = "safeload-out-"
+_ID_LINE = re.compile(rb"^(?:Uid|Gid):\t(\d+)\t(\d+)\t(\d+)\t(\d+)$", re.MULTILINE)
+_CLAIM_ATTEMPTS = 64
+_SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+# Who the jail runs as, for messages written before a run has drawn its ids.
+JAIL_USER = (
+    f"the jail's unprivileged uid (a fresh one for each run, from {JAIL_ID_RANGE.start} to "
+    f"{JAIL_ID_RANGE.stop - 1}, owning no file and in no group)"
+)
 
 _INSTALL_HINT = "install it with: apt-get install -y bubblewrap"
 _USERNS_HINT = (
@@ -66,21 +98,146 @@ _USERNS_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class JailIds:
+    """The host uid and gid one jail runs as (the same number, used by nothing else on the host)."""
+
+    uid: int
+    gid: int
+
+
 def drop_privileges() -> bool:
     """Whether the jail must be started with dropped privileges (the launcher runs as root)."""
     return os.geteuid() == 0
 
 
-def _may(st: os.stat_result, uid: int, gid: int, owner_bit: int, group_bit: int, other_bit: int) -> bool:
-    if st.st_uid == uid:
+_issued: set[int] = set()
+_issued_lock = threading.Lock()
+
+
+def _candidate() -> int:
+    return JAIL_ID_RANGE.start + secrets.randbelow(len(JAIL_ID_RANGE))
+
+
+def _reserve() -> int:
+    """A number from the range that this process has never handed out, marked as handed out."""
+    with _issued_lock:
+        while True:
+            n = _candidate()
+            if n not in _issued:
+                _issued.add(n)
+                return n
+
+
+def _listed(n: int) -> bool:
+    """Whether the passwd or group database knows ``n`` (NSS: files, LDAP, systemd, ...)."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(n)
+        except KeyError:
+            continue
+        except OSError:
+            return True  # a database that cannot answer may well list it
+        return True
+    return False
+
+
+def _delegated(n: int) -> bool:
+    """Whether ``/etc/subuid`` or ``/etc/subgid`` hands ``n`` to some user's namespaces."""
+    for path in _SUBID_FILES:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                start = int(fields[1])
+                if start <= n < start + int(fields[2]):
+                    return True
+    return False
+
+
+def _process_ids() -> set[int]:
+    """Every uid and gid (real, effective, saved, file-system) of every live process."""
+    ids: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{name}/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # exited since it was listed
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        for match in _ID_LINE.findall(data):
+            ids.update(map(int, match))
+    return ids
+
+
+def _owner_ids(base: str) -> set[int]:
+    """The owners and groups of the entries directly in ``base`` (a leftover staging folder among them)."""
+    ids: set[int] = set()
+    dir_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(dir_fd):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            ids.update((st.st_uid, st.st_gid))
+    finally:
+        os.close(dir_fd)
+    return ids
+
+
+def fresh_jail_ids(base: str | None = None) -> JailIds:
+    """Ids for one jail: random in :data:`JAIL_ID_RANGE` and, as far as the host shows, nobody's.
+
+    Never the same twice in one process; never listed in the passwd or group database or delegated by
+    ``/etc/subuid``/``/etc/subgid``; never held by a live process; never owning an entry of ``base``
+    (the system temporary folder by default).
+
+    Raises:
+        SandboxUnavailableError: no unused id was found (the range is taken on this host).
+    """
+    base = tempfile.gettempdir() if base is None else base
+    taken: set[int] | None = None
+    for _ in range(_CLAIM_ATTEMPTS):
+        n = _reserve()
+        if _listed(n) or _delegated(n):
+            continue
+        if taken is None:
+            taken = _process_ids() | _owner_ids(base)
+        if n not in taken:
+            return JailIds(n, n)
+    raise SandboxUnavailableError(
+        f"found no unused uid for the jail in {JAIL_ID_RANGE.start}-{JAIL_ID_RANGE.stop - 1} after "
+        f"{_CLAIM_ATTEMPTS} draws; free that range of users, groups, subordinate ids and processes"
+    )
+
+
+def _may(
+    st: os.stat_result, uid: int | None, gid: int | None, owner_bit: int, group_bit: int, other_bit: int
+) -> bool:
+    if uid is not None and st.st_uid == uid:
         return bool(st.st_mode & owner_bit)
-    if st.st_gid == gid:
+    if gid is not None and st.st_gid == gid:
         return bool(st.st_mode & group_bit)
     return bool(st.st_mode & other_bit)
 
 
-def reachable(path: str | os.PathLike[str], uid: int = JAIL_UID, gid: int = JAIL_GID) -> bool:
-    """Whether ``uid`` can resolve ``path`` (search permission on every directory above it)."""
+def reachable(path: str | os.PathLike[str], uid: int | None = None, gid: int | None = None) -> bool:
+    """Whether ``uid`` can resolve ``path`` (search permission on every directory above it).
+
+    Without ``uid`` and ``gid``, for a stranger: a uid that owns nothing and is in no group, as every
+    jail's uid is, so only the "other" bits count; the answer then holds for every run.
+    """
     real = Path(os.path.realpath(path))
     for parent in reversed(real.parents):
         try:
@@ -92,8 +249,11 @@ def reachable(path: str | os.PathLike[str], uid: int = JAIL_UID, gid: int = JAIL
     return True
 
 
-def readable_input(st: os.stat_result, uid: int = JAIL_UID, gid: int = JAIL_GID) -> bool:
-    """Whether the jail may open the input inode as it is: readable, and *not* writable, by ``uid``."""
+def readable_input(st: os.stat_result, uid: int | None = None, gid: int | None = None) -> bool:
+    """Whether the jail may open the input inode as it is: readable, and *not* writable, by ``uid``.
+
+    Without ``uid`` and ``gid``, for a stranger (only the "other" bits count), as in :func:`reachable`.
+    """
     if not stat.S_ISREG(st.st_mode):
         return False
     can_read = _may(st, uid, gid, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
@@ -118,37 +278,53 @@ def jail_interpreter() -> tuple[str, str]:
     if system.exists() and reachable(system):
         return str(system), "/usr"
     raise SandboxUnavailableError(
-        f"the jail runs as uid {JAIL_UID}, which cannot reach the Python installation at {prefix}; "
-        f"make its parent folders searchable (chmod o+x), or install python{version} from the "
-        f"distribution (apt-get install -y python{version})"
+        f"the jail runs as {JAIL_USER}, which cannot reach the Python installation at {prefix}; "
+        f"make its parent folders searchable by every user (chmod o+x), or install python{version} from "
+        f"the distribution (apt-get install -y python{version})"
     )
 
 
-def staging_dir() -> tuple[Path, int]:
-    """A fresh output folder the jail's uid owns, under a folder that uid can reach, and a descriptor on it.
+def claim_staging() -> tuple[JailIds, Path, int]:
+    """Fresh ids for one run, and its output folder: owned by them, with a descriptor on it.
 
-    The descriptor is opened while the folder is still root's: the folder sits in a world-writable
-    temporary folder and, once given to uid 65534, any process of that uid may rename it and put a
-    symlink in its place, so the launcher takes the folder back through the descriptor, never the path.
+    The folder is ``safeload-out-<uid>`` in the system temporary folder, made by ``mkdir``, which fails
+    if the name exists: so the ids are this run's alone even against another process that drew the
+    same number at the same moment (it then draws again). The descriptor is opened while the folder is
+    still root's; the launcher takes the folder back through it, never through the path.
 
     Raises:
-        SandboxUnavailableError: the system temporary folder is not reachable by the jail's uid.
+        SandboxUnavailableError: the system temporary folder is not reachable by the jail's uid, or no
+            unused id was found.
+        SandboxError: the staging folder could not be made.
     """
     base = tempfile.gettempdir()
     if not reachable(os.path.join(base, "x")):
         raise SandboxUnavailableError(
-            f"the jail's uid {JAIL_UID} cannot reach the temporary folder {base}; set TMPDIR to a folder "
-            "every user can search (such as /tmp)"
+            f"the jail runs as {JAIL_USER}, which cannot reach the temporary folder {base}; set TMPDIR "
+            "to a folder every user can search (such as /tmp)"
         )
-    path = Path(tempfile.mkdtemp(prefix="safeload-out-", dir=base))
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, 0o700)
-        os.fchown(fd, JAIL_UID, JAIL_GID)
-    except BaseException:
-        os.close(fd)
-        raise
-    return path, fd
+    for _ in range(_CLAIM_ATTEMPTS):
+        ids = fresh_jail_ids(base)
+        path = Path(base) / f"{_STAGE_PREFIX}{ids.uid}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise SandboxError(f"could not make the jail's staging folder {path}: {exc}") from exc
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+            os.fchown(fd, ids.uid, ids.gid)
+        except BaseException:
+            os.close(fd)
+            os.rmdir(path)
+            raise
+        return ids, path, fd
+    raise SandboxError(
+        f"every staging folder name tried in {base} was taken ({_STAGE_PREFIX}<uid>, {_CLAIM_ATTEMPTS} "
+        "tries); remove stale ones or set TMPDIR to another folder every user can search"
+    )
 
 
 _verdict: str | SandboxUnavailableError | None = None
@@ -198,7 +374,8 @@ def _probe() -> str:
     ]
     kwargs: dict[str, object] = {}
     if drop_privileges():
-        kwargs = {"user": JAIL_UID, "group": JAIL_GID, "extra_groups": []}
+        ids = fresh_jail_ids()
+        kwargs = {"user": ids.uid, "group": ids.gid, "extra_groups": []}
     try:
         proc = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

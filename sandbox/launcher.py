@@ -20,9 +20,9 @@ Start-up, measured here (2 cores, Debian 12, bubblewrap 0.8, as root, with other
 average near 7; ``tests/integration/test_jail.py::test_startup_latency``, median of 20): a no-op
 standard-library payload is up and has answered in 38-83 ms, against 20-49 ms for a bare
 ``python -I -S -B`` start measured alongside. Of the difference, bubblewrap's namespace and mount set-up
-is about 15-20 ms, the ``setpriv``/``prlimit`` execs about 10 ms and the launcher's own work (staging
-folder, pipes, pidfds) the rest. The real worker's own imports (``json``, ``re``, ``dataclasses``) come
-on top of that.
+is about 15-20 ms, the ``setpriv``/``prlimit`` execs about 10 ms and the launcher's own work (drawing
+the run's uid, about 1.5 ms; staging folder, pipes, pidfds) the rest. The real worker's own imports
+(``json``, ``re``, ``dataclasses``) come on top of that.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ from safeload.errors import SandboxError, SandboxTimeoutError, SandboxUnavailabl
 
 from ._limits import TIMEOUT_KEY, Limits, limit_error, output_error, prlimit_args
 from ._privileges import (
-    JAIL_GID,
-    JAIL_UID,
+    JAIL_USER,
+    JailIds,
+    claim_staging,
     drop_privileges,
     jail_interpreter,
     probe_bwrap,
     reachable,
     readable_input,
-    staging_dir,
 )
 from ._seccomp import build_filter, native_arch, seccomp_memfd
 
@@ -174,14 +174,18 @@ def _compile_worker() -> None:
 
 @functools.cache
 def _checked_binds(mode: str, drop: bool) -> tuple[str, str]:
-    """The jail's interpreter and prefix, once the jail's uid is known to reach every bind source."""
+    """The jail's interpreter and prefix, once the jail's uid is known to reach every bind source.
+
+    Checked for a stranger (only the "other" bits count), which every run's fresh uid is, so the answer
+    holds for every later run.
+    """
     python, prefix = jail_interpreter()
     binds = [prefix, str(_WORKER_SRC)] + (_site_dirs() if mode == "execute" else [])
     if drop:
         for path in binds:
             if not reachable(path):
                 raise SandboxUnavailableError(
-                    f"the jail runs as uid {JAIL_UID}, which cannot reach {path}; make its parent folders "
+                    f"the jail runs as {JAIL_USER}, which cannot reach {path}; make its parent folders "
                     "searchable by every user (chmod o+x) or install safeload somewhere they are"
                 )
     return python, prefix
@@ -211,12 +215,19 @@ def _launch(
             return fd
 
         cmd = []
+        ids: JailIds | None = None
+        stage_fd = -1
         if drop:
+            ids, jail_out, stage_fd = claim_staging()
+            stack.callback(os.close, stage_fd)
+            stack.callback(_remove_stage, jail_out, stage_fd)
             # setpriv rather than Popen(user=...): Python forks instead of vforking when asked to change
             # ids, and forking a caller that has torch loaded costs tens of milliseconds.
             cmd += [
-                _util_linux("setpriv"), f"--reuid={JAIL_UID}", f"--regid={JAIL_GID}", "--clear-groups", "--",
+                _util_linux("setpriv"), f"--reuid={ids.uid}", f"--regid={ids.gid}", "--clear-groups", "--",
             ]
+        else:
+            jail_out = Path(os.path.realpath(output_dir))
         mapped = os.fstat(input_fd).st_size if input_fd is not None else 0
         cmd += [
             prlimit, *prlimit_args(limits, execute=mode == "execute", mapped_bytes=mapped), "--",
@@ -246,15 +257,8 @@ def _launch(
             else:
                 # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
                 # inherited descriptor reopened through /proc needs no path, only access to the inode.
-                fd = own(_jail_readable_copy(input_fd, drop))
+                fd = own(_jail_readable_copy(input_fd, ids))
                 cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
-        stage_fd = -1
-        if drop:
-            jail_out, stage_fd = staging_dir()
-            stack.callback(os.close, stage_fd)
-            stack.callback(_remove_stage, jail_out, stage_fd)
-        else:
-            jail_out = Path(os.path.realpath(output_dir))
         # A path, not a descriptor: a directory descriptor inherited into the jail would let the worker
         # walk out of it with openat(fd, "..").
         cmd += ["--bind", str(jail_out), "/out"]
@@ -301,8 +305,8 @@ def _launch(
             raise error
         if returncode != 0 and stderr.startswith("bwrap: "):
             raise SandboxError(f"bubblewrap could not set up the jail: {stderr.strip()[:2000]}")
-        if drop:
-            _move_entries(jail_out, stage_fd, output_dir, limits.max_output_files)
+        if ids is not None:
+            _move_entries(jail_out, stage_fd, ids, output_dir, limits.max_output_files)
         return WorkerRun(returncode, stderr[-8000:], elapsed, out.decode("utf-8", "replace"))
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
@@ -332,17 +336,18 @@ def _has_acl(fd: int) -> bool:
         return False
 
 
-def _jail_readable_copy(input_fd: int, drop: bool) -> int:
+def _jail_readable_copy(input_fd: int, ids: JailIds | None) -> int:
     """A descriptor for the input that the jail may read and may not write (a sealed copy if need be).
 
     Reopening ``/proc/self/fd/N`` goes through the file's own mount, not a read-only bind, so a file
     the jail's uid could write (or a memfd without a write seal) is copied into a sealed memfd first;
-    so is a file with an ACL, whose mode bits do not tell what that uid may do.
+    so is a file with an ACL, whose mode bits do not tell what that uid may do. ``ids`` are the run's
+    when the jail drops privileges, None when it runs as the caller.
     """
     st = os.fstat(input_fd)
     if not stat.S_ISREG(st.st_mode):
         raise SandboxError("the artifact handed to the sandbox is not a regular file")
-    uid, gid = (JAIL_UID, JAIL_GID) if drop else (os.getuid(), os.getgid())
+    uid, gid = (ids.uid, ids.gid) if ids is not None else (os.getuid(), os.getgid())
     if _write_sealed(input_fd) or (readable_input(st, uid, gid) and not _has_acl(input_fd)):
         return os.dup(input_fd)
     src = os.open(f"/proc/self/fd/{input_fd}", os.O_RDONLY | os.O_CLOEXEC)
@@ -502,7 +507,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 def _remove_stage(stage: Path, stage_fd: int) -> None:
-    # A path another process of uid 65534 swapped for its own folder (or a symlink) is left alone.
+    # A path swapped for another folder (or a symlink) since it was made is left alone.
     if _same_file(stage_fd, stage):
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -512,24 +517,28 @@ def _safe_mode(mode: int) -> int:
     return stat.S_IMODE(mode) & 0o755
 
 
-def _reclaim(stage: Path, stage_fd: int, max_files: int) -> None:
+def _reclaim(stage: Path, stage_fd: int, ids: JailIds, max_files: int) -> None:
     """Make everything the worker wrote the caller's, with no set-id bits and no write access for others.
 
-    Left owned by uid 65534, a file the caller later caches could be rewritten by any host process
-    running as ``nobody``; and any such process may have renamed the staging folder and put a symlink
-    in its place, or be swapping entries in the folders it could write while they are walked. So the
-    staging folder is taken back through the descriptor opened when it was made and must still be at
-    its path; each folder is then locked (root's, not writable by others) *before* its entries are
-    touched, so no name below a locked folder can change, and a file with more than one link (perhaps
-    a host file linked in) is refused rather than chowned.
+    Left owned by the jail's uid, a file the caller later caches could be rewritten by anything that
+    runs as that uid later. No other host process runs as the run's uid, and the staging folder (mode
+    0700 in a sticky folder) is closed to every other uid; but root, the owner of a non-sticky
+    ``TMPDIR`` or a process of that uid outside the jail could still rename the staging folder and put
+    a symlink in its place, or swap entries in the folders it could write while they are walked, and
+    the handover does not rely on their absence. So the staging folder is taken back through the
+    descriptor opened when it was made and must still be at its path; each folder is then locked
+    (root's, not writable by others) *before* its entries are touched, so no name below a locked folder
+    can change, and a file with more than one link (perhaps a host file linked in) is refused rather
+    than chowned.
     """
     uid, gid = os.geteuid(), os.getegid()
     os.fchown(stage_fd, uid, gid)
     os.fchmod(stage_fd, 0o700)
     if not _same_file(stage_fd, stage):
         raise SandboxError(
-            f"the staging folder {stage} was replaced while the worker ran (another process of uid "
-            f"{JAIL_UID} is interfering); nothing was taken from it. Stop host processes running as that uid"
+            f"the staging folder {stage} was replaced while the worker ran (by root, the owner of "
+            f"{stage.parent}, or a process of the jail's unprivileged uid {ids.uid}); nothing was taken "
+            "from it. Find what moved it, and set TMPDIR to a sticky folder such as /tmp"
         )
     pending = [stage]
     count = 0
@@ -563,10 +572,10 @@ def _reclaim(stage: Path, stage_fd: int, max_files: int) -> None:
             os.chmod(entry.path, _safe_mode(st.st_mode))
 
 
-def _move_entries(src: Path, src_fd: int, dst: Path, max_files: int) -> None:
+def _move_entries(src: Path, src_fd: int, ids: JailIds, dst: Path, max_files: int) -> None:
     """Move what the worker wrote from the staging folder into the caller's folder, links as links."""
     try:
-        _reclaim(src, src_fd, max_files)
+        _reclaim(src, src_fd, ids, max_files)
     except OSError as exc:
         raise SandboxError(f"could not take over the worker's output in {src}: {exc}") from exc
     for entry in os.scandir(src):

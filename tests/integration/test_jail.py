@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import grp
 import json
 import os
+import pwd
 import secrets
 import socket
 import stat
@@ -102,12 +104,16 @@ def test_jail_does_not_map_to_host_root(tmp_path: Path) -> None:
                 host_uids.append(next(line for line in status.splitlines() if line.startswith("Uid:")))
         time.sleep(0.02)
     thread.join()
-    assert results and results[0]["uid"] == 65534
-    assert results[0]["caps"] == ["CapEff:\t0000000000000000\n"]
+    assert results and results[0]["caps"] == ["CapEff:\t0000000000000000\n"]
     assert host_uids, "the jailed process was never seen from the host"
-    expected = _privileges.JAIL_UID if os.geteuid() == 0 else os.geteuid()
     # Real, effective, saved and file-system uid of the jailed process, as the host kernel sees them.
-    assert host_uids[0].split()[1:] == [str(expected)] * 4
+    real, *others = (int(uid) for uid in host_uids[0].split()[1:])
+    assert others == [real] * 3
+    if os.geteuid() == 0:
+        assert real in _privileges.JAIL_ID_RANGE
+    else:
+        assert real == os.geteuid()
+    assert results[0]["uid"] == real  # the jail's user namespace maps its uid to itself
     # The file the jail made set-uid is handed over as the caller's, with the set-uid bit gone.
     suid = (out / "suid").stat()
     assert suid.st_uid == os.geteuid()
@@ -508,10 +514,92 @@ def test_fork_bomb_is_bounded() -> None:
         """,
         limits=Limits(processes=64),
     )
-    # The budget is shared with any other jail running on the host at the same time (same uid), so
-    # fewer than 64 may be made, never more.
+    # The host-level count is the run's own uid's, which no other process has; bubblewrap itself counts
+    # too, so fewer than 64 may be made, never more.
     assert result["made"] < 64
     assert result["refused"] > 300 - 64
+
+
+def _live_ids() -> set[int]:
+    """Every uid and gid (real, effective, saved, file-system) of every process on the host."""
+    ids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                    if line.startswith(("Uid:", "Gid:")):
+                        ids.update(int(x) for x in line.split()[1:])
+    return ids
+
+
+_ID_FIELDS = ("Uid:", "Gid:", "Groups:")
+
+
+def _watched_jail(found: list[dict[str, object]]) -> threading.Thread:
+    """A started thread running a jail that reports its ids, and records how the host sees it."""
+    token = f"safeload-ids-{secrets.token_hex(8)}"
+    record: dict[str, object] = {"host": set()}
+    found.append(record)
+    code = f"""
+        import json, os, time
+        print(json.dumps([os.getresuid(), os.getresgid(), os.getgroups()]), flush=True)
+        time.sleep(1.0)  # {token}
+        """
+
+    def run() -> None:
+        record["inside"] = jail_json(code)  # type: ignore[arg-type]
+
+    def watch() -> None:
+        worker = threading.Thread(target=run)
+        worker.start()
+        seen: set[tuple[str, ...]] = record["host"]  # type: ignore[assignment]
+        while worker.is_alive():
+            # bubblewrap (whose arguments hold the code) and the jailed interpreter, from the host.
+            for pid in host_processes_with(token):
+                with contextlib.suppress(OSError):
+                    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+                    seen.add(tuple(line.rstrip() for line in lines if line.startswith(_ID_FIELDS)))
+            time.sleep(0.02)
+        worker.join()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def _check_own_uid(record: dict[str, object], before: set[int], listed: set[int]) -> int:
+    (ruid, *uids), (rgid, *gids), groups = record["inside"]  # type: ignore[misc]
+    assert uids == [ruid] * 2 and rgid == ruid and gids == [ruid] * 2 and groups == []
+    assert record["host"], "the jail was never seen from the host"
+    for lines in record["host"]:  # type: ignore[attr-defined]
+        assert lines == (f"Uid:\t{ruid}\t{ruid}\t{ruid}\t{ruid}", f"Gid:\t{ruid}\t{ruid}\t{ruid}\t{ruid}",
+                         "Groups:"), lines
+    assert ruid != 65534 and ruid in _privileges.JAIL_ID_RANGE
+    assert ruid not in listed, "the jail ran as a uid or gid of the user database"
+    assert ruid not in before, "the jail ran as the uid or gid of a process that was already running"
+    return int(ruid)
+
+
+def test_each_jail_runs_as_a_uid_of_its_own() -> None:
+    """Two jails in a row and two at once: each under a uid and gid that nothing else on the host has."""
+    if os.geteuid() != 0:
+        pytest.skip("started without root, the jail runs as the caller's uid (nothing to drop)")
+    listed = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    passwd = Path("/etc/passwd").read_text() + Path("/etc/group").read_text()
+    uids = []
+    for _ in range(2):
+        before = _live_ids()
+        found: list[dict[str, object]] = []
+        _watched_jail(found).join()
+        uids.append(_check_own_uid(found[0], before, listed))
+    before = _live_ids()
+    found = []
+    threads = [_watched_jail(found) for _ in range(2)]
+    for thread in threads:
+        thread.join()
+    uids += [_check_own_uid(record, before, listed) for record in found]
+    assert len(set(uids)) == 4, uids
+    assert not any(f":{uid}:" in passwd for uid in uids)
 
 
 # --- availability and speed ------------------------------------------------------------------------------
