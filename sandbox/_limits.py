@@ -16,8 +16,8 @@ the race of applying them to a running pid.
   checked while the worker runs and again after it); ``RLIMIT_CORE`` = 0.
 - ``RLIMIT_NPROC`` = ``processes``: effective because the jail does not run as host root (see
   ``sandbox._privileges``); it bounds a fork bomb (threads count too). The kernel counts it per user
-  namespace (this jail's processes) *and* at the host level for uid 65534, where every jail running at
-  the same time shares it: it is a budget for all concurrent loads, hence the generous default.
+  namespace (this jail's processes) *and* at the host level for the run's own uid, which no other
+  process has (bubblewrap, outside the jail, counts there too): it is this load's budget alone.
 """
 
 from __future__ import annotations
