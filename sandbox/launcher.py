@@ -21,8 +21,8 @@ average near 7; ``tests/integration/test_jail.py::test_startup_latency``, median
 standard-library payload is up and has answered in 38-83 ms, against 20-49 ms for a bare
 ``python -I -S -B`` start measured alongside. Of the difference, bubblewrap's namespace and mount set-up
 is about 15-20 ms, the ``setpriv``/``prlimit`` execs about 10 ms and the launcher's own work (drawing
-the run's uid, about 1.5 ms; staging folder, pipes, pidfds) the rest. The real worker's own imports
-(``json``, ``re``, ``dataclasses``) come on top of that.
+the run's uid and making its staging folder, 1.5-3 ms; pipes, pidfds) the rest. The real worker's own
+imports (``json``, ``re``, ``dataclasses``) come on top of that.
 """
 
 from __future__ import annotations
