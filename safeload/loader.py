@@ -12,6 +12,7 @@ import fcntl
 import gc
 import mmap as _mmap
 import os
+import platform
 import re
 import shutil
 import stat
@@ -26,7 +27,7 @@ from typing import IO, Any, Literal, Union
 import torch
 
 from safeload._formats import sniff
-from safeload._manifest import GlobalRef, Manifest, np_itemsize, parse_manifest
+from safeload._manifest import GlobalRef, Manifest, StorageSpec, np_itemsize, parse_manifest
 from safeload._rebuild import MapLocation, build, make_restore
 from safeload._stub import Stub
 from safeload.errors import (
@@ -202,6 +203,19 @@ def _run_jail(
     return manifest, tensors
 
 
+# x86-64 loads and stores need no alignment, and torch's CPU kernels use unaligned vector moves, so a
+# misaligned storage maps zero-copy there (tests/integration/test_load_unaligned.py runs a battery of ops
+# on every dtype at every misalignment). Complex numbers are the exception: c10::complex<double> is
+# alignas(16) and the compiler emits aligned moves for it (indexing segfaults at 8 mod 16); complex
+# storages, and every storage on other architectures, are copied into aligned memory instead.
+_UNALIGNED_OK = platform.machine() in ("x86_64", "AMD64")
+_COMPLEX = frozenset({"complex32", "complex64", "complex128"})
+
+
+def _maps_unaligned(spec: StorageSpec) -> bool:
+    return _UNALIGNED_OK and spec.align <= 8 and spec.dtype not in _COMPLEX
+
+
 def _pread_into(fd: int, buf: torch.Tensor, offset: int) -> None:
     view = buf.numpy().data.cast("B")
     while view:
@@ -224,9 +238,10 @@ def _raw_storages(
             t = tensors[spec.key]
             if t.data_ptr() % spec.align:
                 t = t.clone()
-        elif spec.offset % spec.align:
-            # Legacy files store raw storages at any offset; a mapping cannot move them to an aligned
-            # address, so these are read (one copy, straight from the page cache) into aligned memory.
+        elif spec.offset % spec.align and not _maps_unaligned(spec):
+            # Legacy files store raw storages at any offset and a mapping cannot move them to an aligned
+            # address: where misaligned data is not safe to hand to torch, read it (one copy, straight
+            # from the page cache) into aligned memory.
             t = torch.empty(spec.nbytes, dtype=torch.uint8)
             _pread_into(fd, t, spec.offset)
         else:
