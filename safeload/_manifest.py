@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from safeload.errors import SandboxError
-from sandbox.worker._common import ATTRIBUTE, DTYPE_SIZES, LOCATION, MAX_DEPTH, MAX_NAME, MAX_NODES, NP_DTYPE
+from sandbox.worker._common import (
+    DTYPE_SIZES,
+    MAX_DEPTH,
+    MAX_NAME,
+    MAX_NODES,
+    is_attribute,
+    is_location,
+    is_np_dtype,
+)
 
 __all__ = [
     "FLOATING_DTYPES",
@@ -36,10 +44,7 @@ FLOATING_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
      "float8_e5m2fnuz", "complex64", "complex128", "complex32"}
 )
-_LOCATION = LOCATION
-_NP_DTYPE = NP_DTYPE
 _OUTPUT_KEY = re.compile(r"^storage_[0-9]{1,9}$")
-_ATTR = ATTRIBUTE
 _MAX_DIMS = 64
 # Sizes, offsets, strides and ids all stay below this, so every product torch forms fits in int64.
 _MAX_INT = 1 << 62
@@ -284,7 +289,7 @@ class _Validator:
             _obj(v, path, {"t", "storage", "dtype", "shape", "order"}, idf)
             spec = self.storage(v["storage"], f"{path}.storage")
             dtype = _str(v["dtype"], f"{path}.dtype", 8)
-            if not _NP_DTYPE.match(dtype):
+            if not is_np_dtype(dtype):
                 raise _fail(f"{path}.dtype", f"{dtype!r} is not a plain numeric numpy dtype")
             shape = _ints(v["shape"], f"{path}.shape")
             if v["order"] not in ("C", "F"):
@@ -307,7 +312,7 @@ class _Validator:
         elif t == "npscalar":
             _obj(v, path, {"t", "dtype", "b64"})
             dtype = _str(v["dtype"], f"{path}.dtype", 8)
-            if not _NP_DTYPE.match(dtype):
+            if not is_np_dtype(dtype):
                 raise _fail(f"{path}.dtype", f"{dtype!r} is not a plain numeric numpy dtype")
             _b64(v["b64"], f"{path}.b64")
             if len(binascii.a2b_base64(v["b64"])) != np_itemsize(dtype):
@@ -322,11 +327,11 @@ class _Validator:
             self.register(v, path, True)
         elif t == "torch_device":
             _obj(v, path, {"t", "v"})
-            if not _LOCATION.match(_str(v["v"], f"{path}.v", 64)):
+            if not is_location(_str(v["v"], f"{path}.v", 64)):
                 raise _fail(f"{path}.v", "not a device string")
         elif t == "np_dtype":
             _obj(v, path, {"t", "v"})
-            if not _NP_DTYPE.match(_str(v["v"], f"{path}.v", 8)):
+            if not is_np_dtype(_str(v["v"], f"{path}.v", 8)):
                 raise _fail(f"{path}.v", "not a plain numeric numpy dtype")
         elif t == "stub":
             self.stub(v, path, d)
@@ -352,7 +357,7 @@ class _Validator:
             if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
                 raise _fail(f"{path}[{i}]", "expected a [name, value] pair")
             # No dunders, and nothing that would shadow a method (``sd.items = ...``) of the built object.
-            if not _ATTR.match(pair[0]) or hasattr(cls, pair[0]):
+            if not is_attribute(pair[0]) or hasattr(cls, pair[0]):
                 raise _fail(f"{path}[{i}]", f"attribute name {pair[0][:64]!r} is not allowed")
             self.node(pair[1], f"{path}[{i}][1]", d)
 
@@ -550,7 +555,7 @@ def _storages(raw: Any, input_size: int, outputs: Mapping[str, int]) -> list[dic
         nbytes = _int(s["nbytes"], f"{path}.nbytes")
         if nbytes % DTYPE_SIZES[s["dtype"]]:
             raise _fail(f"{path}.nbytes", "not a whole number of elements")
-        if not _LOCATION.match(_str(s["location"], f"{path}.location", 64)):
+        if not is_location(_str(s["location"], f"{path}.location", 64)):
             raise _fail(f"{path}.location", "not a device string")
         src = s["source"]
         if type(src) is not dict:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
+import binascii
 import os
 import struct
-from collections.abc import Callable, Iterable
-from typing import Any
 
-from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError
+from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError, dumps
 from ._unpickle import (
     DATA_GLOBALS,
     Global,
@@ -26,6 +23,15 @@ from ._unpickle import (
     TorchDtype,
     TorchSize,
 )
+
+TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+
+def _b64(data: bytes | bytearray | memoryview) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 __all__ = ["StorageTable", "build_manifest", "write_outputs"]
 
@@ -91,7 +97,7 @@ def write_outputs(out_dir: str, table: StorageTable) -> None:
     for key, nbytes, _ in table.outputs:
         header[key] = {"dtype": "U8", "shape": [nbytes], "data_offsets": [pos, pos + nbytes]}
         pos += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = dumps(header)
     raw += b" " * (-len(raw) % 8)
     fd = os.open(os.path.join(out_dir, "tensors.safetensors"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
@@ -156,7 +162,7 @@ class _Emitter:
                 if r is not None:
                     return r
             out: dict[str, Any] = (
-                {"t": "str", "v": obj} if t is str else {"t": "bytes", "b64": base64.b64encode(obj).decode()}
+                {"t": "str", "v": obj} if t is str else {"t": "bytes", "b64": _b64(obj)}
             )
             if shared:
                 out["id"] = self.open(obj)
@@ -166,7 +172,7 @@ class _Emitter:
         if r is not None:
             return r
         if t is bytearray:
-            return {"t": "bytearray", "id": self.open(obj), "b64": base64.b64encode(obj).decode()}
+            return {"t": "bytearray", "id": self.open(obj), "b64": _b64(obj)}
         if t in (list, set):
             n = self.open(obj)
             return {"t": t.__name__, "id": n, "items": [self.node(x, d) for x in obj]}
@@ -207,7 +213,7 @@ class _Emitter:
                 return self.stub_node(Stub("numpy", "dtype", (obj.kind,), True), d)
             return {"t": "np_dtype", "v": obj.typestr}
         if t is NpScalar:
-            return {"t": "npscalar", "dtype": obj.dtype, "b64": base64.b64encode(obj.data).decode()}
+            return {"t": "npscalar", "dtype": obj.dtype, "b64": _b64(obj.data)}
         if t is NDArray:
             return self.ndarray(obj, d)
         if t is Global:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import array
-import ast
-import bz2
-import io
-import lzma
 import mmap
 import struct
-import tarfile
-import warnings
+import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-from ._common import DTYPE_SIZES, LOCATION, Budgets, FormatError, LimitError
+from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError, is_location
 from ._emit import StorageTable
 from ._unpickle import Global, NDArray, NpDtype, StorageRef, Stub, Tensor, unpickle
 from ._zip import ZipArchive, is_zip
+
+TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
 __all__ = ["Parsed", "parse"]
 
@@ -64,7 +61,7 @@ def _check_str(v: Any, what: str) -> str:
 
 def _location(v: Any) -> str:
     loc = _check_str(v, "storage location")
-    if not LOCATION.match(loc):
+    if not is_location(loc):
         raise FormatError(f"torch storage location {loc[:40]!r} is not a device name")
     return loc
 
@@ -259,6 +256,10 @@ class _Reader:
     # -- legacy torch tar (torch < 0.4) -------------------------------------------------------------------
     def torch_tar(self) -> Any:
         data = self.data
+        # Formats that need a heavier module import it themselves: the jail's start-up stays small.
+        import io
+        import tarfile
+
         try:
             tar = tarfile.open(fileobj=io.BytesIO(data) if isinstance(data, bytes) else data, mode="r:")
             members = {}
@@ -430,6 +431,9 @@ class _Reader:
             raise FormatError(f".npy version {major} is not supported")
         if hlen > 100_000:
             raise LimitError(".npy header is longer than 100000 bytes")
+        import ast
+        import warnings
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -507,6 +511,8 @@ def _swap_unit(dtype: str) -> int:
 def _byteswap(data: bytes, unit: int) -> bytes:
     if len(data) % unit:
         raise FormatError("storage is not a whole number of elements")
+    import array  # only big-endian files need it (it pulls in collections at start-up)
+
     arr = array.array({2: "H", 4: "I", 8: "Q"}[unit])
     arr.frombytes(data)
     arr.byteswap()
@@ -588,10 +594,19 @@ def _compressed(head: bytes) -> Callable[[Any, int], bytes] | None:
     if head[:2] == b"\x1f\x8b":
         return lambda data, cap: _inflate(zlib.decompressobj(31), data, cap)
     if head[:3] == b"BZh":
+        import bz2
+
         return lambda data, cap: _inflate(bz2.BZ2Decompressor(), data, cap)
     if head[:6] == b"\xfd7zXZ\x00" or head[:3] == b"]\x00\x00":
+        import lzma
+
         return lambda data, cap: _inflate(lzma.LZMADecompressor(), data, cap)
     return None
+
+
+def _lzma_error() -> type[Exception]:
+    lzma = sys.modules.get("lzma")  # imported only when an xz/lzma stream was seen
+    return lzma.LZMAError if lzma is not None else OSError
 
 
 def _inflate(d: Any, data: Any, cap: int) -> bytes:
@@ -613,7 +628,7 @@ def _inflate(d: Any, data: Any, cap: int) -> bytes:
             out += d.decompress(feed, step)
             if len(out) > cap:
                 raise LimitError(f"compressed file inflates past the {cap}-byte output budget")
-    except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
+    except (zlib.error, OSError, EOFError, _lzma_error()) as exc:
         raise FormatError(f"compressed data is corrupt: {exc}") from None
     return bytes(out)
 

@@ -9,14 +9,25 @@ turns into a :class:`Stub` that records what the pickle asked for. Nothing is im
 from __future__ import annotations
 
 import _compat_pickle
-import array
 import codecs
 import mmap
 import struct
-from collections.abc import Callable
-from typing import Any
 
-from ._common import ATTRIBUTE, DTYPE_SIZES, LOCATION, MAX_NAME, NP_DTYPE, Budgets, FormatError, LimitError
+from ._common import (
+    DTYPE_SIZES,
+    MAX_NAME,
+    Budgets,
+    FormatError,
+    LimitError,
+    is_attribute,
+    is_location,
+    is_np_dtype,
+)
+
+TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = [
     "Global",
@@ -124,7 +135,7 @@ class Namespace:
         self.items: dict[str, Any] = {}
 
 
-class ODict(dict[Any, Any]):
+class ODict(dict["Any", "Any"]):
     """``collections.OrderedDict`` as data; ``attrs`` holds instance attributes (e.g. ``_metadata``)."""
 
     def __init__(self) -> None:
@@ -170,7 +181,7 @@ def _np_default_typestr(kind: str) -> str | None:
     if len(kind) < 2 or not kind[1:].isdigit():
         return None
     typestr = ("|" if kind[1:] == "1" else "<") + kind
-    return typestr if NP_DTYPE.match(typestr) else None
+    return typestr if is_np_dtype(typestr) else None
 
 
 _TORCH_DTYPES = {name: name for name in DTYPE_SIZES}
@@ -438,7 +449,7 @@ class _Machine:
                 device = f"{args[0]}:{args[1]}"
             else:
                 raise _NotData
-            if not LOCATION.match(device):
+            if not is_location(device):
                 raise _NotData
             return TorchDevice(device)
         if key == ("collections", "OrderedDict"):
@@ -567,7 +578,7 @@ class _Machine:
             if not isinstance(state, dict) or slot_state:
                 raise FormatError("argparse.Namespace state is not a dictionary")
             for k, v in state.items():
-                if type(k) is not str or not ATTRIBUTE.match(k) or k in ("_get_args", "_get_kwargs"):
+                if type(k) is not str or not is_attribute(k) or k in ("_get_args", "_get_kwargs"):
                     raise FormatError("argparse.Namespace attribute name is not an identifier")
                 obj.items[k] = v
             return
@@ -575,7 +586,7 @@ class _Machine:
             if state is not None and not isinstance(state, dict):
                 raise FormatError("OrderedDict state is not a dictionary")
             for k, v in (state or {}).items():
-                if type(k) is not str or not ATTRIBUTE.match(k) or k in _ODICT_ATTRS:
+                if type(k) is not str or not is_attribute(k) or k in _ODICT_ATTRS:
                     raise FormatError("OrderedDict attribute name would shadow a method")
                 obj.attrs[k] = v
             return
@@ -625,6 +636,8 @@ class _Machine:
         if typestr[0] == ">":
             # numpy's __setstate__ stores big-endian pickled arrays in native (little-endian) order.
             unit = int(typestr[2:]) // (2 if typestr[1] == "c" else 1)
+            import array  # only big-endian arrays need it (it pulls in collections at start-up)
+
             swapped = array.array({2: "H", 4: "I", 8: "Q"}[unit])
             if len(data) % unit:
                 raise FormatError("numpy array data is not a whole number of elements")
