@@ -86,7 +86,8 @@ try:
     m = st.AutoModel.from_pretrained(f"bench/{repo}-bin")
     t1 = time.perf_counter(); _touch(m); t2 = time.perf_counter()
 finally:
-    shutil.rmtree(store, ignore_errors=True)
+    from bench._runner import _rmtree
+    _rmtree(store)
     policy.unlink()
 spent.update(total=t2 - t0 + imported, touch=t2 - t1, **{"import": imported})
 print(json.dumps(spent))
