@@ -165,7 +165,17 @@ class Store:
 
     @contextlib.contextmanager
     def _flock(self, name: str, mode: int) -> Iterator[None]:
-        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        path = self.locks / name
+        try:
+            # O_NOFOLLOW: a symlink planted under locks/ must not make the store create files elsewhere.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IntegrityError(
+                    f"{path} is a symbolic link; the store's lock files are plain files. Remove it and check "
+                    f"who can write to {self.root}"
+                ) from None
+            raise
         try:
             fcntl.flock(fd, mode)
             yield

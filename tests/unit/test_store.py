@@ -124,3 +124,17 @@ def test_verify_reports_corrupted_blobs(store: Store, tmp_path: Path) -> None:
     assert report.checked == 2 and report.bad == (digest(b"good"),)
     with pytest.raises(IntegrityError, match="modified after it was verified"):
         store.rehash_blob(digest(b"good"))
+
+
+def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(store: Store, tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "victim"
+    outside.parent.mkdir()
+    name = hashlib.sha256(b"some/model@rev").hexdigest()[:32] + ".lock"
+    (store.locks / name).symlink_to(outside)
+    with pytest.raises(IntegrityError, match="symbolic link"), store.lock("some/model@rev"):
+        pass
+    assert not outside.exists()  # O_CREAT through the link would have made it
+    (store.locks / "store.lock").symlink_to(outside)
+    with pytest.raises(IntegrityError, match="symbolic link"), store.staging():
+        pass
+    assert not outside.exists()
