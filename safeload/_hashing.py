@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -64,30 +66,98 @@ def _read_and_hash(fd: int, advance: Advance) -> tuple[str, int]:
     return "sha256:" + h.hexdigest(), size
 
 
-# Small enough that the block is still in the core's cache when it is written out after hashing: one
-# pass over memory instead of a kernel copy followed by a second, cold read for the hash.
+# Small enough that a block is still in the core's cache when it is hashed and written; a few of them in
+# flight let the hash run on one core while the copy runs on another.
 _COPY_BLOCK = 1 << 20
+_IN_FLIGHT = 4
+_active = 0  # copies running in this process
+_active_lock = threading.Lock()
 
 
 def copy_and_hash(src_fd: int, dst_fd: int, advance: Advance = _noop) -> tuple[str, int]:
     """Copy ``src_fd`` to ``dst_fd`` and hash what is written; return ("sha256:<hex>", size).
 
-    Each block is read once into private memory, hashed there and written from there: the digest is of
-    exactly the bytes the destination receives, whatever happens to the source meanwhile.
+    Each block is read once into private memory and then hashed and written from there: the digest is
+    of exactly the bytes the destination receives, whatever happens to the source meanwhile. Files of
+    more than a couple of blocks are hashed on a second thread while the calling thread copies.
     """
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    global _active
+    with _active_lock:
+        _active += 1
+        # A second thread per copy only pays while cores are idle: with a copy per core already running
+        # (several files in parallel), handing blocks between threads is pure overhead.
+        pipelined = _active * 2 <= (os.cpu_count() or 1)
+    try:
+        if pipelined and os.fstat(src_fd).st_size > 2 * _COPY_BLOCK:
+            return _copy_and_hash_pipelined(src_fd, dst_fd, advance)
+        return _copy_and_hash_serial(src_fd, dst_fd, advance)
+    finally:
+        with _active_lock:
+            _active -= 1
+
+
+def _write_all(fd: int, block: memoryview) -> None:
+    written = 0
+    while written < len(block):
+        written += os.write(fd, block[written:])
+
+
+def _copy_and_hash_serial(src_fd: int, dst_fd: int, advance: Advance) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     buf = bytearray(_COPY_BLOCK)
     view = memoryview(buf)
-    os.lseek(src_fd, 0, os.SEEK_SET)
     while n := os.readv(src_fd, [buf]):
-        block = view[:n]
-        h.update(block)
-        written = 0
-        while written < n:
-            written += os.write(dst_fd, block[written:])
+        h.update(view[:n])
+        _write_all(dst_fd, view[:n])
         size += n
         advance(n)
+    return "sha256:" + h.hexdigest(), size
+
+
+def _copy_and_hash_pipelined(src_fd: int, dst_fd: int, advance: Advance) -> tuple[str, int]:
+    # A buffer goes back to ``free`` only from the hashing thread, after its hash; by then this thread
+    # has written it too (it writes each block before reading the next), so no buffer is refilled
+    # while either use is pending and the bytes hashed are the bytes written.
+    free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(_IN_FLIGHT):
+        free.put(bytearray(_COPY_BLOCK))
+    work: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+    h = hashlib.sha256()
+    failed: list[BaseException] = []
+
+    def hasher() -> None:
+        try:
+            while (item := work.get()) is not None:
+                buf, n = item
+                with memoryview(buf) as view:
+                    h.update(view[:n])
+                free.put(buf)
+        except BaseException as exc:  # reported by the copying thread
+            failed.append(exc)
+            free.put(bytearray(_COPY_BLOCK))
+
+    thread = threading.Thread(target=hasher, name="safeload-hash-pipe", daemon=True)
+    thread.start()
+    size = 0
+    try:
+        while not failed:
+            buf = free.get()
+            n = os.readv(src_fd, [buf])
+            if n == 0:
+                free.put(buf)
+                break
+            work.put((buf, n))
+            with memoryview(buf) as view:
+                _write_all(dst_fd, view[:n])
+            size += n
+            advance(n)
+    finally:
+        work.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
     return "sha256:" + h.hexdigest(), size
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def _expected(data: bytes) -> str:
 _BLOCK = _hashing._COPY_BLOCK
 
 
-@pytest.mark.parametrize("size", [0, 1, _BLOCK - 1, _BLOCK, 3 * _BLOCK + 7])
+@pytest.mark.parametrize("size", [0, 1, _BLOCK - 1, _BLOCK, 2 * _BLOCK, 3 * _BLOCK + 7, 25 * _BLOCK + 1])
 def test_copy_and_hash_writes_exactly_what_it_hashes(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     src = tmp_path / "src"
@@ -62,3 +63,17 @@ def test_parallel_keeps_order_and_raises_after_all_finish() -> None:
     with pytest.raises(OSError, match="boom"):
         _hashing.parallel(work, [0, 1, 2, 3])
     assert sorted(done) == [1, 2, 3]
+
+
+def test_a_failing_write_stops_the_pipelined_copy(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(8 * _BLOCK))
+    s = os.open(src, os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDONLY | os.O_CREAT, 0o600)  # not writable: write fails
+    try:
+        with pytest.raises(OSError):
+            _hashing.copy_and_hash(s, d)
+    finally:
+        os.close(s)
+        os.close(d)
+    assert not [t for t in threading.enumerate() if t.name == "safeload-hash-pipe"]
