@@ -61,7 +61,7 @@ from ._privileges import (
 )
 from ._seccomp import build_filter, native_arch, seccomp_memfd
 
-__all__ = ["Limits", "WorkerRun", "run_worker"]
+__all__ = ["Limits", "WorkerRun", "prepare", "run_worker"]
 
 _WORKER_SRC = Path(__file__).resolve().parent / "worker"
 _JAIL_WORKER_ROOT = "/opt/safeload"
@@ -170,6 +170,27 @@ def _compile_worker() -> None:
 
     with contextlib.suppress(OSError):
         compileall.compile_dir(str(_WORKER_SRC), quiet=2)
+
+
+def prepare(mode: Literal["inert", "execute"] = "inert") -> None:
+    """Run the launcher's one-time checks now instead of in the first :func:`run_worker` of the process.
+
+    A caller that knows a jailed load is coming (a model with pickle weights, while its files are still
+    being verified) calls this on a spare thread: the checks (bubblewrap's user-namespace probe, the
+    seccomp program, the interpreter's reachability, fresh worker bytecode) then overlap that work. Safe
+    to call any number of times and from several threads.
+
+    Raises:
+        SandboxUnavailableError: as :func:`run_worker` would on its first call.
+    """
+    _compile_worker()
+    _filter_program()
+    probe_bwrap()
+    _util_linux("prlimit")
+    drop = drop_privileges()
+    if drop:
+        _util_linux("setpriv")
+    _checked_binds(mode, drop)
 
 
 @functools.cache

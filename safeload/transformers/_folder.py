@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 from safeload.convert import cached_conversion, converted_index, safetensors_name, sha256_file
 from safeload.errors import IntegrityError, UnsafeContentError, UntrustedSourceError
 from safeload.policy import Policy
+from safeload.resolve import fetch_model, open_verified_local
 
 __all__ = ["Prepared", "prepare"]
 
@@ -110,9 +112,30 @@ def _walk(folder: Path) -> dict[str, str | None]:
     return out
 
 
-def _policy_source(name: str, policy: Policy) -> _Source:
-    from safeload.resolve import fetch_model
+def _warm_jail_for(pins: Mapping[str, str], policy: Policy) -> None:
+    """Start the jail's one-time checks on a spare thread when a pinned ``.bin`` will need converting.
 
+    They then overlap the store's verification of the files instead of following it (on the first load
+    of a process). Nothing waits for the thread: the conversion runs the same checks itself, under the
+    launcher's own locking, and reports any failure with its own error.
+    """
+    converted = Path(policy.store).expanduser() / "converted" / "sha256"
+    for rel, digest in pins.items():
+        hexdigest = digest.partition(":")[2]
+        if _is_weight_bin(rel.rsplit("/", 1)[-1]) and not (converted / f"{hexdigest}.safetensors").exists():
+            threading.Thread(target=_warm_jail, name="safeload-jail-warmup", daemon=True).start()
+            return
+
+
+def _warm_jail() -> None:
+    with contextlib.suppress(Exception):
+        import safeload.loader  # noqa: F401  (the conversion's next import; imported here, off the clock)
+        from sandbox.launcher import prepare as prepare_jail
+
+        prepare_jail()
+
+
+def _policy_source(name: str, policy: Policy) -> _Source:
     fetched = fetch_model(name, policy=policy)
     entry = fetched.entry
     return _Source(
@@ -125,8 +148,6 @@ def _policy_source(name: str, policy: Policy) -> _Source:
 
 
 def _local_source(path: Path, policy: Policy) -> _Source:
-    from safeload.resolve import open_verified_local
-
     folder = path.resolve()
     files = _walk(folder)
     pins = {str(Path(k).expanduser().resolve()): v for k, v in policy.files.items()}
@@ -287,6 +308,8 @@ def prepare(
     name = os.fspath(name_or_path)
     models: Mapping[str, Any] = getattr(pol, "models", {})
     if name in models or not os.path.isdir(name):
+        if weights and name in models:
+            _warm_jail_for(models[name].files, pol)
         src = _policy_source(name, pol)
         if revision is not None and revision != src.revision:
             raise UntrustedSourceError(

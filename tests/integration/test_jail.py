@@ -618,6 +618,25 @@ def test_missing_bwrap_is_unavailable(tmp_path: Path, monkeypatch: pytest.Monkey
     assert jail("print(1)").stdout == "1\n"
 
 
+def test_prepare_runs_the_first_call_checks_and_reports_a_missing_bwrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox import launcher
+
+    launcher.prepare()
+    launcher.prepare()  # idempotent
+    assert jail("print(2)").stdout == "2\n"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _privileges._forget_probe()
+    try:
+        with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
+            launcher.prepare()
+    finally:
+        monkeypatch.undo()
+        _privileges._forget_probe()
+    launcher.prepare()
+
+
 def test_rlimits_are_in_place() -> None:
     limits = Limits(timeout_s=7, memory_bytes=300 << 20, max_output_bytes=5 << 20, open_files=64,
                     processes=400)
