@@ -451,9 +451,20 @@ class Store:
         return updated
 
     def build_folder(self, staging: Path, files: Mapping[str, BlobRecord]) -> Path:
-        """A folder in ``staging`` holding ``files`` as hard links (or symlinks) to their blobs."""
+        """A folder in ``staging`` holding ``files`` as hard links (or symlinks) to their blobs.
+
+        Raises:
+            IntegrityError: a name is not a plain relative path inside the folder (callers check names
+                already; the store does not rely on it).
+        """
         folder = staging / f"folder-{secrets.token_hex(8)}"
         folder.mkdir(mode=0o755)
+        for rel in files:
+            parts = rel.split("/")
+            if not rel or rel.startswith("/") or "\\" in rel or any(p in {"", ".", ".."} for p in parts):
+                raise IntegrityError(
+                    f"{rel!r} is not a relative path inside a model folder; nothing was stored"
+                )
         for rel, rec in files.items():
             dest = folder / rel
             dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)

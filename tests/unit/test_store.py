@@ -138,3 +138,14 @@ def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(store: Store
     with pytest.raises(IntegrityError, match="symbolic link"), store.staging():
         pass
     assert not outside.exists()
+
+
+@pytest.mark.parametrize("rel", ["../escape", "/abs", "a/../../b", "a//b", "./a", "a\\b", ""])
+def test_build_folder_refuses_names_outside_the_folder(store: Store, tmp_path: Path, rel: str) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    with store.staging() as staging:
+        rec = store.ingest_copy(src, staging, expected=None, what="f")
+        with pytest.raises(IntegrityError, match="not a relative path"):
+            store.build_folder(staging, {rel: rec})
+    assert not (tmp_path / "escape").exists()
