@@ -31,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import importlib.util
 import json
 import os
 import select
@@ -155,8 +156,14 @@ def _run_python_in_jail(
 
 
 def _site_dirs() -> list[str]:
+    """Where execute mode's worker finds torch: this interpreter's site-packages, plus the folder torch is
+    actually installed in when that is elsewhere (a ``PYTHONPATH`` entry, a user site)."""
     paths = sysconfig.get_paths()
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    dirs = [paths["purelib"], paths["platlib"]]
+    spec = importlib.util.find_spec("torch")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(str(Path(next(iter(spec.submodule_search_locations))).parent))
+    return list(dict.fromkeys(dirs))
 
 
 @functools.cache
