@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from safeload._relpath import is_safe_relpath
 from safeload._signers import CertificateSigner, KeySigner, Signer, SigstoreSigner
 from safeload._units import parse_duration, parse_size
 from safeload.errors import PolicyError
@@ -220,14 +221,7 @@ def _check_repo(t: _Table, key: str, repo: str) -> None:
 
 def _check_relpath(t: _Table, key: str, rel: str) -> None:
     """Refuse repo-relative file paths that could escape the model folder or name it ambiguously."""
-    parts = rel.split("/")
-    if (
-        not rel
-        or rel.startswith("/")
-        or "\\" in rel
-        or "\0" in rel
-        or any(p in {"", ".", ".."} for p in parts)
-    ):
+    if not is_safe_relpath(rel):
         raise t.err(key, f"must be a relative path inside the repository without '..', got {rel!r}")
 
 

@@ -33,6 +33,7 @@ from types import MappingProxyType
 
 from safeload import audit
 from safeload._hashing import Advance, parallel, progress_bar
+from safeload._relpath import is_safe_relpath
 from safeload._signers import (
     CertificateSigner,
     KeySigner,
@@ -309,13 +310,13 @@ def _cold(
             claimed = _signed_resources(store.blob_path(sig_record.digest))
             if not entry.files:
                 for rel in claimed:
-                    if rel == sig_rel or not _safe_rel(rel):
+                    if rel == sig_rel or not is_safe_relpath(rel):
                         raise SignatureError(f"{label}: the signature names an unsafe path {rel!r}")
                 expected = dict(claimed)
             # Signed files the policy does not pin are deliberately left out of the folder.
             optional = frozenset(claimed) - frozenset(expected)
         elif unpinned:
-            names = [r for r in registry.list_files(entry.repo, entry.revision) if _safe_rel(r)]
+            names = [r for r in registry.list_files(entry.repo, entry.revision) if is_safe_relpath(r)]
             declared: dict[str, str] = {}
             lister = getattr(registry, "declared_digests", None)
             if lister is not None and entry.revision is not None:
@@ -363,16 +364,6 @@ def _cold(
             extra=extra,
         )
     return _result(entry, record)
-
-
-def _safe_rel(rel: str) -> bool:
-    parts = rel.split("/")
-    return (
-        bool(rel)
-        and not rel.startswith("/")
-        and "\\" not in rel
-        and all(p not in {"", ".", ".."} for p in parts)
-    )
 
 
 def _check_coverage(

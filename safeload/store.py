@@ -43,6 +43,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from safeload._hashing import Advance, copy_and_hash, hash_fd
+from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError
 
 __all__ = ["BlobRecord", "GcReport", "ModelRecord", "Store", "VerifyReport"]
@@ -460,8 +461,7 @@ class Store:
         folder = staging / f"folder-{secrets.token_hex(8)}"
         folder.mkdir(mode=0o755)
         for rel in files:
-            parts = rel.split("/")
-            if not rel or rel.startswith("/") or "\\" in rel or any(p in {"", ".", ".."} for p in parts):
+            if not is_safe_relpath(rel):
                 raise IntegrityError(
                     f"{rel!r} is not a relative path inside a model folder; nothing was stored"
                 )
