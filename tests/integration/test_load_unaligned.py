@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +40,14 @@ print(json.dumps({"offsets": offsets, "ptr": z.data_ptr() % 16, "picked": torch.
 """
 
 
+def _in_child(script: str, path: Path) -> Any:
+    """Run ``script`` on ``path`` in a fresh interpreter; a crash fails the test, not the test run."""
+    proc = subprocess.run([sys.executable, "-c", script, str(_REPO), str(path)], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"the child crashed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _legacy_with_complex_at_8_mod_16(tmp_path: Path) -> tuple[Path, torch.Tensor]:
     z = torch.complex(torch.arange(16, dtype=torch.float64), -torch.arange(16, dtype=torch.float64))
     # The raw storages follow the pickles back to back; pad a string until the complex storage lands at
@@ -55,10 +64,7 @@ def _legacy_with_complex_at_8_mod_16(tmp_path: Path) -> tuple[Path, torch.Tensor
 
 def test_complex128_at_8_mod_16_is_copied_and_indexes_safely(tmp_path: Path) -> None:
     path, z = _legacy_with_complex_at_8_mod_16(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(_REPO), str(path)], capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert proc.returncode == 0, f"the load crashed (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _in_child(_CHILD, path)
     assert got["offsets"] == [8]  # the file really holds it misaligned
     assert got["ptr"] == 0
     assert got["picked"] == torch.view_as_real(z[torch.tensor([3, 1, 7])]).tolist()
@@ -136,10 +142,7 @@ def _legacy_misaligned(tmp_path: Path) -> tuple[Path, dict[str, int]]:
 
 def test_misaligned_storages_map_zero_copy_and_compute_like_aligned_ones(tmp_path: Path) -> None:
     path, offsets = _legacy_misaligned(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", _BATTERY, str(_REPO), str(path)], capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, f"the child crashed (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _in_child(_BATTERY, path)
     assert set(report) == {dt.__repr__().split(".")[1] for dt in _DTYPES}
     assert {k: v["wrong"] for k, v in report.items()} == {k: [] for k in report}
     for name, off in offsets.items():
