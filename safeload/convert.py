@@ -41,6 +41,7 @@ __all__ = [
     "convert_file",
     "convert_sharded",
     "converted_index",
+    "converted_path",
     "safetensors_name",
     "sha256_file",
 ]
@@ -507,6 +508,12 @@ def cached_conversion(
     finally:
         if opened is not None:
             os.close(opened[0])
+
+
+def converted_path(policy: Policy, sha256: str) -> Path:
+    """Where :func:`cached_conversion` keeps the safetensors form of the checkpoint whose digest is
+    ``sha256`` (``sha256:<hex>``); the file exists once that checkpoint has been converted."""
+    return _cache_paths(Path(policy.store).expanduser() / "converted", sha256.partition(":")[2])[0]
 
 
 def _cache_paths(converted: Path, digest: str) -> tuple[Path, Path]:

@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeload.convert import cached_conversion, converted_index, safetensors_name, sha256_file
+from safeload.convert import (
+    cached_conversion,
+    converted_index,
+    converted_path,
+    safetensors_name,
+    sha256_file,
+)
 from safeload.errors import IntegrityError, UnsafeContentError, UntrustedSourceError
 from safeload.policy import Policy
 from safeload.resolve import fetch_model, open_verified_local
@@ -119,10 +125,8 @@ def _warm_jail_for(pins: Mapping[str, str], policy: Policy) -> None:
     of a process). Nothing waits for the thread: the conversion runs the same checks itself, under the
     launcher's own locking, and reports any failure with its own error.
     """
-    converted = Path(policy.store).expanduser() / "converted" / "sha256"
     for rel, digest in pins.items():
-        hexdigest = digest.partition(":")[2]
-        if _is_weight_bin(rel.rsplit("/", 1)[-1]) and not (converted / f"{hexdigest}.safetensors").exists():
+        if _is_weight_bin(rel.rsplit("/", 1)[-1]) and not converted_path(policy, digest).exists():
             threading.Thread(target=_warm_jail, name="safeload-jail-warmup", daemon=True).start()
             return
 
