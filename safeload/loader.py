@@ -18,7 +18,7 @@ import shutil
 import stat
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +53,10 @@ _COPY_CHUNK = 1 << 22
 def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
     """Open ``f`` once for reading; return the descriptor and a name for messages.
 
-    A path is opened read-only and must be a regular file. A file object is copied, from its current
-    position, into a private memory file sealed against writes, so that the bytes loaded cannot change
-    under the loader.
+    A path is opened read-only and must be a regular file; it is used in place (tensors map it) when
+    only the caller or root can change it. A file someone else may write, and a file object, are copied
+    into a private memory file sealed against writes, so that the bytes loaded cannot change under the
+    loader or the tensors (nor be truncated away, which would fault the caller with SIGBUS).
 
     Raises:
         FileNotFoundError, IsADirectoryError, PermissionError: as ``open`` would.
@@ -65,15 +66,23 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
         name = os.fspath(f)
         # [files] pins: a pinned path is copied into the store while hashed and the copy is opened.
         fd = os.open(local_load_path(name, policy), os.O_RDONLY | os.O_CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(f"{name} is not a regular file")
+            if not _others_may_write(fd, st):
+                return fd, name
+            copy = _sealed_copy(lambda out: _copy_fd(fd, out, st.st_size))
+        except BaseException:
             os.close(fd)
-            raise IsADirectoryError(f"{name} is not a regular file")
-        return fd, name
+            raise
+        os.close(fd)
+        return copy, name
     read = getattr(f, "read", None)
     if read is None:
         raise TypeError(f"safeload.load expects a path or a binary file object, not {type(f).__name__}")
-    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
+
+    def copy_object(out: int) -> None:
         while True:
             chunk = read(_COPY_CHUNK)
             if not chunk:
@@ -82,14 +91,43 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
                 raise TypeError("safeload.load needs a file object opened in binary mode")
             view = memoryview(chunk)
             while view:
-                view = view[os.write(fd, view) :]
-        # Sealed: nobody (not even a worker that inherited the descriptor) can change the bytes now.
+                view = view[os.write(out, view) :]
+
+    return _sealed_copy(copy_object), str(getattr(f, "name", "<file object>"))
+
+
+def _others_may_write(fd: int, st: os.stat_result) -> bool:
+    """Whether anyone but the caller and root may change the file (owner, group/other bits, an ACL)."""
+    if st.st_uid not in (os.geteuid(), 0) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return True
+    try:
+        os.getxattr(fd, "system.posix_acl_access")
+    except OSError:
+        return False  # no ACL (or none supported): the mode bits are the whole story
+    return True
+
+
+def _copy_fd(src: int, out: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        n = os.sendfile(out, src, offset, min(size - offset, 1 << 30))
+        if n == 0:
+            break  # the file shrank meanwhile: the copy holds what was there
+        offset += n
+
+
+def _sealed_copy(fill: Callable[[int], None]) -> int:
+    """A private memory file filled by ``fill(fd)``, then sealed: nobody (not even a worker that inherits
+    the descriptor) can change its bytes."""
+    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        fill(fd)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
                     fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     except BaseException:
         os.close(fd)
         raise
-    return fd, str(getattr(f, "name", "<file object>"))
+    return fd
 
 
 def _sandbox_limits(policy: Policy) -> Any:
