@@ -126,7 +126,12 @@ def _warm_jail_for(pins: Mapping[str, str], policy: Policy) -> None:
     launcher's own locking, and reports any failure with its own error.
     """
     for rel, digest in pins.items():
-        if _is_weight_bin(rel.rsplit("/", 1)[-1]) and not converted_path(policy, digest).exists():
+        base = rel.rsplit("/", 1)[-1]
+        if (
+            _is_weight_bin(base)
+            and _sibling(rel, safetensors_name(base)) not in pins  # else transformers reads that one
+            and not converted_path(policy, digest).exists()
+        ):
             threading.Thread(target=_warm_jail, name="safeload-jail-warmup", daemon=True).start()
             return
 
