@@ -59,7 +59,10 @@ def host_processes_with(token: str) -> list[int]:
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if token.encode() in cmdline and state != "Z":
+        # setpriv is the launcher's privilege drop: it runs as root by design until it has dropped the ids
+        # and exec'd the next program (whose arguments still hold the token), so it is not a jailed process.
+        program = os.path.basename(cmdline.split(b"\0")[0])
+        if token.encode() in cmdline and state != "Z" and program != b"setpriv":
             found.append(int(entry))
     return found
 
