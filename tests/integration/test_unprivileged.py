@@ -2,9 +2,10 @@
 
 Most users run inference as a normal account; this path skips the launcher's privilege drop and the
 staging handover entirely. Run as root (as CI is), the test starts a child as a fresh unprivileged uid
-with the distribution's interpreter (a pyenv Python under /root is out of its reach); run by an ordinary
-user, the child simply runs as that user. Either way the child loads a benign checkpoint and one whose
-pickle calls ``os.system``, inertly and in execute mode, and the payload must leave no trace.
+with the interpreter the jail itself would use (a pyenv Python under /root is out of its reach); run by
+an ordinary user, the child simply runs as that user. Either way the child loads a benign checkpoint
+and one whose pickle calls ``os.system``, inertly and in execute mode, and the payload must leave no
+trace.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from sandbox._privileges import jail_interpreter
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -67,8 +70,7 @@ def _interpreter() -> tuple[list[str], dict[str, str]]:
     if os.geteuid() != 0:
         return [sys.executable], env
     uid = 0x6A000000 + secrets.randbelow(1 << 20)  # an id no file or process uses
-    python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    assert Path(python).exists(), f"{python} is needed to run as an ordinary user"
+    python, _ = jail_interpreter()  # the interpreter a user without access to root's files can run
     return [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             "--", python], env
 
