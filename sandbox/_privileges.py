@@ -47,6 +47,7 @@ Without root, bubblewrap maps the sandbox uid to the caller's own uid, which hol
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
@@ -74,6 +75,7 @@ __all__ = [
     "probe_bwrap",
     "reachable",
     "readable_input",
+    "sweep_stale_staging",
 ]
 
 # 0x7F000000 up to, not into, systemd's "foreign" range 0x7FFE0000-0x7FFEFFFF; below 2^31, which some
@@ -285,6 +287,61 @@ def jail_interpreter() -> tuple[str, str]:
     )
 
 
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def _sweep_once(base: str) -> None:
+    with _swept_lock:
+        if base in _swept:
+            return
+        _swept.add(base)
+    sweep_stale_staging(base)
+
+
+def sweep_stale_staging(base: str) -> int:
+    """Remove staging folders in ``base`` that runs killed before their clean-up left behind.
+
+    A run locks its staging folder (``flock``) before handing it to the jail's uid and holds the lock
+    until the folder is gone, so a folder owned by a jail's uid that can be locked belongs to no live
+    run. Only folders named ``safeload-out-<uid>`` and owned by that uid, from the reserved range, are
+    considered: a folder still owned by root may be another process's claim in the instant between
+    ``mkdir`` and its lock, and symlinks and anything else are left alone. Returns how many were removed.
+    """
+    removed = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        suffix = name[len(_STAGE_PREFIX):]
+        if not name.startswith(_STAGE_PREFIX) or not suffix.isascii() or not suffix.isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != int(suffix) or st.st_uid not in JAIL_ID_RANGE:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live run's
+            # Still the folder that was locked (only root or its owner uid, which runs nothing now, could
+            # have swapped it); rmtree does not follow symlinks inside it.
+            if os.path.samestat(st, os.lstat(path)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += not os.path.lexists(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
 def claim_staging() -> tuple[JailIds, Path, int]:
     """Fresh ids for one run, and its output folder: owned by them, with a descriptor on it.
 
@@ -304,6 +361,7 @@ def claim_staging() -> tuple[JailIds, Path, int]:
             f"the jail runs as {JAIL_USER}, which cannot reach the temporary folder {base}; set TMPDIR "
             "to a folder every user can search (such as /tmp)"
         )
+    _sweep_once(base)
     for _ in range(_CLAIM_ATTEMPTS):
         ids = fresh_jail_ids(base)
         path = Path(base) / f"{_STAGE_PREFIX}{ids.uid}"
@@ -314,6 +372,12 @@ def claim_staging() -> tuple[JailIds, Path, int]:
         except OSError as exc:
             raise SandboxError(f"could not make the jail's staging folder {path}: {exc}") from exc
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # Held until the run's descriptor is closed: a sweep in another process leaves the folder alone.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweep took it in the instant after mkdir: draw again
+            os.close(fd)
+            continue
         try:
             os.fchmod(fd, 0o700)
             os.fchown(fd, ids.uid, ids.gid)

@@ -306,3 +306,40 @@ def test_input_whose_acl_lets_the_jail_write_it_is_not_handed_over(
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[0] == str(uid), "the jail did not run as the uid the ACL names"
     assert artifact.read_bytes() == b"original bytes", run.stdout
+
+
+_KILLED_CALLER = r"""
+import sys, tempfile
+sys.path.insert(0, sys.argv[1])
+tempfile.tempdir = sys.argv[2]
+from sandbox import launcher
+launcher._run_python_in_jail("import time; time.sleep(60)")
+"""
+
+_NEXT_CALLER = r"""
+import sys, tempfile
+sys.path.insert(0, sys.argv[1])
+tempfile.tempdir = sys.argv[2]
+from sandbox import launcher
+assert launcher._run_python_in_jail("print(1)").stdout == "1\n"
+"""
+
+
+def test_a_killed_callers_staging_folder_is_swept_by_the_next_process(temp_base: Path) -> None:
+    repo = str(Path(__file__).resolve().parents[2])
+    caller = subprocess.Popen([sys.executable, "-c", _KILLED_CALLER, repo, str(temp_base)])
+    try:
+        deadline = time.monotonic() + 30
+        left: list[Path] = []
+        while not left and time.monotonic() < deadline:
+            left = [p for p in temp_base.iterdir() if p.name.startswith("safeload-out-")
+                    and p.stat().st_uid in _privileges.JAIL_ID_RANGE]
+            time.sleep(0.05)
+        assert left, "the jail never started"
+        time.sleep(0.3)
+    finally:
+        caller.kill()  # SIGKILL: no clean-up runs; bubblewrap's --die-with-parent ends the jail
+        caller.wait()
+    assert all(p.exists() for p in left)  # what a killed caller leaves behind
+    subprocess.run([sys.executable, "-c", _NEXT_CALLER, repo, str(temp_base)], check=True, timeout=60)
+    assert not any(p.exists() for p in left)

@@ -233,3 +233,44 @@ def test_interpreter_is_reachable_by_the_jail() -> None:
     assert python.startswith(prefix.rstrip("/") + "/")
     if priv.drop_privileges():
         assert priv.reachable(python)
+
+
+def test_sweep_removes_what_killed_runs_left_and_nothing_else(tmp_path: Path) -> None:
+    import fcntl
+
+    base = tmp_path / "tmp"
+    base.mkdir()
+    base.chmod(0o1777)
+    root = os.geteuid() == 0  # only root stages through jail-owned folders, and only root can make them
+
+    def staging(uid: int, owner: int | None = None) -> Path:
+        path = base / f"safeload-out-{uid}"
+        path.mkdir(mode=0o700)
+        if root:
+            os.chown(path, uid if owner is None else owner, uid if owner is None else owner)
+        return path
+
+    ids = [priv.fresh_jail_ids(str(base)).uid for _ in range(4)]
+    stale = staging(ids[0])
+    (stale / "sub").mkdir()
+    (stale / "sub" / "tensors.safetensors").write_bytes(b"x" * 100)
+    os.symlink("/etc/passwd", stale / "link")  # removed as a link, never followed
+    live = staging(ids[1])
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what a running load holds on its folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_bytes(b"k")
+    (base / f"safeload-out-{ids[2]}").symlink_to(elsewhere)
+    claiming = staging(ids[3], owner=os.geteuid())  # another process between mkdir and its lock
+    impostor = staging(_unissued(), owner=12345)  # right name, an ordinary user's folder
+    (base / "safeload-outside").mkdir()
+    try:
+        assert priv.sweep_stale_staging(str(base)) == (1 if root else 0)
+    finally:
+        os.close(held)
+    assert stale.exists() != root
+    assert live.is_dir() and claiming.is_dir() and impostor.is_dir() and (base / "safeload-outside").is_dir()
+    assert (elsewhere / "keep").exists() and Path("/etc/passwd").exists()
+    assert priv.sweep_stale_staging(str(base)) == (1 if root else 0)  # the run ended: its folder goes now
+    assert live.exists() != root
