@@ -178,13 +178,8 @@ def _load_mapped(
             yield _loader._load_safetensors(fd, name, "cpu"), None
             return
         manifest, outputs = _loader._run_jail(fd, size, pol, mode)
-        if weights_only and manifest.stub_globals:
-            names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
-            raise UnsafeContentError(
-                f"{name} references globals that are not plain data ({names}); nothing from it was run. "
-                "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
-                "tensors with safeload convert"
-            )
+        if weights_only:
+            _loader._refuse_code(name, manifest)
         raw = _loader._raw_storages(manifest, fd, size, outputs)
         bases = {
             t.data_ptr() - spec.offset

@@ -374,18 +374,24 @@ def _no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-def _load_from_jail(
-    fd: int, size: int, name: str, pol: Policy, mode: Literal["inert", "execute"], map_location: MapLocation,
-    weights_only: bool | None,
-) -> Any:
-    manifest, tensors = _run_jail(fd, size, pol, mode)
-    if weights_only and manifest.stub_globals:
+def _refuse_code(name: str, manifest: Manifest) -> None:
+    """``weights_only=True``: a checkpoint that references any code-bearing global is refused whole."""
+    if manifest.stub_globals:
         names = ", ".join(f"{g.module}.{g.name}" for g in manifest.stub_globals[:20])
         raise UnsafeContentError(
             f"{name} references globals that are not plain data ({names}); nothing from it was run. "
             "Load it with weights_only=False to get them back as safeload.Stub values, or re-save the "
             "tensors with safeload convert"
         )
+
+
+def _load_from_jail(
+    fd: int, size: int, name: str, pol: Policy, mode: Literal["inert", "execute"], map_location: MapLocation,
+    weights_only: bool | None,
+) -> Any:
+    manifest, tensors = _run_jail(fd, size, pol, mode)
+    if weights_only:
+        _refuse_code(name, manifest)
     raw = _raw_storages(manifest, fd, size, tensors)
     result = build(manifest, raw, make_restore(map_location))
     if torch.cuda.is_available():
