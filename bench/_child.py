@@ -306,6 +306,30 @@ def _case_verify_cold(p: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": elapsed, "bytes": p["nbytes"], "throughput": p["nbytes"] / elapsed, "rss_before": rss0}
 
 
+def _case_verify_staged(p: dict[str, Any]) -> dict[str, Any]:
+    """The verification step of a Hub fetch: files a registry delivered into the store's private staging
+    folder are hashed in place against their pins and become blobs (``Store.ingest_owned``, in parallel,
+    exactly as ``fetch_model`` runs it). The delivery itself (a copy, standing in for the download) is
+    made and flushed before the clock starts."""
+    load_policy = _require("safeload.policy", "load_policy")
+    store_cls = _require("safeload.store", "Store")
+    parallel = _require("safeload._hashing", "parallel")
+    policy = load_policy()
+    store = store_cls(policy.store)
+    pins: dict[str, str] = p["pins"]
+    with store.staging() as staging:
+        delivered = []
+        for name in sorted(pins):
+            subprocess.run(["cp", str(Path(p["path"]) / name), str(staging / name)], check=True)
+            delivered.append(staging / name)
+        _read_tree(staging)
+        os.sync()
+        t0 = time.perf_counter()
+        parallel(lambda f: store.ingest_owned(f, staging, expected=pins[f.name], what=f.name), delivered)
+        elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "bytes": p["nbytes"], "throughput": p["nbytes"] / elapsed}
+
+
 def _case_store_warm(p: dict[str, Any]) -> dict[str, Any]:
     fetch = _fetch(p)
     t0 = time.perf_counter()
@@ -352,6 +376,7 @@ CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "sha256": _case_sha256,
     "read_files": _case_read_files,
     "verify_cold": _case_verify_cold,
+    "verify_staged": _case_verify_staged,
     "store_warm": _case_store_warm,
     "hf_plain": _case_hf_plain,
     "hf_safeload": _case_hf_safeload,

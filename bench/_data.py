@@ -66,6 +66,11 @@ class Dataset:
     def nbytes(self, repo: str) -> int:
         return sum(p.stat().st_size for p in self.model_dir(repo).rglob("*") if p.is_file())
 
+    def pins(self, repo: str) -> dict[str, str]:
+        """The sha256 pin of every file of ``repo``, by repository-relative name."""
+        files: dict[str, str] = json.loads((self.root / "pins.json").read_text())[repo]["files"]
+        return files
+
     def policy_text(self, store: Path) -> str:
         """A ``trust.toml`` with a ``directory`` registry pinning every generated model folder."""
         pins = json.loads((self.root / "pins.json").read_text())
