@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -74,12 +74,14 @@ class HuggingFaceRegistrySpec:
     """``[registries.NAME] kind = "huggingface"``: a Hub (or mirror) at ``endpoint``.
 
     ``token_env`` names the environment variable holding the access token (default: huggingface_hub's own
-    ``HF_TOKEN`` / stored login).
+    ``HF_TOKEN`` / stored login). ``max_file_bytes`` caps every download: no file is written past it, nor
+    past the size the server itself announced.
     """
 
     name: str
     endpoint: str
     token_env: str | None = None
+    max_file_bytes: int = 64 << 30
     kind: Literal["huggingface"] = "huggingface"
 
 
@@ -251,12 +253,18 @@ def _parse_sandbox(t: _Table) -> SandboxSettings:
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
     kind = t.choice("kind", ("huggingface", "directory"), "")
     if kind == "huggingface":
-        t.check_keys({"kind", "endpoint", "token_env"})
+        t.check_keys({"kind", "endpoint", "token_env", "max_file_size"})
         endpoint = t.req_str("endpoint")
         if not re.match(r"^https?://[^/\s]+", endpoint):
             raise t.err("endpoint", f"must be an http(s) URL like 'https://huggingface.co', got {endpoint!r}")
         token_env = t.str_("token_env")
-        return HuggingFaceRegistrySpec(name=name, endpoint=endpoint.rstrip("/"), token_env=token_env)
+        spec = HuggingFaceRegistrySpec(name=name, endpoint=endpoint.rstrip("/"), token_env=token_env)
+        if "max_file_size" in t.data:
+            try:
+                spec = replace(spec, max_file_bytes=parse_size(t.data["max_file_size"]))
+            except ValueError as e:
+                raise t.err("max_file_size", str(e)) from None
+        return spec
     t.check_keys({"kind", "path"})
     return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
 

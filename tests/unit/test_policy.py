@@ -39,6 +39,7 @@ max_output = "1GiB"
 kind = "huggingface"
 endpoint = "http://127.0.0.1:9/"
 token_env = "ACME_TOKEN"
+max_file_size = "20GiB"
 [registries.local]
 kind = "directory"
 path = "models"
@@ -84,7 +85,7 @@ def test_good_policy_parses(tmp_path: Path) -> None:
     assert p.sandbox.timeout_s == 120.0
     assert p.sandbox.memory_bytes == 512 << 20
     assert p.sandbox.max_output_bytes == 1 << 30
-    assert p.registries["hub"] == HuggingFaceRegistrySpec("hub", "http://127.0.0.1:9", "ACME_TOKEN")
+    assert p.registries["hub"] == HuggingFaceRegistrySpec("hub", "http://127.0.0.1:9", "ACME_TOKEN", 20 << 30)
     assert p.registries["local"] == DirectoryRegistrySpec("local", tmp_path / "models")
     assert p.signers["k"] == KeySigner("k", tmp_path / "keys/acme.pub")
     assert p.signers["c"] == CertificateSigner(
@@ -148,6 +149,10 @@ BAD: list[tuple[str, str, str]] = [
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\n", "registries.hub.endpoint:", "is required"),
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'ftp://x'\n",
      "registries.hub.endpoint:", "http(s) URL"),
+    ("version = 1\n" + HUB + "max_file_size = '5 tons'\n", "registries.hub.max_file_size:", "'8GiB'"),
+    ("version = 1\n" + HUB + "max_file_size = 0\n", "registries.hub.max_file_size:", "positive"),
+    ("version = 1\n[registries.d]\nkind = 'directory'\npath = '/x'\nmax_file_size = '1GiB'\n",
+     "registries.d.max_file_size:", "unknown key"),
     ("version = 1\n[registries.d]\nkind = 'directory'\n", "registries.d.path:", "is required"),
     ("version = 1\n[registries.d]\nkind = 'directory'\npath = '/x'\nendpoint = 'http://x'\n",
      "registries.d.endpoint:", "unknown key"),
