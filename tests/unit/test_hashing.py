@@ -77,3 +77,32 @@ def test_a_failing_write_stops_the_pipelined_copy(tmp_path: Path) -> None:
         os.close(s)
         os.close(d)
     assert not [t for t in threading.enumerate() if t.name == "safeload-hash-pipe"]
+
+
+def _resident(path: Path) -> int:
+    """Bytes of ``path`` in the page cache (util-linux fincore, i.e. mincore(2))."""
+    import subprocess
+
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+@pytest.mark.parametrize("size", [3 * _BLOCK + 7, 40 * _BLOCK + 3])  # the serial and the pipelined copy
+def test_copy_and_hash_drops_the_source_from_the_page_cache(tmp_path: Path, size: int) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    with open(src, "wb") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())  # dirty pages are never dropped; a written-back file is the normal case
+    assert src.read_bytes()  # now cached
+    assert _resident(src) >= size - 4096
+    s = os.open(src, os.O_RDONLY)
+    d = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _hashing.copy_and_hash(s, d)
+    finally:
+        os.close(s)
+        os.close(d)
+    assert _resident(src) == 0, "the copied source still occupies the page cache"
+    assert _resident(dst) >= size - 4096, "the copy itself should stay cached for the load that follows"
