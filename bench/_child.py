@@ -292,6 +292,14 @@ def _case_read_files(p: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "bytes": n}
 
 
+def _case_store_read(p: dict[str, Any]) -> dict[str, Any]:
+    """Reading a stored model's files without safeload: the folder is looked up before the clock starts."""
+    folder = Path(_fetch(p)().folder)
+    t0 = time.perf_counter()
+    n = _read_tree(folder)
+    return {"seconds": time.perf_counter() - t0, "bytes": n}
+
+
 def _fetch(p: dict[str, Any]) -> Callable[[], Any]:
     fetch_model = _require("safeload.resolve", "fetch_model")
     return lambda: fetch_model(p["name"], progress=False)
@@ -375,6 +383,7 @@ CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "jail_start": _case_jail_start,
     "sha256": _case_sha256,
     "read_files": _case_read_files,
+    "store_read": _case_store_read,
     "verify_cold": _case_verify_cold,
     "verify_staged": _case_verify_staged,
     "store_warm": _case_store_warm,
