@@ -11,14 +11,13 @@ Layout under the store root::
 
 Bytes become visible only by ``rename``: a blob is hashed while it is written to a temp file in staging,
 made read-only, then renamed to its digest (a copied source's clean pages are dropped from the page cache
-behind the copy, since the blob is what will be read from then on); files a download left in this
-process's staging folder are hashed in place instead of copied; a model folder is built in staging and renamed into
+behind the copy, since the blob is what will be read from then on); files a download left in this process's
+staging folder are hashed in place instead of copied; a model folder is built in staging and renamed into
 place after every file in it is verified. A process killed at any point leaves only staging litter, which
 :meth:`Store.gc` removes. Blobs are not fsynced by default (``Store(root, durable=True)`` does): a kill
-cannot lose page-cache data, and after a power loss a blob whose data did not reach the disk has a
-different size or ctime than its recorded fingerprint, so the next load re-hashes it and refuses it.
-Two processes fetching the same model serialise on the model's lock; the second finds the folder and
-returns it.
+cannot lose page-cache data, and after a power loss a blob whose data did not reach the disk has a different
+size or ctime than its recorded fingerprint, so the next load re-hashes it and refuses it. Two processes
+fetching the same model serialise on the model's lock; the second finds the folder and returns it.
 
 Warm loads do not re-hash: each blob's size, inode, mtime and ctime are recorded when it is verified, and
 a warm load compares them with one ``stat`` per file. Any difference means the bytes may have changed: the
