@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,16 +300,24 @@ def _sweep_once(base: str) -> None:
     sweep_stale_staging(base)
 
 
-def sweep_stale_staging(base: str) -> int:
+# A claim locks its folder microseconds after making it; an unlocked folder of the caller's this much older
+# is not a claim in progress but a run killed after it took its output back.
+_CLAIM_GRACE_S = 600.0
+
+
+def sweep_stale_staging(base: str, *, now: float | None = None) -> int:
     """Remove staging folders in ``base`` that runs killed before their clean-up left behind.
 
     A run locks its staging folder (``flock``) before handing it to the jail's uid and holds the lock
-    until the folder is gone, so a folder owned by a jail's uid that can be locked belongs to no live
-    run. Only folders named ``safeload-out-<uid>`` and owned by that uid, from the reserved range, are
-    considered: a folder still owned by root may be another process's claim in the instant between
-    ``mkdir`` and its lock, and symlinks and anything else are left alone. Returns how many were removed.
+    until the folder is gone, so a folder that can be locked belongs to no live run. Only folders named
+    ``safeload-out-<uid>`` (a uid from the reserved range) are considered, and only when owned by that
+    uid, or by root (the caller, which takes the folder back after the worker ends) and unchanged for
+    ``_CLAIM_GRACE_S``: a younger root-owned folder may be another process's claim in the instant
+    between ``mkdir`` and its lock. Symlinks and anything else are left alone. ``now`` stands in for the
+    clock. Returns how many were removed.
     """
     removed = 0
+    now = time.time() if now is None else now
     try:
         names = os.listdir(base)
     except OSError:
@@ -324,7 +333,10 @@ def sweep_stale_staging(base: str) -> int:
             continue
         try:
             st = os.fstat(fd)
-            if st.st_uid != int(suffix) or st.st_uid not in JAIL_ID_RANGE:
+            if int(suffix) not in JAIL_ID_RANGE:
+                continue
+            taken_back = st.st_uid == os.geteuid() == 0 and now - st.st_ctime > _CLAIM_GRACE_S
+            if st.st_uid != int(suffix) and not taken_back:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

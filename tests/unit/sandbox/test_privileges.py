@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -274,3 +275,11 @@ def test_sweep_removes_what_killed_runs_left_and_nothing_else(tmp_path: Path) ->
     assert (elsewhere / "keep").exists() and Path("/etc/passwd").exists()
     assert priv.sweep_stale_staging(str(base)) == (1 if root else 0)  # the run ended: its folder goes now
     assert live.exists() != root
+    # A root-owned folder unchanged for longer than any claim takes to lock it: a run killed after it took
+    # its output back. Only then does it go, with what the worker wrote; the impostor stays.
+    (claiming / "tensors.safetensors").write_bytes(b"x" * 100)
+    later = time.time() + priv._CLAIM_GRACE_S + 60
+    assert priv.sweep_stale_staging(str(base), now=time.time() + priv._CLAIM_GRACE_S - 60) == 0
+    assert priv.sweep_stale_staging(str(base), now=later) == (1 if root else 0)
+    assert claiming.exists() != root
+    assert impostor.is_dir() and (base / "safeload-outside").is_dir()
