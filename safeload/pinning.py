@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from types import MappingProxyType
 
-from safeload._hashing import parallel
 from safeload.errors import PolicyError, UntrustedSourceError
 from safeload.policy import (
     DirectoryRegistrySpec,
@@ -35,6 +34,7 @@ from safeload.policy import (
     parse_policy,
 )
 from safeload.registries import open_registry
+from safeload.resolve import _declared_digests, _fetch_files
 from safeload.store import Store
 
 if sys.version_info >= (3, 11):
@@ -140,22 +140,12 @@ def hash_repo(
     names = registry.list_files(repo, revision)
     if not names:
         raise UntrustedSourceError(f"{spec.name}: {repo}@{revision} has no files")
-    declared: dict[str, str] = {}
-    lister = getattr(registry, "declared_digests", None)
-    if lister is not None and revision is not None:
-        declared = lister(repo, revision, names)
+    expected = _declared_digests(registry, repo, revision, names)
     store = Store(policy.store)
     with store.staging() as staging:
-
-        def one(rel: str) -> tuple[str, str]:
-            got = registry.deliver(repo, revision, [rel], staging)
-            ingest = store.ingest_owned if got.private else store.ingest_copy
-            rec = ingest(
-                got.paths[rel], staging, expected=declared.get(rel), what=f"{spec.name}:{repo}:{rel}"
-            )
-            return rel, rec.digest
-
-        return dict(parallel(one, names, workers=4))
+        label = f"{spec.name}:{repo}"
+        records = _fetch_files(store, registry, repo, revision, expected, staging, label, progress)
+    return {rel: record.digest for rel, record in records.items()}
 
 
 def pin_model(

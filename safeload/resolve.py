@@ -317,18 +317,14 @@ def _cold(
             optional = frozenset(claimed) - frozenset(expected)
         elif unpinned:
             names = [r for r in registry.list_files(entry.repo, entry.revision) if is_safe_relpath(r)]
-            declared: dict[str, str] = {}
-            lister = getattr(registry, "declared_digests", None)
-            if lister is not None and entry.revision is not None:
-                declared = lister(entry.repo, entry.revision, names)
-            expected = {rel: declared.get(rel) for rel in names}
+            expected = _declared_digests(registry, entry.repo, entry.revision, names)
         if not expected:
             raise UntrustedSourceError(f"{label}: nothing to fetch (no pinned files)")
 
         # Digests taken from the signature's own (not yet verified) claims only steer downloads; a
         # mismatch there is the signature's failure to report, so those files are stored unchecked.
         checked = expected if entry.files or signer is None else dict.fromkeys(expected)
-        records = _fetch_files(store, registry, entry, checked, staging, label, progress)
+        records = _fetch_files(store, registry, entry.repo, entry.revision, checked, staging, label, progress)
         built = store.build_folder(staging, records)
         verified: VerifiedSignature | None = None
         if signer is not None:
@@ -399,15 +395,37 @@ def _ingest(
     return ingest(path, staging, expected=expected, what=what, advance=advance)
 
 
+def _declared_digests(
+    registry: Registry, repo: str, revision: str | None, names: Sequence[str]
+) -> dict[str, str | None]:
+    """Each of ``names`` with the sha256 the registry declares for it (a Hub's LFS files), else None.
+
+    A declaration is only a claim: the bytes are checked against it as they are stored.
+    """
+    declared: dict[str, str] = {}
+    lister = getattr(registry, "declared_digests", None)
+    if lister is not None and revision is not None:
+        declared = lister(repo, revision, names)
+    return {rel: declared.get(rel) for rel in names}
+
+
 def _fetch_files(
     store: Store,
     registry: Registry,
-    entry: ModelEntry,
+    repo: str,
+    revision: str | None,
     expected: Mapping[str, str | None],
     staging: Path,
     label: str,
     progress: bool | None,
 ) -> dict[str, BlobRecord]:
+    """Deliver ``expected``'s files of ``repo`` at ``revision`` into ``staging`` and hash them into the
+    store (in parallel, with a progress bar), each against its digest where one is given.
+
+    Raises:
+        UntrustedSourceError: the registry does not have the repo, revision or a file.
+        IntegrityError: a file's bytes differ from its expected digest.
+    """
     records: dict[str, BlobRecord] = {}
     missing: list[str] = []
     for rel, digest in expected.items():
@@ -424,7 +442,7 @@ def _fetch_files(
         return records
 
     def download(rel: str) -> tuple[str, Delivered]:
-        return rel, registry.deliver(entry.repo, entry.revision, [rel], staging)
+        return rel, registry.deliver(repo, revision, [rel], staging)
 
     delivered = dict(parallel(download, missing, workers=_DOWNLOAD_WORKERS))
     total = 0
