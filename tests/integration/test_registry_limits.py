@@ -157,3 +157,22 @@ def test_the_default_cap_is_64_gib(tmp_path: Path, liar_server: tuple[str, Liar]
     endpoint, _ = liar_server
     spec = load_policy(_policy(tmp_path, endpoint)).registries["liar"]
     assert getattr(spec, "max_file_bytes") == 64 << 30
+
+
+def test_the_cap_holds_with_huggingface_hub_progress_bars_disabled(
+    tmp_path: Path, liar_server: tuple[str, Liar]
+) -> None:
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    endpoint, liar = liar_server
+    liar.announce = 2 * _MiB
+    policy = load_policy(_policy(tmp_path, endpoint))
+    disable_progress_bars()  # what HF_HUB_DISABLE_PROGRESS_BARS=1 does
+    try:
+        with pytest.raises(IntegrityError, match="download was stopped"):
+            fetch_model("victim", policy=policy, progress=False)
+    finally:
+        enable_progress_bars()
+    assert liar.done.wait(30)
+    assert liar.sent < 2 * _MiB + SLACK
+    _nothing_stored(tmp_path)
