@@ -11,7 +11,9 @@ Size caps: every download is counted as it arrives (through huggingface_hub's pr
 each chunk before it is written) and stopped with an ``IntegrityError`` as soon as the file would grow past
 the size the server announced or the registry's ``max_file_size``; an announced size above the cap is
 refused before the transfer starts. The sha256 pin is what proves the bytes; the cap only keeps a lying or
-broken server from filling the disk first.
+broken server from filling the disk first. The byte count is proven on plain HTTP transfers (what mirrors
+serve, and what ``HF_HUB_DISABLE_XET=1`` selects); a Xet transfer reports its progress from hf_xet's
+native code, so there only the announced-size check is known to hold.
 
 Xet: safeload leaves ``HF_HUB_DISABLE_XET`` to the user. Whatever transport huggingface_hub picks (plain
 HTTP, or Xet with its own chunk cache), the file it returns is hashed into the store and compared with the
