@@ -326,6 +326,9 @@ def sweep_stale_staging(base: str, *, now: float | None = None) -> int:
         suffix = name[len(_STAGE_PREFIX):]
         if not name.startswith(_STAGE_PREFIX) or not suffix.isascii() or not suffix.isdigit():
             continue
+        uid = int(suffix)
+        if uid not in JAIL_ID_RANGE:
+            continue
         path = os.path.join(base, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -333,10 +336,8 @@ def sweep_stale_staging(base: str, *, now: float | None = None) -> int:
             continue
         try:
             st = os.fstat(fd)
-            if int(suffix) not in JAIL_ID_RANGE:
-                continue
             taken_back = st.st_uid == os.geteuid() == 0 and now - st.st_ctime > _CLAIM_GRACE_S
-            if st.st_uid != int(suffix) and not taken_back:
+            if st.st_uid != uid and not taken_back:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
