@@ -18,9 +18,8 @@ from model_signing import hashing, signing
 
 SIGNATURE_NAME = "model.sig"
 
-# The repository sits beside shared/ on developer machines and in CI.
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURES = SHARED / "fixtures" / "model-signing"
+# Third-party signatures kept in the repository as data (origin and licence in their README).
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "model-signing"
 
 # Identities recorded in the fixtures' README.
 FIXTURE_SIGSTORE_IDENTITY = "stefanb@us.ibm.com"
@@ -34,7 +33,7 @@ SIGSTORE_SIGNING_CONFIG = _SIGSTORE_PROD / "signing_config.v0.2.json"
 
 def fixtures() -> Path:
     """The third-party signature fixtures; a missing folder fails the test rather than skipping it."""
-    assert FIXTURES.is_dir(), f"shared fixtures missing at {FIXTURES}: check out shared/ beside the repo"
+    assert FIXTURES.is_dir(), f"signature fixtures missing at {FIXTURES}: the checkout is incomplete"
     return FIXTURES
 
 

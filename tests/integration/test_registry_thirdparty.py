@@ -1,4 +1,4 @@
-"""Real third-party signatures (shared/fixtures/model-signing) through trust.toml and fetch_model.
+"""Real third-party signatures (tests/fixtures/model-signing) through trust.toml and fetch_model.
 
 Each fixture folder is served by a ``directory`` registry; the policy pins nothing, so the signature
 alone decides which files reach the model folder (``ignore-me`` must not).

@@ -1,4 +1,4 @@
-"""Real third-party model-signing signatures (shared/fixtures/model-signing), verified through safeload.
+"""Real third-party model-signing signatures (tests/fixtures/model-signing), verified through safeload.
 
 The fixtures were signed by the model-transparency maintainers with model-signing 1.1.0: a Sigstore
 keyless signature from the production instance, a certificate-chain signature and an ECDSA key
