@@ -210,10 +210,13 @@ def parallel(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = 
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool | None) -> Iterator[Advance]:
-    """A rich progress bar on stderr when it is a terminal (or ``enabled``); yields ``advance(nbytes)``."""
+def progress_bar(description: str, total: int | None, enabled: bool | None) -> Iterator[Advance]:
+    """A rich progress bar on stderr when it is a terminal (or ``enabled``); yields ``advance(nbytes)``.
+
+    ``total`` None: the size is not known up front (a download), so the bar counts bytes and speed only.
+    """
     show = enabled if enabled is not None else sys.stderr.isatty()
-    if not show or total <= 0:
+    if not show or (total is not None and total <= 0):
         yield _noop
         return
     from rich.console import Console

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
+from urllib.parse import urlsplit
 
 from safeload._relpath import is_safe_relpath
 from safeload._signers import CertificateSigner, KeySigner, Signer, SigstoreSigner
@@ -75,13 +76,17 @@ class HuggingFaceRegistrySpec:
 
     ``token_env`` names the environment variable holding the access token (default: huggingface_hub's own
     ``HF_TOKEN`` / stored login). ``max_file_bytes`` caps every download: no file is written past it, nor
-    past the size the server itself announced.
+    past the size the server itself announced. ``redirect_hosts`` are the hosts (``name``,
+    ``name:port``, ``*.domain``) besides the endpoint that downloads may be redirected to, without
+    credentials: by default the Hub's own file CDNs for ``huggingface.co`` and nothing for any other
+    endpoint.
     """
 
     name: str
     endpoint: str
     token_env: str | None = None
     max_file_bytes: int = 64 << 30
+    redirect_hosts: tuple[str, ...] = ()
     kind: Literal["huggingface"] = "huggingface"
 
 
@@ -253,12 +258,12 @@ def _parse_sandbox(t: _Table) -> SandboxSettings:
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
     kind = t.choice("kind", ("huggingface", "directory"), "")
     if kind == "huggingface":
-        t.check_keys({"kind", "endpoint", "token_env", "max_file_size"})
-        endpoint = t.req_str("endpoint")
-        if not re.match(r"^https?://[^/\s]+", endpoint):
-            raise t.err("endpoint", f"must be an http(s) URL like 'https://huggingface.co', got {endpoint!r}")
+        t.check_keys({"kind", "endpoint", "token_env", "max_file_size", "redirect_hosts"})
+        endpoint = _endpoint(t)
         token_env = t.str_("token_env")
-        spec = HuggingFaceRegistrySpec(name=name, endpoint=endpoint.rstrip("/"), token_env=token_env)
+        spec = HuggingFaceRegistrySpec(
+            name=name, endpoint=endpoint, token_env=token_env, redirect_hosts=_redirect_hosts(t, endpoint)
+        )
         if "max_file_size" in t.data:
             try:
                 spec = replace(spec, max_file_bytes=parse_size(t.data["max_file_size"]))
@@ -267,6 +272,54 @@ def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
         return spec
     t.check_keys({"kind", "path"})
     return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
+
+
+# Where huggingface.co sends file downloads (LFS and Xet-backed files over plain HTTP).
+_HUB_CDNS = ("*.huggingface.co", "*.hf.co")
+_REDIRECT_HOST = re.compile(
+    r"(?:\*\.)?[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?(?::[0-9]{1,5})?|\[[0-9a-f:.]+\]:[0-9]{1,5}"
+)
+
+
+def _endpoint(t: _Table) -> str:
+    endpoint = t.req_str("endpoint")
+    parts = urlsplit(endpoint)
+    ok = (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and parts.password is None
+        and not parts.query
+        and not parts.fragment
+        and not any(c.isspace() for c in endpoint)
+    )
+    if ok:
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            ok = False
+    if not ok:
+        raise t.err(
+            "endpoint",
+            f"must be an http(s) URL like 'https://huggingface.co' (no credentials, query or fragment), got "
+            f"{endpoint!r}",
+        )
+    return endpoint.rstrip("/")
+
+
+def _redirect_hosts(t: _Table, endpoint: str) -> tuple[str, ...]:
+    raw = t.data.get("redirect_hosts")
+    if raw is None:
+        return _HUB_CDNS if (urlsplit(endpoint).hostname or "") == "huggingface.co" else ()
+    if not isinstance(raw, list) or not all(isinstance(h, str) for h in raw):
+        raise t.err("redirect_hosts", f"must be a list of host names, got {raw!r}")
+    for host in raw:
+        if not _REDIRECT_HOST.fullmatch(host.lower()):
+            raise t.err(
+                "redirect_hosts",
+                f"{host!r} is not a host, host:port or *.domain (no scheme, path or bare '*')",
+            )
+    return tuple(h.lower() for h in raw)
 
 
 def _parse_signer(t: _Table, name: str, base: Path) -> Signer:

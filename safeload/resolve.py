@@ -63,7 +63,6 @@ __all__ = [
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DOWNLOAD_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -300,7 +299,7 @@ def _cold(
         if signer is not None:
             sig_rel = entry.signature_path
             try:
-                got = registry.deliver(entry.repo, entry.revision, [sig_rel], staging)
+                got = registry.deliver(entry.repo, entry.revision, {sig_rel: None}, staging)
             except UntrustedSourceError as e:
                 raise SignatureError(
                     f"{label}: the entry names signer {signer.name!r} but its signature {sig_rel!r} could "
@@ -441,12 +440,9 @@ def _fetch_files(
     if not missing:
         return records
 
-    def download(rel: str) -> tuple[str, Delivered]:
-        return rel, registry.deliver(repo, revision, [rel], staging)
-
-    delivered = dict(parallel(download, missing, workers=_DOWNLOAD_WORKERS))
+    got = registry.deliver(repo, revision, {rel: expected[rel] for rel in missing}, staging)
     total = 0
-    for rel, got in delivered.items():
+    for rel in missing:
         try:
             total += got.paths[rel].stat().st_size
         except OSError:
@@ -454,7 +450,7 @@ def _fetch_files(
     with progress_bar(f"verifying {label}", total, progress) as advance:
 
         def ingest(rel: str) -> tuple[str, BlobRecord]:
-            return rel, _ingest(store, delivered[rel], rel, staging, expected[rel], f"{label}:{rel}", advance)
+            return rel, _ingest(store, got, rel, staging, expected[rel], f"{label}:{rel}", advance)
 
         records.update(parallel(ingest, missing))
     return records

@@ -42,7 +42,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -104,11 +104,18 @@ def run_worker(
     input_fd: int,
     output_dir: Path,
     *,
-    mode: Literal["inert", "execute"] = "inert",
+    mode: Literal["inert", "execute", "fetch"] = "inert",
     limits: Limits = _DEFAULT_LIMITS,
     args: Sequence[str] = (),
+    inherit: Sequence[int] = (),
+    on_output: Callable[[int], None] | None = None,
 ) -> WorkerRun:
     """Run the worker on the artifact open at ``input_fd``, writing into ``output_dir``.
+
+    ``mode="fetch"`` runs the download worker (:mod:`sandbox.fetch` prepares its job) in the same jail
+    as the inert one. ``inherit`` are further descriptors the jail keeps under their numbers (the fetch's
+    connection broker); ``on_output`` is called with the output folder's size in bytes about ten times a
+    second while the worker runs (progress bars).
 
     Inside the jail the artifact is ``/in/artifact`` (read-only; it may be a symlink to the inherited
     descriptor, so open it without ``O_NOFOLLOW``) and the output folder is ``/out``. ``output_dir`` is
@@ -132,7 +139,11 @@ def run_worker(
     # milliseconds to every start.
     boot += "; from worker.__main__ import main; sys.exit(main(sys.argv[1:]))"
     _compile_worker()
-    return _launch(["-c", boot, "--mode", mode, *args], input_fd, output_dir, mode, limits, capture=False)
+    jail: Literal["inert", "execute"] = "execute" if mode == "execute" else "inert"
+    return _launch(
+        ["-c", boot, "--mode", mode, *args], input_fd, output_dir, jail, limits,
+        capture=False, inherit=inherit, on_output=on_output,
+    )
 
 
 def _run_python_in_jail(
@@ -227,6 +238,8 @@ def _launch(
     limits: Limits,
     *,
     capture: bool,
+    inherit: Sequence[int] = (),
+    on_output: Callable[[int], None] | None = None,
 ) -> WorkerRun:
     program = _filter_program()
     bwrap = probe_bwrap()
@@ -308,14 +321,14 @@ def _launch(
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                pass_fds=(*fds, info_w), start_new_session=True, env={"LC_ALL": "C"},
+                pass_fds=(*fds, *inherit, info_w), start_new_session=True, env={"LC_ALL": "C"},
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"could not start bubblewrap: {exc}") from exc
         finally:
             os.close(info_w)
         with proc:
-            out, err, how = _supervise(proc, info_r, jail_out, limits, start)
+            out, err, how = _supervise(proc, info_r, jail_out, limits, start, on_output)
         elapsed = time.monotonic() - start
         stderr = err.decode("utf-8", "replace")
         if how == "timeout":
@@ -397,7 +410,12 @@ def _jail_readable_copy(input_fd: int, ids: JailIds | None) -> int:
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], info_r: int, out_dir: Path, limits: Limits, start: float
+    proc: subprocess.Popen[bytes],
+    info_r: int,
+    out_dir: Path,
+    limits: Limits,
+    start: float,
+    on_output: Callable[[int], None] | None = None,
 ) -> tuple[bytes, bytes, str]:
     """Pump the worker's pipes until it exits; kill it on timeout or oversized output.
 
@@ -432,6 +450,8 @@ def _supervise(
                     if total > limits.max_output_bytes or files > limits.max_output_files:
                         how = "output"
                         break
+                    if on_output is not None:
+                        on_output(total)
                 wait = max(0.0, min(deadline, next_check) - now)
             watched = [*streams] + ([] if exited else [bwrap_fd])
             ready, _, _ = select.select(watched, [], [], wait)

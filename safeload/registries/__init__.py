@@ -8,7 +8,7 @@ registry kind (OCI, S3...) means one more module implementing :class:`Registry` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,11 +37,18 @@ class Registry(Protocol):
     name: str
     kind: str
 
-    def deliver(self, repo: str, revision: str | None, files: Sequence[str], staging: Path) -> Delivered:
-        """Make ``files`` of ``repo`` at ``revision`` readable locally.
+    def deliver(
+        self, repo: str, revision: str | None, files: Mapping[str, str | None], staging: Path
+    ) -> Delivered:
+        """Make ``files`` of ``repo`` at ``revision`` readable locally, all at once.
+
+        ``files`` maps each relative path to its pinned digest, or None where no pin is known: a
+        registry that can tell early that bytes would not match (a Hub's LFS etag) refuses them before
+        downloading; the store's hashing is what decides either way.
 
         Raises:
             UntrustedSourceError: the repo, revision or a file does not exist in this registry.
+            IntegrityError: the registry's answers break a rule (see the registry's module).
         """
         ...
 

@@ -7,7 +7,7 @@ trusted only through their pinned hashes, checked while they are copied into the
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from safeload.errors import UntrustedSourceError
@@ -33,7 +33,9 @@ class DirectoryRegistry:
             )
         return path
 
-    def deliver(self, repo: str, revision: str | None, files: Sequence[str], staging: Path) -> Delivered:
+    def deliver(
+        self, repo: str, revision: str | None, files: Mapping[str, str | None], staging: Path
+    ) -> Delivered:
         base = self._repo_dir(repo)
         paths: dict[str, Path] = {}
         for rel in files:

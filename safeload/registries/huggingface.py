@@ -1,38 +1,47 @@
-"""``kind = "huggingface"``: a Hugging Face Hub (or a mirror such as olah) through ``huggingface_hub``.
+"""``kind = "huggingface"``: a Hugging Face Hub (or a mirror such as olah), spoken to from the jail.
 
-The registry's ``endpoint`` is always passed explicitly, so a policy never reaches the public Hub by
-accident. Only the pinned files are downloaded, at the pinned commit, into a ``cache_dir`` inside the
-caller's private staging folder: the user's own Hub cache is neither read nor written (huggingface_hub
-returns cached files for a commit without looking at them, and never checks sha256 itself). The token is
-the one huggingface_hub would use (``HF_TOKEN`` or the stored login) unless the registry names another
-variable with ``token_env``; it is sent only to this registry's endpoint.
+Every request (file downloads and the three API calls: revision, tree listing, paths-info) runs in the
+fetch jail of :mod:`sandbox.fetch`: an unprivileged uid of its own, a read-only root, seccomp, and no
+network but the TCP connections the host opens for it to this registry's endpoint and its
+``redirect_hosts``. huggingface_hub's download code is not used: it names cache files after the
+server's ``ETag`` and so lets a lying registry write anywhere on the host before any check runs. Here a
+body is written under the request's own id inside the run's staging folder, and the store hashes it
+against its pin before anything else sees it.
 
-Size caps: every download is counted as it arrives (through huggingface_hub's progress-bar hook, which sees
-each chunk before it is written) and stopped with an ``IntegrityError`` as soon as the file would grow past
-the size the server announced or the registry's ``max_file_size``; an announced size above the cap is
-refused before the transfer starts. The sha256 pin is what proves the bytes; the cap only keeps a lying or
-broken server from filling the disk first. The byte count is proven on plain HTTP transfers (what mirrors
-serve, and what ``HF_HUB_DISABLE_XET=1`` selects); a Xet transfer reports its progress from hf_xet's
-native code, so there only the announced-size check is known to hold.
+The rules every answer must meet, before its body is read (:mod:`sandbox.worker._http_rules`):
+``X-Repo-Commit`` equals the pinned commit; ``ETag`` and ``X-Linked-Etag`` are 40- or 64-hex digests,
+and an LFS digest that contradicts the pin stops the download; ``Content-Disposition`` names no path;
+a redirect goes to an http(s) URL on the endpoint or a ``redirect_hosts`` host, never from https to
+http, and carries the token only back to the endpoint itself; a body stops at the size announced
+(``Content-Length``, ``X-Linked-Size``) and at ``max_file_size``. Listings must name only
+repository-relative paths; one unsafe name fails the whole listing.
 
-Xet: safeload leaves ``HF_HUB_DISABLE_XET`` to the user. Whatever transport huggingface_hub picks (plain
-HTTP, or Xet with its own chunk cache), the file it returns is hashed into the store and compared with the
-pin, so a poisoned chunk cache can only make a fetch fail. Mirrors such as olah serve plain HTTP; test
-suites set ``HF_HUB_DISABLE_XET=1`` before importing huggingface_hub.
+The token is the one huggingface_hub would use (``HF_TOKEN`` or the stored login), or the variable named
+by ``token_env``; it is sent only to the endpoint's own origin.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import ssl
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote, urlencode, urljoin
 
+from safeload._hashing import progress_bar
+from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 from safeload.policy import HuggingFaceRegistrySpec
 from safeload.registries import Delivered
+from sandbox.fetch import Answer, Request, Site, fetch
 
 __all__ = ["HuggingFaceRegistry"]
+
+_API_CAP = 64 << 20  # one JSON answer (a listing page, paths-info, model info)
+_MAX_PAGES = 1000
+_PATHS_PER_CALL = 500
 
 
 class HuggingFaceRegistry:
@@ -43,125 +52,284 @@ class HuggingFaceRegistry:
         self.endpoint = spec.endpoint
         self._token_env = spec.token_env
         self._max_file_bytes = spec.max_file_bytes
+        self._redirect_hosts = spec.redirect_hosts
 
-    @property
+    # ------------------------------------------------------------------------------------- plumbing
+
     def _token(self) -> str | None:
         if self._token_env is not None:
             return os.environ.get(self._token_env) or None
-        return None  # huggingface_hub falls back to HF_TOKEN / the stored login
+        from huggingface_hub import get_token
 
-    def _api(self) -> Any:
-        from huggingface_hub import HfApi
+        token = get_token()
+        return token if isinstance(token, str) and token else None
 
-        return HfApi(endpoint=self.endpoint, token=self._token)
-
-    def _translate(self, exc: Exception, what: str) -> SafeloadError:
-        if isinstance(exc, SafeloadError):
-            return exc
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            GatedRepoError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
+    def _site(self, commit: str | None) -> Site:
+        token = self._token()
+        return Site(
+            endpoint=self.endpoint,
+            redirect_hosts=self._redirect_hosts,
+            auth=f"Bearer {token}" if token else None,
+            commit=commit,
+            cadata=_ca_bundle() if self._needs_tls() else None,
         )
 
-        where = f"registry {self.name!r} ({self.endpoint})"
-        if isinstance(exc, GatedRepoError):
-            return UntrustedSourceError(
-                f"{where}: {what} is gated; set HF_TOKEN (or token_env) to a token with access"
+    def _needs_tls(self) -> bool:
+        return self.endpoint.startswith("https://") or bool(self._redirect_hosts)
+
+    def _where(self) -> str:
+        return f"registry {self.name!r} ({self.endpoint})"
+
+    def _run(
+        self,
+        requests: Sequence[Request],
+        out: Path,
+        commit: str | None,
+        on_output: Callable[[int], None] | None = None,
+    ) -> Mapping[str, Answer]:
+        return fetch(requests, out, self._site(commit), on_output=on_output).answers
+
+    def _failure(self, answer: Answer, what: str) -> SafeloadError:
+        where = self._where()
+        details = dict(answer.details or {})
+        if answer.kind == "http":
+            status, code = answer.status, answer.error_code
+            if status in (401, 403):
+                if code == "GatedRepo":
+                    return UntrustedSourceError(
+                        f"{where}: {what} is gated; set HF_TOKEN (or token_env) to a token with access"
+                    )
+                return UntrustedSourceError(
+                    f"{where}: {what}: access refused (HTTP {status}); set HF_TOKEN (or token_env) to a "
+                    "token with access"
+                )
+            if status == 404:
+                if code == "RepoNotFound":
+                    return UntrustedSourceError(f"{where}: {what}: repository not found (or needs a token)")
+                if code == "RevisionNotFound":
+                    return UntrustedSourceError(
+                        f"{where}: {what}: revision not found; check the pinned commit"
+                    )
+                return UntrustedSourceError(f"{where}: {what}: not found at the pinned revision")
+            return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
+        if answer.kind == "announced":
+            return IntegrityError(
+                f"{where}: {what}: the server announces {details.get('announced')} bytes, over this "
+                f"registry's max_file_size ({details.get('limit')} bytes); nothing was downloaded. Raise "
+                "max_file_size in trust.toml if the file is really that large."
             )
-        if isinstance(exc, RepositoryNotFoundError):
-            return UntrustedSourceError(f"{where}: {what}: repository not found (or needs a token)")
-        if isinstance(exc, RevisionNotFoundError):
-            return UntrustedSourceError(f"{where}: {what}: revision not found; check the pinned commit")
-        if isinstance(exc, EntryNotFoundError):
-            return UntrustedSourceError(f"{where}: {what}: file not found at the pinned revision")
-        return SafeloadError(f"{where}: could not fetch {what}: {exc}")
+        if answer.kind == "cap":
+            announced = details.get("why") == "announced"
+            why = "its announced size" if announced else "this registry's max_file_size"
+            return IntegrityError(
+                f"{where}: {what}: the server sent more than {details.get('cap')} bytes ({why}); the "
+                "download was stopped and nothing was stored"
+            )
+        if answer.kind == "rule":
+            return IntegrityError(
+                f"{where}: {what}: the registry's answer was refused before its body was read: "
+                f"{answer.message}. Nothing was stored; the registry or something between it and you is "
+                "lying or broken"
+            )
+        if answer.kind == "redirect":
+            return UntrustedSourceError(
+                f"{where}: {what}: {answer.message}. Nothing was fetched from it; if that host really serves "
+                f"this registry's files, add it to [registries.{self.name}] redirect_hosts"
+            )
+        return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
 
-    def deliver(self, repo: str, revision: str | None, files: Sequence[str], staging: Path) -> Delivered:
-        from huggingface_hub import hf_hub_download
+    def _api(
+        self, path: str, what: str, *, commit: str | None = None, form: str | None = None
+    ) -> tuple[object, str | None]:
+        """One JSON answer from the endpoint (a GET, or a form POST), and its ``Link`` header."""
+        url = path if path.startswith(("http://", "https://")) else f"{self.endpoint}{path}"
+        req = Request(
+            id="0", url=url, max_bytes=_API_CAP, method="POST" if form is not None else "GET", body=form
+        )
+        with tempfile.TemporaryDirectory(prefix="safeload-hub-api-") as tmp:
+            answer = self._run([req], Path(tmp), commit)["0"]
+            if not answer.ok or answer.path is None:
+                raise self._failure(answer, what)
+            raw = answer.path.read_bytes()
+        try:
+            return json.loads(raw), answer.link
+        except ValueError:
+            raise SafeloadError(f"{self._where()}: {what}: the answer is not JSON") from None
 
+    # ---------------------------------------------------------------------------------- Registry API
+
+    def deliver(
+        self, repo: str, revision: str | None, files: Mapping[str, str | None], staging: Path
+    ) -> Delivered:
+        """Download ``files`` (relative path -> pinned digest or None) at ``revision`` into ``staging``.
+
+        Raises:
+            UntrustedSourceError: no revision, or the registry does not have the repo, revision or a file.
+            IntegrityError: an answer broke a header rule, or a body ran past its announced size or cap.
+            SandboxError: the fetch jail could not run or reported nonsense.
+        """
         if revision is None:
             raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a pinned 40-hex revision")
-        paths: dict[str, Path] = {}
-        for rel in files:
-            what = f"{repo}@{revision}:{rel}"
-            try:
-                local = hf_hub_download(
-                    repo_id=repo,
-                    filename=rel,
-                    revision=revision,
-                    cache_dir=staging / "hf-cache",
-                    endpoint=self.endpoint,
-                    token=self._token,
-                    tqdm_class=_size_capped(self._max_file_bytes, f"registry {self.name!r}: {what}"),
+        names = list(files)
+        for rel in names:
+            if not is_safe_relpath(rel):
+                raise UntrustedSourceError(
+                    f"registry {self.name!r}: {rel!r} is not a repository-relative path"
                 )
-            except Exception as e:
-                raise self._translate(e, what) from e
-            paths[rel] = Path(local)
+        requests = [
+            Request(
+                id=str(i),
+                url=f"{self.endpoint}/{_repo_path(repo)}/resolve/{quote(revision, safe='')}/{quote(rel)}",
+                max_bytes=self._max_file_bytes,
+                file=True,
+                sha256=_hex(files[rel]),
+            )
+            for i, rel in enumerate(names)
+        ]
+        out = Path(tempfile.mkdtemp(prefix="fetch-", dir=staging))
+        label = f"downloading {self.name}:{repo}@{revision[:12]}"
+        with progress_bar(label, None, None) as advance:
+            seen = [0]
+
+            def on_output(total: int) -> None:
+                if total > seen[0]:
+                    advance(total - seen[0])
+                    seen[0] = total
+
+            answers = self._run(requests, out, revision, on_output)
+        paths: dict[str, Path] = {}
+        for i, rel in enumerate(names):
+            answer = answers[str(i)]
+            what = f"{repo}@{revision}:{rel}"
+            if not answer.ok or answer.path is None:
+                raise self._failure(answer, what)
+            if answer.commit is not None and answer.commit != revision:
+                raise IntegrityError(
+                    f"{self._where()}: {what}: served from commit {answer.commit}, not the pinned one"
+                )
+            paths[rel] = answer.path
         return Delivered(paths=paths, private=True)
 
     def list_files(self, repo: str, revision: str | None) -> list[str]:
-        try:
-            return sorted(self._api().list_repo_files(repo, revision=revision))
-        except Exception as e:
-            raise self._translate(e, f"{repo}@{revision}") from e
+        """Every file in ``repo`` at ``revision``.
+
+        Raises:
+            UntrustedSourceError: the repo or revision does not exist.
+            IntegrityError: the listing names a path that is not repository-relative (``..``, absolute,
+                NUL...), or an answer broke a header rule.
+        """
+        rev = quote(revision or "main", safe="")
+        what = f"{repo}@{revision or 'main'}"
+        url: str | None = f"/api/models/{_repo_path(repo)}/tree/{rev}?" + urlencode(
+            {"recursive": "true", "expand": "false"}
+        )
+        out: list[str] = []
+        for _ in range(_MAX_PAGES):
+            if url is None:
+                break
+            page, link = self._api(url, f"listing {what}", commit=revision)
+            if not isinstance(page, list):
+                raise SafeloadError(f"{self._where()}: listing {what}: not a list")
+            for item in page:
+                if not isinstance(item, dict) or item.get("type") not in ("file", "directory"):
+                    raise IntegrityError(f"{self._where()}: listing {what}: an entry is not a file or folder")
+                path = item.get("path")
+                if not isinstance(path, str) or not is_safe_relpath(path):
+                    raise IntegrityError(
+                        f"{self._where()}: listing {what} names {path!r}, which is not a repository-relative "
+                        "path; the registry is lying or broken, and nothing was fetched"
+                    )
+                if item["type"] == "file":
+                    out.append(path)
+            url = self._next_page(link)
+        else:
+            raise SafeloadError(f"{self._where()}: listing {what}: more than {_MAX_PAGES} pages")
+        return sorted(set(out))
+
+    def _next_page(self, link: str | None) -> str | None:
+        if not link:
+            return None
+        for part in link.split(","):
+            target, _, params = part.partition(";")
+            if 'rel="next"' in params.replace(" ", "") or "rel=next" in params.replace(" ", ""):
+                url = urljoin(self.endpoint + "/", target.strip().strip("<>"))
+                if not url.startswith(self.endpoint + "/"):
+                    raise IntegrityError(
+                        f"{self._where()}: a listing's next page {url!r} is off the endpoint"
+                    )
+                return url
+        return None
 
     def resolve_revision(self, repo: str, ref: str | None) -> str | None:
-        try:
-            sha = self._api().model_info(repo, revision=ref or "main").sha
-        except Exception as e:
-            raise self._translate(e, f"{repo}@{ref or 'default branch'}") from e
-        if not isinstance(sha, str):
-            raise SafeloadError(f"registry {self.name!r}: {repo}@{ref} did not report a commit id")
+        """The commit id ``ref`` (a branch or tag; None: ``main``) points at right now.
+
+        Raises:
+            UntrustedSourceError: the repo or ref does not exist.
+            SafeloadError: the answer names no 40-hex commit.
+        """
+        what = f"{repo}@{ref or 'default branch'}"
+        info, _ = self._api(f"/api/models/{_repo_path(repo)}/revision/{quote(ref or 'main', safe='')}", what)
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or len(sha) != 40 or not all(c in "0123456789abcdef" for c in sha):
+            raise SafeloadError(f"{self._where()}: {what} did not report a commit id")
         return sha
 
     def declared_digests(self, repo: str, revision: str, files: Sequence[str]) -> dict[str, str]:
-        """The sha256 the server declares for LFS files (a claim, checked against the bytes later)."""
-        try:
-            infos = self._api().get_paths_info(repo, list(files), revision=revision)
-        except Exception as e:
-            raise self._translate(e, f"{repo}@{revision}") from e
+        """The sha256 the server declares for LFS files (a claim, checked against the bytes later).
+
+        Raises:
+            UntrustedSourceError: the repo or revision does not exist.
+            IntegrityError: an answer names a file not asked about or a digest that is not sha256.
+        """
+        wanted = set(files)
         out: dict[str, str] = {}
-        for info in infos:
-            lfs = getattr(info, "lfs", None)
-            if lfs is not None and getattr(lfs, "sha256", None):
-                out[info.path] = "sha256:" + lfs.sha256
+        names = list(files)
+        for start in range(0, len(names), _PATHS_PER_CALL):
+            chunk = names[start : start + _PATHS_PER_CALL]
+            form = urlencode([("paths", p) for p in chunk] + [("expand", "true")])
+            url = f"/api/models/{_repo_path(repo)}/paths-info/{quote(revision, safe='')}"
+            infos, _ = self._api(url, f"{repo}@{revision}", commit=revision, form=form)
+            if not isinstance(infos, list):
+                raise SafeloadError(f"{self._where()}: paths-info for {repo}@{revision}: not a list")
+            for info in infos:
+                if not isinstance(info, dict):
+                    continue
+                path, lfs = info.get("path"), info.get("lfs")
+                if not isinstance(lfs, dict):
+                    continue
+                oid = lfs.get("oid", lfs.get("sha256"))
+                if path not in wanted or not isinstance(oid, str) or len(oid) != 64:
+                    raise IntegrityError(
+                        f"{self._where()}: paths-info for {repo}@{revision} declares {path!r} = {oid!r}, "
+                        "which is not a sha256 of a file asked about"
+                    )
+                out[str(path)] = "sha256:" + oid.lower()
         return out
 
 
-def _size_capped(limit: int, what: str) -> Any:
-    """A huggingface_hub progress-bar class that ends a download before a byte past its cap is written.
+def _repo_path(repo: str) -> str:
+    return "/".join(quote(part, safe="") for part in repo.split("/"))
 
-    huggingface_hub creates the bar once the response headers are in (``total``: the announced size,
-    ``initial``: bytes already on disk when resuming) and counts every chunk on it before writing the
-    chunk, so raising here stops the transfer with nothing past the cap on disk. The cap is ``limit``, or
-    the announced size when the server announced a smaller one.
-    """
-    from huggingface_hub.utils.tqdm import tqdm as hub_tqdm
 
-    class _SizeCapped(hub_tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            announced = kwargs.get("total")
-            if isinstance(announced, int) and announced > limit:
-                raise IntegrityError(
-                    f"{what}: the server announces {announced} bytes, over this registry's max_file_size "
-                    f"({limit} bytes); nothing was downloaded. Raise max_file_size in trust.toml if the file "
-                    "is really that large."
-                )
-            self._cap = min(limit, announced) if isinstance(announced, int) and announced >= 0 else limit
-            self._seen = int(kwargs.get("initial") or 0)
-            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+def _hex(digest: str | None) -> str | None:
+    if digest is not None and digest.startswith("sha256:"):
+        return digest[len("sha256:") :]
+    return None
 
-        def update(self, n: float | None = 1) -> bool | None:
-            self._seen += int(n or 0)
-            if self._seen > self._cap:
-                raise IntegrityError(
-                    f"{what}: the server sent more than {self._cap} bytes ("
-                    + ("its announced size" if self._cap < limit else "this registry's max_file_size")
-                    + "); the download was stopped and nothing was stored"
-                )
-            result: bool | None = super().update(n)
-            return result
 
-    return _SizeCapped
+def _ca_bundle() -> str | None:
+    """The CA certificates TLS is checked against inside the jail, which has no /etc/ssl of its own:
+    ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` when set, else the system bundle, else certifi's."""
+    candidates = [os.environ.get("SSL_CERT_FILE"), os.environ.get("REQUESTS_CA_BUNDLE")]
+    candidates.append(ssl.get_default_verify_paths().cafile)
+    try:
+        import certifi
+
+        candidates.append(certifi.where())
+    except ImportError:
+        pass
+    for path in candidates:
+        if path and os.path.isfile(path):
+            with open(path, encoding="ascii", errors="replace") as fh:
+                return fh.read(16 << 20)
+    return None

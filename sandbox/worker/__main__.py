@@ -2,7 +2,8 @@
 
 ``--mode inert`` reads ``/in/artifact`` with the inert unpickler and writes ``/out/manifest.json`` (and
 ``/out/tensors.safetensors`` when some bytes cannot be referenced in place). ``--mode execute`` hands
-over to ``execute.main``. On failure it writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
+over to ``execute.main``; ``--mode fetch`` to ``_fetch.main`` (downloads over connections the host hands
+in). On failure it writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def main(argv: Sequence[str]) -> int:
             return _EXIT_CRASH
         rc: int = execute.main(list(argv))
         return rc
+    if mode == "fetch":
+        from ._fetch import main as fetch
+
+        try:
+            return fetch(opts.get("in", "/in/artifact"), out_dir)
+        except Exception as exc:  # the host reports it as a sandbox crash
+            _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
+            return _EXIT_CRASH
     if mode != "inert":
         _error(out_dir, "crash", f"unknown worker mode {mode!r}")
         return _EXIT_CRASH
