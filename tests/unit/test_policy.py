@@ -149,6 +149,16 @@ BAD: list[tuple[str, str, str]] = [
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\n", "registries.hub.endpoint:", "is required"),
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'ftp://x'\n",
      "registries.hub.endpoint:", "http(s) URL"),
+    ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'https://user:pw@hub.example'\n",
+     "registries.hub.endpoint:", "no credentials"),
+    ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'https://hub.example/?x=1'\n",
+     "registries.hub.endpoint:", "query"),
+    ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'https://hub.example:99999'\n",
+     "registries.hub.endpoint:", "http(s) URL"),
+    ("version = 1\n" + HUB + "redirect_hosts = 'cdn.example'\n", "registries.hub.redirect_hosts:", "a list"),
+    ("version = 1\n" + HUB + "redirect_hosts = ['*']\n", "registries.hub.redirect_hosts:", "bare '*'"),
+    ("version = 1\n" + HUB + "redirect_hosts = ['https://cdn.example/x']\n", "registries.hub.redirect_hosts:",
+     "no scheme, path"),
     ("version = 1\n" + HUB + "max_file_size = '5 tons'\n", "registries.hub.max_file_size:", "'8GiB'"),
     ("version = 1\n" + HUB + "max_file_size = 0\n", "registries.hub.max_file_size:", "positive"),
     ("version = 1\n[registries.d]\nkind = 'directory'\npath = '/x'\nmax_file_size = '1GiB'\n",
@@ -293,3 +303,12 @@ def test_example_policy_parses() -> None:
     example = Path(__file__).resolve().parents[2] / "trust.toml.example"
     policy = parse_policy(example.read_text(), source=example)
     assert policy.models and policy.registries and policy.signers
+
+
+def test_redirect_hosts_default_to_the_hubs_own_cdns_only() -> None:
+    hub = parse_policy("version = 1\n" + HUB).registries["hub"]
+    assert getattr(hub, "redirect_hosts") == ("*.huggingface.co", "*.hf.co")
+    mirror = parse_policy("version = 1\n[registries.m]\nkind = 'huggingface'\nendpoint = 'http://127.0.0.1:9'\n")
+    assert getattr(mirror.registries["m"], "redirect_hosts") == ()
+    named = parse_policy("version = 1\n" + HUB + "redirect_hosts = ['CDN.example:8443', '*.b.example']\n")
+    assert getattr(named.registries["hub"], "redirect_hosts") == ("cdn.example:8443", "*.b.example")
