@@ -35,7 +35,6 @@ class Broker:
         self._child: socket.socket | None = child
         self.child_fd = child.fileno()
         self.refused: list[tuple[str, int]] = []
-        self.connected: list[tuple[str, int]] = []
         self._thread = threading.Thread(target=self._serve, name="safeload-fetch-broker", daemon=True)
 
     def __enter__(self) -> Broker:
@@ -96,6 +95,6 @@ class Broker:
             self._reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]})
             return
         with conn:
-            self.connected.append((host, port))
+            conn.setblocking(True)  # the descriptor's flags travel with it; the worker sets its own timeout
             self._reply({"ok": True}, conn.fileno())
 

@@ -4,7 +4,7 @@ bubblewrap loads the program (``--seccomp FD``) right before it executes the wor
 has to allow what the Python interpreter (and, in execute mode, torch) needs after that point. It is a
 deny list over a default of "allow": the kernel surface a taken-over worker would use to escape or to
 reach the host (debugging other processes, BPF, namespaces, mounts, key rings, modules, io_uring,
-network sockets, terminal injection) is refused, everything else behaves normally.
+network sockets and ``connect``, terminal injection) is refused, everything else behaves normally.
 
 Verdicts:
 
@@ -86,6 +86,9 @@ _COMMON_DENY = (
     "mount", "umount2", "pivot_root", "chroot",
     "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "open_tree_attr", "mount_setattr",
     "unshare", "setns",
+    # The fetch worker is handed connected TCP sockets; connect() would let it disconnect one (AF_UNSPEC)
+    # and reconnect it to any address the host can reach. No worker needs to connect anything.
+    "connect",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "reboot", "swapon", "swapoff", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "acct", "quotactl", "quotactl_fd", "lookup_dcookie", "name_to_handle_at", "open_by_handle_at",
@@ -99,7 +102,7 @@ _X86_64 = Arch(
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     x32_bit=True,
     syscalls={
-        "ioctl": 16, "socket": 41, "clone": 56, "ptrace": 101, "syslog": 103, "uselib": 134,
+        "ioctl": 16, "socket": 41, "connect": 42, "clone": 56, "ptrace": 101, "syslog": 103, "uselib": 134,
         "personality": 135, "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163,
         "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
         "iopl": 172, "ioperm": 173, "init_module": 175, "delete_module": 176, "quotactl": 179,
@@ -122,7 +125,7 @@ _AARCH64 = Arch(
         "lookup_dcookie": 18, "ioctl": 29, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51,
         "vhangup": 58, "quotactl": 60, "acct": 89, "personality": 92, "unshare": 97, "kexec_load": 104,
         "init_module": 105, "delete_module": 106, "clock_settime": 112, "syslog": 116, "ptrace": 117,
-        "reboot": 142, "settimeofday": 170, "adjtimex": 171, "socket": 198, "add_key": 217,
+        "reboot": 142, "settimeofday": 170, "adjtimex": 171, "socket": 198, "connect": 203, "add_key": 217,
         "request_key": 218, "keyctl": 219, "clone": 220, "swapon": 224, "swapoff": 225,
         "perf_event_open": 241, "fanotify_init": 262, "name_to_handle_at": 264, "open_by_handle_at": 265,
         "clock_adjtime": 266, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,

@@ -30,6 +30,7 @@ from safeload.errors import SandboxError
 from ._broker import Broker
 from ._limits import Limits
 from .launcher import run_worker
+from .worker._http_rules import origin_of
 
 __all__ = ["Answer", "Request", "Site", "fetch"]
 
@@ -86,14 +87,6 @@ class Answer:
     path: Path | None = None
 
 
-@dataclass(frozen=True)
-class FetchRun:
-    """Every answer, by request id, and the hosts the broker refused to connect to."""
-
-    answers: Mapping[str, Answer]
-    refused: tuple[tuple[str, int], ...]
-
-
 def _sealed_job(job: dict[str, object]) -> int:
     fd = os.memfd_create("safeload-fetch-job", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -112,8 +105,6 @@ def _sealed_job(job: dict[str, object]) -> int:
 
 
 def _allowed_hosts(site: Site) -> tuple[str, ...]:
-    from .worker._http_rules import origin_of
-
     origin = origin_of(site.endpoint)
     return (origin.split("://", 1)[1], *site.redirect_hosts)
 
@@ -125,8 +116,9 @@ def fetch(
     *,
     on_output: Callable[[int], None] | None = None,
     stall_s: float = 60.0,
-) -> FetchRun:
+) -> dict[str, Answer]:
     """Run ``requests`` in the jail; bodies land in ``output_dir`` (made by the caller, private, empty).
+    Returns each request's answer by id.
 
     Raises:
         SandboxUnavailableError, SandboxTimeoutError, SandboxLimitError: as for any jailed run.
@@ -170,11 +162,10 @@ def fetch(
             )
         finally:
             os.close(job_fd)
-        refused = tuple(broker.refused)
     if run.returncode != 0:
         why = _worker_error(output_dir, run.stderr)
         raise SandboxError(f"the fetch worker failed (exit {run.returncode}): {why}")
-    return FetchRun(answers=_read_answers(output_dir, {r.id: r for r in requests}), refused=refused)
+    return _read_answers(output_dir, {r.id: r for r in requests})
 
 
 def _open_output(path: Path, cap: int) -> int:

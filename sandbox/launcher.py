@@ -153,6 +153,7 @@ def _run_python_in_jail(
     output_dir: Path | None = None,
     limits: Limits = _DEFAULT_LIMITS,
     mode: Literal["inert", "execute"] = "inert",
+    inherit: Sequence[int] = (),
 ) -> WorkerRun:
     """Run ``code`` with the jail's interpreter in the very jail :func:`run_worker` builds (tests only).
 
@@ -163,7 +164,7 @@ def _run_python_in_jail(
     with contextlib.ExitStack() as stack:
         if output_dir is None:
             output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safeload-test-")))
-        return _launch(["-c", code], input_fd, output_dir, mode, limits, capture=True)
+        return _launch(["-c", code], input_fd, output_dir, mode, limits, capture=True, inherit=inherit)
 
 
 def _site_dirs() -> list[str]:

@@ -87,7 +87,7 @@ class HuggingFaceRegistry:
         commit: str | None,
         on_output: Callable[[int], None] | None = None,
     ) -> Mapping[str, Answer]:
-        return fetch(requests, out, self._site(commit), on_output=on_output).answers
+        return fetch(requests, out, self._site(commit), on_output=on_output)
 
     def _failure(self, answer: Answer, what: str) -> SafeloadError:
         where = self._where()
