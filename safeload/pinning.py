@@ -22,12 +22,14 @@ import re
 import sys
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from safeload.errors import PolicyError, UntrustedSourceError
 from safeload.policy import (
     DirectoryRegistrySpec,
     HuggingFaceRegistrySpec,
     ModelEntry,
+    OciRegistrySpec,
     Policy,
     RegistrySpec,
     dotted,
@@ -46,6 +48,10 @@ __all__ = ["hash_repo", "pin_model", "render_entry", "write_entry"]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEADER = re.compile(r"^\s*\[(?!\[)(.*)\]\s*(#.*)?$")
+_OCI_URL = re.compile(
+    r"^oci://([A-Za-z0-9.-]+(?::[0-9]{1,5})?)/([a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::([A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(sha256:[0-9a-f]{64}))?$"
+)
 _URL = re.compile(r"^(hf|dir)://([A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*){0,2})(?:@(.+))?$")
 
 
@@ -167,9 +173,13 @@ def pin_model(
         UntrustedSourceError: the registry does not have the repo, revision or files.
         IntegrityError: a downloaded file does not match the digest the server declared for it.
     """
+    if url.startswith("oci://"):
+        return _pin_oci(url, policy_path=Path(policy_path), registry=registry, name=name, resolve=resolve)
     m = _URL.match(url)
     if m is None:
-        raise PolicyError(f"{url!r}: expected hf://org/name@<40-hex commit> or dir://org/name")
+        raise PolicyError(
+            f"{url!r}: expected hf://org/name@<40-hex commit>, dir://org/name or oci://host/repo@sha256:<hex>"
+        )
     scheme, repo, ref = m.group(1), m.group(2), m.group(3)
     policy_path = Path(policy_path)
     text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
@@ -237,3 +247,58 @@ def pin_model(
     )
     write_entry(policy_path, entry, extra_text=extra_text)
     return model_name, entry
+
+
+def _pin_oci(
+    url: str, *, policy_path: Path, registry: str | None, name: str | None, resolve: bool
+) -> tuple[str, ModelEntry]:
+    """``oci://HOST[:PORT]/REPO@sha256:<hex>`` (or ``:TAG`` with ``resolve``) into ``[models]``."""
+    m = _OCI_URL.match(url)
+    if m is None:
+        raise PolicyError(f"{url!r}: expected oci://HOST[:PORT]/REPO@sha256:<64 hex> or oci://HOST/REPO:TAG")
+    host, path, tag, digest = m.group(1), m.group(2), m.group(3), m.group(4)
+    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
+    policy = parse_policy(text, source=policy_path)
+    candidates = [
+        r for r in policy.registries.values()
+        if isinstance(r, OciRegistrySpec) and (registry is None or r.name == registry)
+        and urlsplit(r.endpoint).netloc == host
+    ]
+    if len(candidates) != 1:
+        raise PolicyError(
+            f"{url}: {len(candidates)} oci registries in {policy_path} have the endpoint host {host!r}"
+            + (f" and the name {registry!r}" if registry else "")
+            + '; add one ([registries.NAME] kind = "oci", endpoint = "https://HOST") or name it with '
+            "--registry"
+        )
+    spec = candidates[0]
+    repo = path
+    if spec.namespace:
+        if not path.startswith(spec.namespace + "/"):
+            raise PolicyError(f"{url}: {path!r} is outside the registry's namespace {spec.namespace!r}")
+        repo = path[len(spec.namespace) + 1 :]
+    if digest is None:
+        if not resolve:
+            raise PolicyError(
+                f"{url}: {tag or 'latest'!r} is a tag, and tags move; give the manifest digest "
+                "(oci://HOST/REPO@sha256:...), or pass --resolve to pin the digest it points at now"
+            )
+        digest = open_registry(spec).resolve_revision(repo, tag)
+    digests = hash_repo(policy, spec, repo, digest)
+    old = policy.models.get(name or repo)
+    sig_rel = (old.signature or "model.sig") if old is not None and old.signer else None
+    if sig_rel is not None:
+        digests.pop(sig_rel, None)
+    entry = ModelEntry(
+        name=name or repo,
+        registry=spec.name,
+        repo=repo,
+        revision=digest,
+        files=MappingProxyType(dict(sorted(digests.items()))),
+        signer=old.signer if old is not None else None,
+        signature=old.signature if old is not None else None,
+        task=old.task if old is not None else None,
+        datasets=old.datasets if old is not None else (),
+    )
+    write_entry(policy_path, entry)
+    return entry.name, entry

@@ -41,6 +41,7 @@ __all__ = [
     "DirectoryRegistrySpec",
     "HuggingFaceRegistrySpec",
     "ModelEntry",
+    "OciRegistrySpec",
     "Policy",
     "RegistrySpec",
     "SandboxSettings",
@@ -99,7 +100,26 @@ class DirectoryRegistrySpec:
     kind: Literal["directory"] = "directory"
 
 
-RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec
+@dataclass(frozen=True)
+class OciRegistrySpec:
+    """``[registries.NAME] kind = "oci"``: an OCI distribution registry (Harbor, Zot, distribution, ECR...).
+
+    Models are pulled by manifest digest from ``endpoint``; ``namespace`` is prefixed to every entry's
+    ``repo``. Credentials come from ``token_env`` (a bearer token) or the user's registry auth file
+    (``REGISTRY_AUTH_FILE``, ``$DOCKER_CONFIG/config.json``, ``~/.docker/config.json``) and are sent to the
+    endpoint only. ``max_file_bytes`` and ``redirect_hosts`` as for the Hub.
+    """
+
+    name: str
+    endpoint: str
+    namespace: str | None = None
+    token_env: str | None = None
+    max_file_bytes: int = 64 << 30
+    redirect_hosts: tuple[str, ...] = ()
+    kind: Literal["oci"] = "oci"
+
+
+RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec
 
 
 @dataclass(frozen=True)
@@ -255,8 +275,29 @@ def _parse_sandbox(t: _Table) -> SandboxSettings:
     return SandboxSettings(**kw)  # type: ignore[arg-type]
 
 
+def _max_file_bytes(t: _Table) -> int | None:
+    if "max_file_size" not in t.data:
+        return None
+    try:
+        return parse_size(t.data["max_file_size"])
+    except ValueError as e:
+        raise t.err("max_file_size", str(e)) from None
+
+
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
-    kind = t.choice("kind", ("huggingface", "directory"), "")
+    kind = t.choice("kind", ("huggingface", "directory", "oci"), "")
+    if kind == "oci":
+        t.check_keys({"kind", "endpoint", "namespace", "token_env", "max_file_size", "redirect_hosts"})
+        endpoint = _endpoint(t)
+        namespace = t.str_("namespace")
+        if namespace is not None:
+            _check_repo(t, "namespace", namespace)
+        oci = OciRegistrySpec(
+            name=name, endpoint=endpoint, namespace=namespace, token_env=t.str_("token_env"),
+            redirect_hosts=_redirect_hosts(t, endpoint),
+        )
+        size = _max_file_bytes(t)
+        return oci if size is None else replace(oci, max_file_bytes=size)
     if kind == "huggingface":
         t.check_keys({"kind", "endpoint", "token_env", "max_file_size", "redirect_hosts"})
         endpoint = _endpoint(t)
@@ -264,12 +305,8 @@ def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
         spec = HuggingFaceRegistrySpec(
             name=name, endpoint=endpoint, token_env=token_env, redirect_hosts=_redirect_hosts(t, endpoint)
         )
-        if "max_file_size" in t.data:
-            try:
-                spec = replace(spec, max_file_bytes=parse_size(t.data["max_file_size"]))
-            except ValueError as e:
-                raise t.err("max_file_size", str(e)) from None
-        return spec
+        size = _max_file_bytes(t)
+        return spec if size is None else replace(spec, max_file_bytes=size)
     t.check_keys({"kind", "path"})
     return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
 
@@ -385,7 +422,16 @@ def _parse_model(
     repo = t.str_("repo") or name
     _check_repo(t, "repo", repo)
     revision = t.data.get("revision")
-    if revision is None:
+    if spec.kind == "oci":
+        if revision is None:
+            raise t.err("revision", "is required: the manifest digest 'sha256:<64 hex>' (tags can move)")
+        if not isinstance(revision, str) or not _DIGEST.match(revision):
+            raise t.err(
+                "revision",
+                f"must be a manifest digest 'sha256:<64 hex>' (tags can move), got {revision!r}; "
+                "safeload pin oci://HOST/REPO:TAG --resolve prints the digest a tag points at",
+            )
+    elif revision is None:
         if spec.kind == "huggingface":
             raise t.err("revision", "is required: a 40-hex commit id (branches and tags can move)")
     elif not isinstance(revision, str) or not _COMMIT.match(revision):

@@ -44,8 +44,9 @@ _KINDS = frozenset({"http", "rule", "cap", "announced", "redirect", "network"})
 
 @dataclass(frozen=True)
 class Request:
-    """One GET (or a form POST) to run in the jail; ``file`` marks a repository file download, whose
-    etags must be digests and whose LFS etag must agree with ``sha256`` (the pin's hex) when given."""
+    """One GET (or a form POST) to run in the jail; ``file`` marks a Hub repository file download
+    (asked about with a HEAD first), whose etags must be digests and whose LFS etag must agree with
+    ``sha256`` (the pin's hex) when given."""
 
     id: str
     url: str
@@ -54,6 +55,8 @@ class Request:
     body: str | None = None
     file: bool = False
     sha256: str | None = None
+    digest: str | None = None  # an OCI digest: a Docker-Content-Digest that differs stops the download
+    headers: Mapping[str, str] | None = None  # sent to every host along the way (Accept, ...)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ def fetch(
             "requests": [
                 {
                     "id": r.id, "url": r.url, "method": r.method, "body": r.body, "max_bytes": r.max_bytes,
-                    "file": r.file, "sha256": r.sha256,
+                    "file": r.file, "sha256": r.sha256, "digest": r.digest,
+                    "headers": dict(r.headers or {}),
                 }
                 for r in requests
             ],

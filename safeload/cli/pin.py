@@ -27,13 +27,17 @@ URL forms:
   hf://ORG/NAME@COMMIT     a Hugging Face registry (the policy's registry of kind "huggingface", or
                            --registry); COMMIT must be a full 40-hex commit id. A branch or tag is
                            accepted only with --resolve, which prints the commit it resolved to and pins it.
-  dir://ORG/NAME           a directory registry (kind "directory"): the files under <path>/ORG/NAME."""
+  dir://ORG/NAME           a directory registry (kind "directory"): the files under <path>/ORG/NAME.
+  oci://HOST/REPO@sha256:DIGEST
+                           an OCI registry (kind "oci") whose endpoint is HOST; DIGEST is the manifest's.
+                           oci://HOST/REPO:TAG is accepted only with --resolve, which prints the digest."""
 
 _EPILOG = """\
 examples:
   safeload pin hf://acme/sentiment-classifier@4c7f9e0f3b1a2d5e6f708192a3b4c5d6e7f80912 --name acme/sentiment
   safeload pin hf://acme/sentiment-classifier@main --resolve
   safeload pin dir://acme/sentiment --registry local --policy /etc/safeload/trust.toml
+  safeload pin oci://registry.example.com/models/sentiment:v3 --resolve
 
 exit codes: 0 pinned, 1 refused (a branch without --resolve, a registry the policy does not allow),
 2 error (policy invalid, registry unreachable)."""
@@ -47,7 +51,9 @@ def add_parser(sub: Any) -> None:
         description=_DESCRIPTION,
         epilog=_EPILOG,
     )
-    parser.add_argument("url", metavar="URL", help="hf://ORG/NAME@COMMIT or dir://ORG/NAME")
+    parser.add_argument(
+        "url", metavar="URL", help="hf://ORG/NAME@COMMIT, dir://ORG/NAME or oci://HOST/REPO@sha256:DIGEST"
+    )
     parser.add_argument("--registry", metavar="NAME", help="the [registries.NAME] to fetch from")
     parser.add_argument("--name", metavar="NAME", help="the name code asks for (default: the repository id)")
     parser.add_argument(
@@ -100,7 +106,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
     def render(out: Console) -> None:
         if args.resolve and revision:
-            out.print(f"resolved {args.url} to commit {revision}", markup=False)
+            kind = "digest" if revision.startswith("sha256:") else "commit"
+            out.print(f"resolved {args.url} to {kind} {revision}", markup=False)
         out.print(
             f"pinned {name} ({data['repo']} @ {revision or 'hashes'}) in {path}: {len(files)} files",
             markup=False,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from safeload.policy import DirectoryRegistrySpec, HuggingFaceRegistrySpec, RegistrySpec
+from safeload.policy import DirectoryRegistrySpec, HuggingFaceRegistrySpec, OciRegistrySpec, RegistrySpec
 
 __all__ = ["Delivered", "Registry", "open_registry"]
 
@@ -71,4 +71,8 @@ def open_registry(spec: RegistrySpec) -> Registry:
         from safeload.registries.directory import DirectoryRegistry
 
         return DirectoryRegistry(spec)
+    if isinstance(spec, OciRegistrySpec):
+        from safeload.registries.oci import OciRegistry
+
+        return OciRegistry(spec)
     raise AssertionError(f"unknown registry spec {spec!r}")

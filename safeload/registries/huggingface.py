@@ -22,11 +22,9 @@ by ``token_env``; it is sent only to the endpoint's own origin.
 
 from __future__ import annotations
 
-import json
 import os
-import ssl
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote, urlencode, urljoin
 
@@ -35,126 +33,57 @@ from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 from safeload.policy import HuggingFaceRegistrySpec
 from safeload.registries import Delivered
-from sandbox.fetch import Answer, Request, Site, fetch
+from safeload.registries._http import API_CAP, JailedRegistry
+from sandbox.fetch import Answer, Request
 
 __all__ = ["HuggingFaceRegistry"]
 
-_API_CAP = 64 << 20  # one JSON answer (a listing page, paths-info, model info)
 _MAX_PAGES = 1000
 _PATHS_PER_CALL = 500
 
 
-class HuggingFaceRegistry:
+class HuggingFaceRegistry(JailedRegistry):
     kind = "huggingface"
+    credentials_hint = "set HF_TOKEN (or token_env) to a token with access"
 
     def __init__(self, spec: HuggingFaceRegistrySpec) -> None:
-        self.name = spec.name
-        self.endpoint = spec.endpoint
+        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes)
         self._token_env = spec.token_env
-        self._max_file_bytes = spec.max_file_bytes
-        self._redirect_hosts = spec.redirect_hosts
 
-    # ------------------------------------------------------------------------------------- plumbing
-
-    def _token(self) -> str | None:
+    def _auth(self) -> str | None:
         if self._token_env is not None:
-            return os.environ.get(self._token_env) or None
-        from huggingface_hub import get_token
+            token = os.environ.get(self._token_env) or None
+        else:
+            from huggingface_hub import get_token
 
-        token = get_token()
-        return token if isinstance(token, str) and token else None
+            found = get_token()
+            token = found if isinstance(found, str) and found else None
+        return f"Bearer {token}" if token else None
 
-    def _site(self, commit: str | None) -> Site:
-        token = self._token()
-        return Site(
-            endpoint=self.endpoint,
-            redirect_hosts=self._redirect_hosts,
-            auth=f"Bearer {token}" if token else None,
-            commit=commit,
-            cadata=_ca_bundle() if self._needs_tls() else None,
-        )
-
-    def _needs_tls(self) -> bool:
-        return self.endpoint.startswith("https://") or bool(self._redirect_hosts)
-
-    def _where(self) -> str:
-        return f"registry {self.name!r} ({self.endpoint})"
-
-    def _run(
-        self,
-        requests: Sequence[Request],
-        out: Path,
-        commit: str | None,
-        on_output: Callable[[int], None] | None = None,
-    ) -> Mapping[str, Answer]:
-        return fetch(requests, out, self._site(commit), on_output=on_output)
+    def _not_found(self, answer: Answer, what: str) -> SafeloadError:
+        where = self._where()
+        if answer.error_code == "RepoNotFound":
+            return UntrustedSourceError(f"{where}: {what}: repository not found (or needs a token)")
+        if answer.error_code == "RevisionNotFound":
+            return UntrustedSourceError(f"{where}: {what}: revision not found; check the pinned commit")
+        return UntrustedSourceError(f"{where}: {what}: not found at the pinned revision")
 
     def _failure(self, answer: Answer, what: str) -> SafeloadError:
-        where = self._where()
-        details = dict(answer.details or {})
-        if answer.kind == "http":
-            status, code = answer.status, answer.error_code
-            if status in (401, 403):
-                if code == "GatedRepo":
-                    return UntrustedSourceError(
-                        f"{where}: {what} is gated; set HF_TOKEN (or token_env) to a token with access"
-                    )
-                return UntrustedSourceError(
-                    f"{where}: {what}: access refused (HTTP {status}); set HF_TOKEN (or token_env) to a "
-                    "token with access"
-                )
-            if status == 404:
-                if code == "RepoNotFound":
-                    return UntrustedSourceError(f"{where}: {what}: repository not found (or needs a token)")
-                if code == "RevisionNotFound":
-                    return UntrustedSourceError(
-                        f"{where}: {what}: revision not found; check the pinned commit"
-                    )
-                return UntrustedSourceError(f"{where}: {what}: not found at the pinned revision")
-            return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
-        if answer.kind == "announced":
-            return IntegrityError(
-                f"{where}: {what}: the server announces {details.get('announced')} bytes, over this "
-                f"registry's max_file_size ({details.get('limit')} bytes); nothing was downloaded. Raise "
-                "max_file_size in trust.toml if the file is really that large."
-            )
-        if answer.kind == "cap":
-            announced = details.get("why") == "announced"
-            why = "its announced size" if announced else "this registry's max_file_size"
-            return IntegrityError(
-                f"{where}: {what}: the server sent more than {details.get('cap')} bytes ({why}); the "
-                "download was stopped and nothing was stored"
-            )
-        if answer.kind == "rule":
-            return IntegrityError(
-                f"{where}: {what}: the registry's answer was refused before its body was read: "
-                f"{answer.message}. Nothing was stored; the registry or something between it and you is "
-                "lying or broken"
-            )
-        if answer.kind == "redirect":
+        if answer.kind == "http" and answer.status in (401, 403) and answer.error_code == "GatedRepo":
             return UntrustedSourceError(
-                f"{where}: {what}: {answer.message}. Nothing was fetched from it; if that host really serves "
-                f"this registry's files, add it to [registries.{self.name}] redirect_hosts"
+                f"{self._where()}: {what} is gated; set HF_TOKEN (or token_env) to a token with access"
             )
-        return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
+        return super()._failure(answer, what)
 
     def _api(
         self, path: str, what: str, *, commit: str | None = None, form: str | None = None
     ) -> tuple[object, str | None]:
         """One JSON answer from the endpoint (a GET, or a form POST), and its ``Link`` header."""
         url = path if path.startswith(("http://", "https://")) else f"{self.endpoint}{path}"
-        req = Request(
-            id="0", url=url, max_bytes=_API_CAP, method="POST" if form is not None else "GET", body=form
-        )
-        with tempfile.TemporaryDirectory(prefix="safeload-hub-api-") as tmp:
-            answer = self._run([req], Path(tmp), commit)["0"]
-            if not answer.ok or answer.path is None:
-                raise self._failure(answer, what)
-            raw = answer.path.read_bytes()
-        try:
-            return json.loads(raw), answer.link
-        except ValueError:
-            raise SafeloadError(f"{self._where()}: {what}: the answer is not JSON") from None
+        method = "POST" if form is not None else "GET"
+        req = Request(id="0", url=url, max_bytes=API_CAP, method=method, body=form)
+        data, answer = self._json(req, what, commit)
+        return data, answer.link
 
     # ---------------------------------------------------------------------------------- Registry API
 
@@ -314,22 +243,4 @@ def _repo_path(repo: str) -> str:
 def _hex(digest: str | None) -> str | None:
     if digest is not None and digest.startswith("sha256:"):
         return digest[len("sha256:") :]
-    return None
-
-
-def _ca_bundle() -> str | None:
-    """The CA certificates TLS is checked against inside the jail, which has no /etc/ssl of its own:
-    ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` when set, else the system bundle, else certifi's."""
-    candidates = [os.environ.get("SSL_CERT_FILE"), os.environ.get("REQUESTS_CA_BUNDLE")]
-    candidates.append(ssl.get_default_verify_paths().cafile)
-    try:
-        import certifi
-
-        candidates.append(certifi.where())
-    except ImportError:
-        pass
-    for path in candidates:
-        if path and os.path.isfile(path):
-            with open(path, encoding="ascii", errors="replace") as fh:
-                return fh.read(16 << 20)
     return None

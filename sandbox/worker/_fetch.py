@@ -161,6 +161,10 @@ def _check_registry_answer(
             if int(size) > int(req["max_bytes"]):
                 raise _Failure("announced", "", announced=int(size), limit=int(req["max_bytes"]))
             seen["size"] = size.strip()
+    digest = req.get("digest")
+    served = resp.getheader("Docker-Content-Digest")
+    if digest and served is not None and served.strip() != digest and resp.status not in _REDIRECTS:
+        raise RuleError(f"Docker-Content-Digest {served[:80]!r} is not the digest asked for, {digest}")
     link = resp.getheader("Link")
     if link is not None:
         seen["link"] = link[:8192]
@@ -230,6 +234,7 @@ def _exchange(
         origin = origin_of(url)
         parts = urlsplit(url)
         headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", "Connection": "close"}
+        headers.update(req.get("headers") or {})
         if payload is not None:
             headers["Content-Type"] = str(req.get("content_type", "application/x-www-form-urlencoded"))
         if job.auth is not None and origin == job.origin:

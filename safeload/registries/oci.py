@@ -1,0 +1,529 @@
+"""``kind = "oci"``: model artifacts in an OCI distribution registry, pulled by manifest digest.
+
+Everything is fetched by digest through the fetch jail (:mod:`safeload.registries._http`): the
+manifest at the pinned digest (its bytes must hash to the pin), then the layer blobs it names, each
+capped at its descriptor's size before a byte is read and hashed against its descriptor's digest and
+the ``[files]`` pin of its file name. A tag is never followed at load time; ``resolve_revision`` (for
+``safeload pin --resolve``) turns one into the digest of what it points at now.
+
+Layouts are told apart by the manifest's ``artifactType`` and config media type, never by tags:
+
+- CNCF ModelPack (``application/vnd.cncf.model.*``): each layer is one file (``.raw``) or a tar of a
+  folder (``.tar``, ``.tar+gzip``), named by ``org.cncf.model.filepath`` or
+  ``org.opencontainers.image.title``;
+- KitOps ModelKits (``application/vnd.kitops.*``): tar layers (optionally gzip), or raw files;
+- plain ORAS artifacts: one file per layer, named by ``org.opencontainers.image.title``; a layer marked
+  ``io.deis.oras.content.unpack`` is a tar (ORAS's folder upload).
+
+Tar layers are unpacked inside the store's staging folder under the rule every file name obeys
+(repository-relative, no ``..``, no absolute path); an entry that is a link, a device, a FIFO or sparse
+fails the whole layer. The unpacked files are then pinned and hashed one by one like any other file.
+
+A model-signing bundle attached to the manifest (OCI 1.1 referrers API, or the referrers tag schema
+``sha256-<hex>`` where the registry lacks it) is delivered as the entry's signature file, so it is
+verified exactly as for the other registries.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from safeload._hashing import hash_fd, progress_bar
+from safeload._relpath import is_safe_relpath
+from safeload.errors import IntegrityError, SafeloadError, UnsupportedFormatError, UntrustedSourceError
+from safeload.policy import OciRegistrySpec
+from safeload.registries import Delivered
+from safeload.registries._http import JailedRegistry
+from sandbox.fetch import Answer, Request
+
+__all__ = ["SIGNATURE_TYPES", "OciRegistry"]
+
+_MANIFEST_CAP = 4 << 20
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+_ACCEPT_MANIFEST = {"Accept": f"{MANIFEST}, {_DOCKER_MANIFEST}"}
+_ACCEPT_INDEX = {"Accept": INDEX}
+TITLE = "org.opencontainers.image.title"
+FILEPATH = "org.cncf.model.filepath"
+_UNPACK = "io.deis.oras.content.unpack"
+# What a model-signing bundle is published as (the Sigstore bundle format it is written in).
+SIGNATURE_TYPES = frozenset(
+    {"application/vnd.dev.sigstore.bundle.v0.3+json", "application/vnd.dev.sigstore.bundle+json;version=0.3"}
+)
+_DIGEST_HEX = frozenset("0123456789abcdef")
+
+
+def _is_digest(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and value.startswith("sha256:")
+        and len(value) == 71
+        and set(value[7:]) <= _DIGEST_HEX
+    )
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an artifact: a file (``path``) or a tar of files (``tar``), by digest."""
+
+    digest: str
+    size: int
+    media_type: str
+    path: str | None
+    tar: bool
+    gzip: bool
+
+
+def _descriptor(obj: object, where: str) -> tuple[str, int, str, Mapping[str, object]]:
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{where}: a descriptor is not an object")
+    digest, size, media = obj.get("digest"), obj.get("size"), obj.get("mediaType")
+    if not _is_digest(digest):
+        raise IntegrityError(f"{where}: descriptor digest {digest!r} is not sha256:<64 hex>")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise IntegrityError(f"{where}: descriptor size {size!r} is not a byte count")
+    if not isinstance(media, str):
+        raise IntegrityError(f"{where}: descriptor without a mediaType")
+    annotations = obj.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise IntegrityError(f"{where}: descriptor annotations are not an object")
+    return str(digest), size, media, annotations
+
+
+def layers_of(manifest: Mapping[str, object], where: str) -> list[Layer]:
+    """The artifact's layers, their layout decided by ``artifactType`` / config media type.
+
+    Raises:
+        IntegrityError: the manifest is malformed or names a file with an unsafe path.
+        UnsupportedFormatError: a layer is compressed with something other than gzip.
+    """
+    config = manifest.get("config")
+    config_type = config.get("mediaType") if isinstance(config, dict) else None
+    artifact = manifest.get("artifactType")
+    kind = "oras"
+    for marker in (artifact, config_type):
+        if isinstance(marker, str) and marker.startswith("application/vnd.cncf.model."):
+            kind = "modelpack"
+        elif isinstance(marker, str) and marker.startswith("application/vnd.kitops."):
+            kind = "kitops"
+    raw_layers = manifest.get("layers")
+    if not isinstance(raw_layers, list):
+        raise IntegrityError(f"{where}: the manifest has no layers list")
+    out: list[Layer] = []
+    for item in raw_layers:
+        digest, size, media, notes = _descriptor(item, where)
+        path = notes.get(FILEPATH) if kind == "modelpack" else None
+        path = path if isinstance(path, str) else notes.get(TITLE)
+        base = media.split("+", 1)[0]
+        compression = media.split("+", 1)[1] if "+" in media else ""
+        if kind in ("modelpack", "kitops"):
+            tar = base.endswith(".tar")
+        else:
+            tar = str(notes.get(_UNPACK, "")).lower() == "true"
+        if compression not in ("", "gzip") and (tar or kind != "oras"):
+            raise UnsupportedFormatError(
+                f"{where}: layer {digest} is compressed as {compression!r}; safeload reads plain and gzip "
+                "layers"
+            )
+        if not tar and not isinstance(path, str):
+            continue  # not a file (e.g. an ORAS layer without a title): nothing a model entry can name
+        if isinstance(path, str):
+            path = path.removeprefix("./").rstrip("/") if tar else path
+            if not tar and not is_safe_relpath(path):
+                raise IntegrityError(f"{where}: layer {digest} names {path!r}, which is not a relative path")
+        out.append(
+            Layer(
+                digest=digest,
+                size=size,
+                media_type=media,
+                path=path if isinstance(path, str) else None,
+                tar=tar,
+                gzip=compression == "gzip",
+            )
+        )
+    return out
+
+
+class OciRegistry(JailedRegistry):
+    kind = "oci"
+    credentials_hint = (
+        "log in (docker login writes ~/.docker/config.json; REGISTRY_AUTH_FILE names another) or set "
+        "token_env in trust.toml"
+    )
+
+    def __init__(self, spec: OciRegistrySpec) -> None:
+        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes)
+        self._namespace = spec.namespace
+        self._token_env = spec.token_env
+
+    # ------------------------------------------------------------------------------------- plumbing
+
+    def _auth(self) -> str | None:
+        if self._token_env is not None:
+            token = os.environ.get(self._token_env)
+            return f"Bearer {token}" if token else None
+        return _auth_file_credentials(urlsplit(self.endpoint).netloc)
+
+    def _name(self, repo: str) -> str:
+        full = f"{self._namespace}/{repo}" if self._namespace else repo
+        return "/".join(quote(part, safe="") for part in full.split("/"))
+
+    def _url(self, repo: str, kind: str, reference: str) -> str:
+        return f"{self.endpoint}/v2/{self._name(repo)}/{kind}/{quote(reference, safe=':')}"
+
+    def _not_found(self, answer: Answer, what: str) -> SafeloadError:
+        return UntrustedSourceError(f"{self._where()}: {what}: not found in the registry")
+
+    def manifest(self, repo: str, digest: str) -> dict[str, object]:
+        """The manifest at ``digest``, whose bytes must hash to it.
+
+        Raises:
+            UntrustedSourceError: the registry has no such manifest.
+            IntegrityError: the bytes hash to another digest, or are not an image manifest.
+        """
+        what = f"{repo}@{digest}"
+        req = Request(
+            id="m",
+            url=self._url(repo, "manifests", digest),
+            max_bytes=_MANIFEST_CAP,
+            digest=digest,
+            headers=_ACCEPT_MANIFEST,
+        )
+        raw, _ = self._get(req, f"the manifest of {what}")
+        got = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if got != digest:
+            raise IntegrityError(
+                f"{self._where()}: {what}: the manifest served hashes to {got}, not the pinned digest; "
+                "nothing "
+                "was stored (the registry is lying, or the pin is wrong: re-pin with safeload pin)"
+            )
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise IntegrityError(f"{self._where()}: {what}: the manifest is not JSON") from None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("schemaVersion") != 2
+            or doc.get("mediaType", MANIFEST) not in (MANIFEST, _DOCKER_MANIFEST)
+        ):
+            raise IntegrityError(f"{self._where()}: {what}: not an OCI image manifest (schemaVersion 2)")
+        return doc
+
+    def _blobs(self, repo: str, layers: list[Layer], out: Path, label: str) -> dict[str, Path]:
+        """Download ``layers`` (distinct digests) into ``out``; returns digest -> downloaded file."""
+        for layer in layers:
+            if layer.size > self._max_file_bytes:
+                raise IntegrityError(
+                    f"{self._where()}: {repo}: layer {layer.digest} is {layer.size} bytes by its descriptor, "
+                    f"over this registry's max_file_size ({self._max_file_bytes}); nothing was downloaded"
+                )
+        unique = list({layer.digest: layer for layer in layers}.values())
+        requests = [
+            Request(
+                id=str(i),
+                url=self._url(repo, "blobs", layer.digest),
+                max_bytes=layer.size,
+                digest=layer.digest,
+            )
+            for i, layer in enumerate(unique)
+        ]
+        total = sum(layer.size for layer in unique)
+        with progress_bar(f"downloading {label}", total, None) as advance:
+            seen = [0]
+
+            def on_output(size: int) -> None:
+                if size > seen[0]:
+                    advance(size - seen[0])
+                    seen[0] = size
+
+            answers = self._run(requests, out, on_output=on_output)
+        paths: dict[str, Path] = {}
+        for i, layer in enumerate(unique):
+            answer = answers[str(i)]
+            if not answer.ok or answer.path is None:
+                raise self._failure(answer, f"{repo} layer {layer.digest}")
+            if answer.size != layer.size:
+                raise IntegrityError(
+                    f"{self._where()}: {repo}: layer {layer.digest} arrived with {answer.size} bytes, not "
+                    "the "
+                    f"{layer.size} its descriptor says; nothing was stored"
+                )
+            paths[layer.digest] = answer.path
+        return paths
+
+    def _check_blob(self, path: Path, layer: Layer, repo: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            digest, _ = hash_fd(fd)
+        finally:
+            os.close(fd)
+        if digest != layer.digest:
+            raise IntegrityError(
+                f"{self._where()}: {repo}: layer {layer.digest} arrived as {digest}; the registry served "
+                "other "
+                "bytes than its manifest names, and nothing was stored"
+            )
+
+    # ---------------------------------------------------------------------------------- Registry API
+
+    def deliver(
+        self, repo: str, revision: str | None, files: Mapping[str, str | None], staging: Path
+    ) -> Delivered:
+        """The pinned files of the artifact at manifest digest ``revision``.
+
+        Raises:
+            UntrustedSourceError: no digest, or the registry lacks the manifest, a blob or a file.
+            IntegrityError: the manifest, a blob or an unpacked file differs from what names it; a tar
+                entry is unsafe; an answer broke a header rule or its size.
+            UnsupportedFormatError: a layer is compressed with something other than gzip.
+        """
+        if revision is None or not _is_digest(revision):
+            raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a pinned manifest digest")
+        where = f"{self._where()}: {repo}@{revision}"
+        layers = layers_of(self.manifest(repo, revision), where)
+        raw = {layer.path: layer for layer in layers if not layer.tar and layer.path is not None}
+        wanted_raw: dict[str, Layer] = {}
+        inside: list[str] = []
+        for rel, pin in files.items():
+            layer = raw.get(rel)
+            if layer is None:
+                inside.append(rel)
+                continue
+            if pin is not None and pin != layer.digest:
+                raise IntegrityError(
+                    f"{where}: the manifest names {rel} = {layer.digest}, but the policy pins {pin}; nothing "
+                    "was downloaded"
+                )
+            wanted_raw[rel] = layer
+        tars = [layer for layer in layers if layer.tar] if inside else []
+        work = Path(tempfile.mkdtemp(prefix="oci-", dir=staging))
+        paths: dict[str, Path] = {}
+        blobs = self._blobs(repo, [*wanted_raw.values(), *tars], work, f"{self.name}:{repo}@{revision[:19]}")
+        for rel, layer in wanted_raw.items():
+            if files[rel] is None:
+                self._check_blob(blobs[layer.digest], layer, repo)  # no pin will check it later
+            paths[rel] = blobs[layer.digest]
+        if inside:
+            unpacked: dict[str, Path] = {}
+            for n, layer in enumerate(tars):
+                self._check_blob(blobs[layer.digest], layer, repo)
+                for rel, path in _unpack(
+                    blobs[layer.digest], layer, work / f"unpacked-{n}", where, self._max_file_bytes
+                ):
+                    if rel in unpacked or rel in raw:
+                        raise IntegrityError(f"{where}: {rel!r} is in the artifact twice")
+                    unpacked[rel] = path
+            for rel in inside:
+                if rel in unpacked:
+                    paths[rel] = unpacked[rel]
+                elif rel.endswith(".sig"):
+                    paths[rel] = self._signature(repo, revision, work)
+                else:
+                    raise UntrustedSourceError(f"{where}: the artifact has no file {rel!r}")
+        return Delivered(paths=paths, private=True)
+
+    def list_files(self, repo: str, revision: str | None) -> list[str]:
+        """Every file of the artifact (tar layers are downloaded and listed).
+
+        Raises:
+            as :meth:`deliver`.
+        """
+        if revision is None or not _is_digest(revision):
+            raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a manifest digest")
+        where = f"{self._where()}: {repo}@{revision}"
+        layers = layers_of(self.manifest(repo, revision), where)
+        names = [layer.path for layer in layers if not layer.tar and layer.path is not None]
+        tars = [layer for layer in layers if layer.tar]
+        if tars:
+            with tempfile.TemporaryDirectory(prefix="safeload-oci-") as tmp:
+                blobs = self._blobs(repo, tars, Path(tmp), f"{self.name}:{repo}@{revision[:19]}")
+                for n, layer in enumerate(tars):
+                    self._check_blob(blobs[layer.digest], layer, repo)
+                    names += [
+                        rel
+                        for rel, _ in _unpack(
+                            blobs[layer.digest], layer, Path(tmp) / f"u{n}", where, self._max_file_bytes
+                        )
+                    ]
+        if len(set(names)) != len(names):
+            raise IntegrityError(f"{where}: a file is in the artifact twice")
+        return sorted(names)
+
+    def declared_digests(
+        self, repo: str, revision: str, files: list[str] | tuple[str, ...]
+    ) -> dict[str, str]:
+        """The descriptor digests of the artifact's single-file layers (checked against the bytes later)."""
+        where = f"{self._where()}: {repo}@{revision}"
+        layers = layers_of(self.manifest(repo, revision), where)
+        wanted = set(files)
+        return {
+            layer.path: layer.digest
+            for layer in layers
+            if not layer.tar and layer.path is not None and layer.path in wanted
+        }
+
+    def resolve_revision(self, repo: str, ref: str | None) -> str | None:
+        """The digest of the manifest that tag ``ref`` (default ``latest``) points at right now.
+
+        Raises:
+            UntrustedSourceError: no such repository or tag.
+        """
+        tag = ref or "latest"
+        req = Request(
+            id="t", url=self._url(repo, "manifests", tag), max_bytes=_MANIFEST_CAP, headers=_ACCEPT_MANIFEST
+        )
+        raw, _ = self._get(req, f"{repo}:{tag}")
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    # ------------------------------------------------------------------------------------ referrers
+
+    def referrers(self, repo: str, digest: str) -> list[Mapping[str, object]]:
+        """Descriptors of the artifacts attached to ``digest`` (unverified claims: each is fetched by
+        digest and must name ``digest`` as its subject before it is used)."""
+        what = f"the referrers of {repo}@{digest}"
+        api = Request(
+            id="r", url=self._url(repo, "referrers", digest), max_bytes=_MANIFEST_CAP, headers=_ACCEPT_INDEX
+        )
+        try:
+            index, _ = self._json(api, what)
+        except UntrustedSourceError:
+            # No referrers API (distribution 2.8): the referrers tag schema, an index tagged sha256-<hex>.
+            tagged = Request(
+                id="r",
+                url=self._url(repo, "manifests", "sha256-" + digest[7:]),
+                max_bytes=_MANIFEST_CAP,
+                headers=_ACCEPT_INDEX,
+            )
+            try:
+                index, _ = self._json(tagged, what)
+            except UntrustedSourceError:
+                return []
+        manifests = index.get("manifests") if isinstance(index, dict) else None
+        if not isinstance(manifests, list):
+            raise IntegrityError(f"{self._where()}: {what}: not an image index")
+        return [m for m in manifests if isinstance(m, dict)]
+
+    def _signature(self, repo: str, digest: str, work: Path) -> Path:
+        where = f"{self._where()}: {repo}@{digest}"
+        found: list[Path] = []
+        for desc in self.referrers(repo, digest):
+            if desc.get("artifactType") not in SIGNATURE_TYPES:
+                continue
+            ref_digest, _, _, _ = _descriptor(desc, where)
+            manifest = self.manifest(repo, ref_digest)
+            subject = manifest.get("subject")
+            if not isinstance(subject, dict) or subject.get("digest") != digest:
+                continue  # listed under this digest but attached to another: ignored
+            attached = manifest.get("layers")
+            if not isinstance(attached, list) or len(attached) != 1:
+                continue
+            d, size, media, _ = _descriptor(attached[0], where)
+            layers = [Layer(digest=d, size=size, media_type=media, path=None, tar=False, gzip=False)]
+            blob = self._blobs(repo, layers, work, f"{self.name}:{repo} signature")[layers[0].digest]
+            self._check_blob(blob, layers[0], repo)
+            found.append(blob)
+        if not found:
+            raise UntrustedSourceError(f"{where}: no model-signing signature is attached to the manifest")
+        if len(found) > 1:
+            raise UntrustedSourceError(
+                f"{where}: {len(found)} signatures are attached; pin the one to use as a file instead"
+            )
+        return found[0]
+
+
+def _unpack(blob: Path, layer: Layer, dest: Path, where: str, max_bytes: int) -> Iterator[tuple[str, Path]]:
+    """The files of a tar layer, written below ``dest``: (repository-relative name, path).
+
+    Raises:
+        IntegrityError: an entry is not a plain file or folder, or its name is not a safe relative path.
+    """
+    dest.mkdir(mode=0o700)
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(open(blob, "rb"))
+        stream = stack.enter_context(gzip.GzipFile(fileobj=fh)) if layer.gzip else fh
+        try:
+            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if member.isdir():
+                    if name and not is_safe_relpath(name):
+                        raise IntegrityError(
+                            f"{where}: layer {layer.digest} has a folder named {member.name!r}"
+                        )
+                    continue
+                if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                    raise IntegrityError(
+                        f"{where}: layer {layer.digest} holds {member.name!r}, a "
+                        f"{'link' if member.issym() or member.islnk() else 'special file'}; only plain files "
+                        "and folders are unpacked, so the layer is refused"
+                    )
+                if not is_safe_relpath(name):
+                    raise IntegrityError(
+                        f"{where}: layer {layer.digest} holds {member.name!r}, which is not a relative path "
+                        "inside the artifact; the layer is refused"
+                    )
+                if member.size > max_bytes:
+                    raise IntegrityError(f"{where}: {name} is {member.size} bytes, over max_file_size")
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                src = tar.extractfile(member)
+                assert src is not None
+                fd = os.open(
+                    target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+                with os.fdopen(fd, "wb") as out:
+                    remaining = member.size
+                    while remaining:
+                        chunk = src.read(min(remaining, 1 << 20))
+                        if not chunk:
+                            raise IntegrityError(f"{where}: layer {layer.digest} ends inside {name}")
+                        out.write(chunk)
+                        remaining -= len(chunk)
+                yield name, target
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            if isinstance(exc, FileExistsError):
+                raise IntegrityError(f"{where}: layer {layer.digest} holds {exc.filename!r} twice") from None
+            raise IntegrityError(f"{where}: layer {layer.digest} is not a readable tar: {exc}") from None
+
+
+def _auth_file_credentials(host: str) -> str | None:
+    """``Authorization`` for ``host`` from the user's registry auth file, as podman and docker keep it."""
+    candidates = [os.environ.get("REGISTRY_AUTH_FILE")]
+    if os.environ.get("DOCKER_CONFIG"):
+        candidates.append(os.path.join(os.environ["DOCKER_CONFIG"], "config.json"))
+    candidates.append(os.path.expanduser("~/.docker/config.json"))
+    for path in candidates:
+        if not path or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                auths = json.load(fh).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(auths, dict):
+            continue
+        for key in (host, f"https://{host}", f"http://{host}"):
+            entry = auths.get(key)
+            if isinstance(entry, dict):
+                token = entry.get("registrytoken")
+                if isinstance(token, str) and token:
+                    return f"Bearer {token}"
+                basic = entry.get("auth")
+                if isinstance(basic, str) and basic:
+                    with contextlib.suppress(ValueError):
+                        base64.b64decode(basic, validate=True)
+                        return f"Basic {basic}"
+        return None
+    return None
