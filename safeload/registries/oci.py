@@ -230,6 +230,8 @@ class OciRegistry(JailedRegistry):
                     f"over this registry's max_file_size ({self._max_file_bytes}); nothing was downloaded"
                 )
         unique = list({layer.digest: layer for layer in layers}.values())
+        if not unique:
+            return {}
         requests = [
             Request(
                 id=str(i),
@@ -307,10 +309,17 @@ class OciRegistry(JailedRegistry):
                     "was downloaded"
                 )
             wanted_raw[rel] = layer
-        tars = [layer for layer in layers if layer.tar] if inside else []
         work = Path(tempfile.mkdtemp(prefix="oci-", dir=staging))
         paths: dict[str, Path] = {}
-        blobs = self._blobs(repo, [*wanted_raw.values(), *tars], work, f"{self.name}:{repo}@{revision[:19]}")
+        # A signature is attached to the manifest rather than packed in it; look there first, so that
+        # asking for it never downloads the artifact's tar layers.
+        for rel in [r for r in inside if r.endswith(".sig")]:
+            with contextlib.suppress(_NoSignature):
+                paths[rel] = self._signature(repo, revision, work)
+                inside.remove(rel)
+        tars = [layer for layer in layers if layer.tar] if inside else []
+        label = f"{self.name}:{repo}@{revision[:19]}"
+        blobs = self._blobs(repo, [*wanted_raw.values(), *tars], work, label)
         for rel, layer in wanted_raw.items():
             if files[rel] is None:
                 self._check_blob(blobs[layer.digest], layer, repo)  # no pin will check it later
@@ -319,19 +328,15 @@ class OciRegistry(JailedRegistry):
             unpacked: dict[str, Path] = {}
             for n, layer in enumerate(tars):
                 self._check_blob(blobs[layer.digest], layer, repo)
-                for rel, path in _unpack(
-                    blobs[layer.digest], layer, work / f"unpacked-{n}", where, self._max_file_bytes
-                ):
+                limit = self._max_file_bytes
+                for rel, path in _unpack(blobs[layer.digest], layer, work / f"unpacked-{n}", where, limit):
                     if rel in unpacked or rel in raw:
                         raise IntegrityError(f"{where}: {rel!r} is in the artifact twice")
                     unpacked[rel] = path
             for rel in inside:
-                if rel in unpacked:
-                    paths[rel] = unpacked[rel]
-                elif rel.endswith(".sig"):
-                    paths[rel] = self._signature(repo, revision, work)
-                else:
+                if rel not in unpacked:
                     raise UntrustedSourceError(f"{where}: the artifact has no file {rel!r}")
+                paths[rel] = unpacked[rel]
         return Delivered(paths=paths, private=True)
 
     def list_files(self, repo: str, revision: str | None) -> list[str]:
@@ -435,12 +440,16 @@ class OciRegistry(JailedRegistry):
             self._check_blob(blob, layers[0], repo)
             found.append(blob)
         if not found:
-            raise UntrustedSourceError(f"{where}: no model-signing signature is attached to the manifest")
+            raise _NoSignature(f"{where}: no model-signing signature is attached to the manifest")
         if len(found) > 1:
             raise UntrustedSourceError(
                 f"{where}: {len(found)} signatures are attached; pin the one to use as a file instead"
             )
         return found[0]
+
+
+class _NoSignature(UntrustedSourceError):
+    """No signature is attached to a manifest (the caller may still find one packed in a layer)."""
 
 
 def _unpack(blob: Path, layer: Layer, dest: Path, where: str, max_bytes: int) -> Iterator[tuple[str, Path]]:

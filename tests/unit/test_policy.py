@@ -145,7 +145,11 @@ BAD: list[tuple[str, str, str]] = [
     ("version = 1\n[sandbox]\nunpickler = 'exec'\n", "sandbox.unpickler:", "'inert', 'execute'"),
     ("version = 1\n[sandbox]\ncpu = 1\n", "sandbox.cpu:", "unknown key"),
     ("version = 1\n[registries.hub]\nendpoint = 'https://x'\n", "registries.hub.kind:", "is required"),
-    ("version = 1\n[registries.hub]\nkind = 'oci'\n", "registries.hub.kind:", "'huggingface', 'directory'"),
+    ("version = 1\n[registries.hub]\nkind = 's3'\n", "registries.hub.kind:", "'huggingface', 'directory', 'oci'"),
+    ("version = 1\n[registries.o]\nkind = 'oci'\nendpoint = 'http://r'\nnamespace = '../x'\n",
+     "registries.o.namespace:", "repository id"),
+    ("version = 1\n[registries.o]\nkind = 'oci'\nendpoint = 'http://r'\n[models.m]\nregistry = 'o'\n"
+     "revision = 'v1'\nfiles = { a = 'sha256:" + "0" * 64 + "' }\n", "models.m.revision:", "manifest digest"),
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\n", "registries.hub.endpoint:", "is required"),
     ("version = 1\n[registries.hub]\nkind = 'huggingface'\nendpoint = 'ftp://x'\n",
      "registries.hub.endpoint:", "http(s) URL"),
