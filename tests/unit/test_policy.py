@@ -145,7 +145,8 @@ BAD: list[tuple[str, str, str]] = [
     ("version = 1\n[sandbox]\nunpickler = 'exec'\n", "sandbox.unpickler:", "'inert', 'execute'"),
     ("version = 1\n[sandbox]\ncpu = 1\n", "sandbox.cpu:", "unknown key"),
     ("version = 1\n[registries.hub]\nendpoint = 'https://x'\n", "registries.hub.kind:", "is required"),
-    ("version = 1\n[registries.hub]\nkind = 's3'\n", "registries.hub.kind:", "'huggingface', 'directory', 'oci'"),
+    ("version = 1\n[registries.hub]\nkind = 's3'\n", "registries.hub.kind:",
+     "'huggingface', 'directory', 'oci'"),
     ("version = 1\n[registries.o]\nkind = 'oci'\nendpoint = 'http://r'\nnamespace = '../x'\n",
      "registries.o.namespace:", "repository id"),
     ("version = 1\n[registries.o]\nkind = 'oci'\nendpoint = 'http://r'\n[models.m]\nregistry = 'o'\n"
