@@ -335,7 +335,8 @@ class OciRegistry(JailedRegistry):
                     unpacked[rel] = path
             for rel in inside:
                 if rel not in unpacked:
-                    raise UntrustedSourceError(f"{where}: the artifact has no file {rel!r}")
+                    attached = " and no model-signing signature is attached" if rel.endswith(".sig") else ""
+                    raise UntrustedSourceError(f"{where}: the artifact has no file {rel!r}{attached}")
                 paths[rel] = unpacked[rel]
         return Delivered(paths=paths, private=True)
 

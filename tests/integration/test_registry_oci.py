@@ -1,0 +1,405 @@
+"""``kind = "oci"`` against a real registry: Debian's docker-registry (distribution 2.8) on 127.0.0.1.
+
+Artifacts are pushed by the real ``oras`` client and by plain distribution API calls that build the
+ModelPack, KitOps and signature layouts by hand: none of them come from safeload's own code. Attacks
+tamper with the registry's own storage (distribution serves a blob's file without re-checking it), so
+the registry itself lies: a blob whose bytes differ from its descriptor, a manifest whose bytes differ
+from the pin, a blob longer than its descriptor, and tar layers with ``..``, absolute, symlink and
+hardlink entries. Each must fail with a typed error and leave nothing in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from safeload.errors import IntegrityError, PolicyError, SignatureError, UntrustedSourceError
+from safeload.pinning import pin_model
+from safeload.policy import load_policy, parse_policy
+from safeload.resolve import fetch_model
+from tests.helpers.ociregistry import OciRegistry, oras_push
+from tests.helpers.signing import generate_key, sign_with_key, write_tiny_model
+from tests.helpers.trust import write_policy
+
+EMPTY = "application/vnd.oci.empty.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    server = OciRegistry.start(tmp_path_factory.mktemp("oci"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _blob_file(registry: OciRegistry, digest: str) -> Path:
+    hexd = digest.removeprefix("sha256:")
+    found = list(registry.root.rglob(f"blobs/sha256/{hexd[:2]}/{hexd}/data"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _push(
+    registry: OciRegistry,
+    repo: str,
+    files: dict[str, bytes],
+    *,
+    tag: str = "v1",
+    config_type: str = MODELPACK_CONFIG,
+    artifact_type: str | None = "application/vnd.cncf.model.manifest.v1+json",
+    layer_type: str = "application/vnd.cncf.model.weight.v1.raw",
+    tars: dict[str, bytes] | None = None,
+) -> str:
+    """A ModelPack-style manifest: one raw layer per file (and given tar layers), pushed by hand."""
+    config = json.dumps({"descriptor": {"name": repo}}).encode()
+    layers = []
+    for name, data in files.items():
+        layers.append(
+            {
+                "mediaType": layer_type,
+                "digest": registry.push_blob(repo, data),
+                "size": len(data),
+                "annotations": {"org.cncf.model.filepath": name},
+            }
+        )
+    for name, data in (tars or {}).items():
+        layers.append(
+            {
+                "mediaType": "application/vnd.cncf.model.weight.v1.tar",
+                "size": len(data),
+                "digest": registry.push_blob(repo, data),
+                "annotations": {"org.cncf.model.filepath": name},
+            }
+        )
+    manifest: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": config_type, "digest": registry.push_blob(repo, config), "size": len(config)},
+        "layers": layers,
+    }
+    if artifact_type:
+        manifest["artifactType"] = artifact_type
+    return registry.push_manifest(repo, manifest, tag)
+
+
+def _tar(entries: list[tuple[str, bytes | None, bytes]]) -> bytes:
+    """A tar of (name, link target or None, content) entries; type from the target: b"sym:", b"hard:"."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, link, data in entries:
+            info = tarfile.TarInfo(name)
+            if link is not None and link.startswith(b"sym:"):
+                info.type, info.linkname = tarfile.SYMTYPE, link[4:].decode()
+                tar.addfile(info)
+            elif link is not None and link.startswith(b"hard:"):
+                info.type, info.linkname = tarfile.LNKTYPE, link[5:].decode()
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _policy(
+    tmp_path: Path, registry: OciRegistry, repo: str, digest: str, files: dict[str, str], **model: object
+) -> Path:
+    return write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+        models={"m": {"registry": "oci", "repo": repo, "revision": digest, "files": files, **model}},
+    )
+
+
+def _nothing_stored(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for part in ("blobs", "models", "staging"):
+        left = [p for p in (store / part).rglob("*") if p.is_file()]
+        assert left == [], f"the store's {part} holds {left}"
+
+
+def test_a_tag_is_refused_at_policy_load() -> None:
+    text = (
+        "version = 1\n[registries.oci]\nkind = 'oci'\nendpoint = 'http://127.0.0.1:5000'\n"
+        "[models.m]\nregistry = 'oci'\nrepo = 'acme/m'\nrevision = 'latest'\nfiles = { a = 'sha256:"
+        + "0" * 64
+        + "' }\n"
+    )
+    with pytest.raises(PolicyError, match=r"models\.m\.revision: must be a manifest digest .*got 'latest'"):
+        parse_policy(text)
+
+
+def test_an_oras_artifact_pins_by_tag_and_loads_by_digest(tmp_path: Path, registry: OciRegistry) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_bytes(b'{"model_type": "bert"}')
+    (src / "weights.bin").write_bytes(b"\x00\x01" * 5000)
+    digest = oras_push(
+        registry,
+        f"{registry.host}/oras/plain:v1",
+        {
+            "config.json": src / "config.json",
+            "weights.bin": src / "weights.bin",
+        },
+    )
+    policy_path = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+    )
+    with pytest.raises(PolicyError, match="is a tag, and tags move"):
+        pin_model(f"oci://{registry.host}/oras/plain:v1", policy_path=policy_path, name="m")
+    name, entry = pin_model(
+        f"oci://{registry.host}/oras/plain:v1", policy_path=policy_path, name="m", resolve=True
+    )
+    assert entry.revision == digest
+    assert dict(entry.files) == {
+        "config.json": _sha(b'{"model_type": "bert"}'),
+        "weights.bin": _sha(b"\x00\x01" * 5000),
+    }
+    fetched = fetch_model(name, policy=load_policy(policy_path), progress=False)
+    assert (fetched.folder / "weights.bin").read_bytes() == b"\x00\x01" * 5000
+
+
+def test_a_modelpack_artifact_with_a_folder_layer_loads_per_file(
+    tmp_path: Path, registry: OciRegistry
+) -> None:
+    files = {"config.json": b'{"a": 1}'}
+    tokenizer = _tar([("tokenizer/vocab.txt", None, b"[PAD]\nhello\n"), ("tokenizer/merges.txt", None, b"")])
+    digest = _push(registry, "mp/model", files, tars={"tokenizer": tokenizer})
+    pins = {"config.json": _sha(b'{"a": 1}'), "tokenizer/vocab.txt": _sha(b"[PAD]\nhello\n")}
+    fetched = fetch_model(
+        "m", policy=load_policy(_policy(tmp_path, registry, "mp/model", digest, pins)), progress=False
+    )
+    assert (fetched.folder / "tokenizer" / "vocab.txt").read_bytes() == b"[PAD]\nhello\n"
+    assert sorted(p.name for p in fetched.folder.rglob("*") if p.is_file()) == ["config.json", "vocab.txt"]
+    warm = fetch_model("m", policy=load_policy(tmp_path / "trust.toml"), progress=False)
+    assert warm.folder == fetched.folder
+
+
+def test_a_kitops_modelkit_is_read_by_its_media_types(tmp_path: Path, registry: OciRegistry) -> None:
+    model = _tar([("model/weights.bin", None, b"w" * 300)])
+    gz = io.BytesIO()
+    import gzip
+
+    with gzip.GzipFile(fileobj=gz, mode="wb") as fh:
+        fh.write(model)
+    data = gz.getvalue()
+    config = b'{"manifestVersion": "1.0"}'
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.kitops.modelkit.config.v1+json",
+            "digest": registry.push_blob("kit/model", config),
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.kitops.modelkit.model.v1.tar+gzip",
+                "digest": registry.push_blob("kit/model", data),
+                "size": len(data),
+            }
+        ],
+    }
+    digest = registry.push_manifest("kit/model", manifest, "v1")
+    pins = {"model/weights.bin": _sha(b"w" * 300)}
+    fetched = fetch_model(
+        "m", policy=load_policy(_policy(tmp_path, registry, "kit/model", digest, pins)), progress=False
+    )
+    assert (fetched.folder / "model" / "weights.bin").read_bytes() == b"w" * 300
+
+
+def test_a_moved_tag_changes_nothing_that_is_pinned(tmp_path: Path, registry: OciRegistry) -> None:
+    first = _push(registry, "moving/model", {"config.json": b"first"}, tag="stable")
+    pins = {"config.json": _sha(b"first")}
+    policy = load_policy(_policy(tmp_path, registry, "moving/model", first, pins))
+    second = _push(registry, "moving/model", {"config.json": b"second, evil"}, tag="stable")
+    assert second != first and registry.manifest("moving/model", "stable")[1] == second
+    fetched = fetch_model("m", policy=policy, progress=False)
+    assert (fetched.folder / "config.json").read_bytes() == b"first"
+
+
+def test_a_blob_whose_bytes_differ_from_its_descriptor_is_refused(
+    tmp_path: Path, registry: OciRegistry
+) -> None:
+    good = b"the reviewed weights" * 10
+    digest = _push(registry, "lie/blob", {"model.safetensors": good})
+    _blob_file(registry, _sha(good)).write_bytes(b"X" * len(good))  # the registry's storage is tampered
+    pins = {"model.safetensors": _sha(good)}
+    with pytest.raises(IntegrityError, match=f"expected {_sha(good)}"):
+        fetch_model(
+            "m", policy=load_policy(_policy(tmp_path, registry, "lie/blob", digest, pins)), progress=False
+        )
+    _nothing_stored(tmp_path)
+
+
+def test_a_blob_longer_than_its_descriptor_is_stopped(tmp_path: Path, registry: OciRegistry) -> None:
+    good = b"short"
+    digest = _push(registry, "lie/long", {"model.safetensors": good})
+    _blob_file(registry, _sha(good)).write_bytes(good + b"Y" * (4 << 20))
+    pins = {"model.safetensors": _sha(good)}
+    with pytest.raises(IntegrityError, match=r"announces 4194309 bytes|more than 5 bytes"):
+        fetch_model(
+            "m", policy=load_policy(_policy(tmp_path, registry, "lie/long", digest, pins)), progress=False
+        )
+    _nothing_stored(tmp_path)
+
+
+def test_a_manifest_whose_bytes_differ_from_the_pin_is_refused(tmp_path: Path, registry: OciRegistry) -> None:
+    digest = _push(registry, "lie/manifest", {"config.json": b"{}"})
+    path = _blob_file(registry, digest)
+    tampered = path.read_bytes().replace(b'"schemaVersion":2', b'"schemaVersion": 2')
+    tampered = tampered if tampered != path.read_bytes() else path.read_bytes() + b" "
+    path.write_bytes(tampered)
+    with pytest.raises(
+        IntegrityError, match=r"the manifest served hashes to .* not the pinned digest|Docker-Content"
+    ):
+        fetch_model(
+            "m",
+            policy=load_policy(
+                _policy(tmp_path, registry, "lie/manifest", digest, {"config.json": _sha(b"{}")})
+            ),
+            progress=False,
+        )
+    _nothing_stored(tmp_path)
+
+
+def test_a_pin_that_contradicts_the_manifest_downloads_nothing(tmp_path: Path, registry: OciRegistry) -> None:
+    digest = _push(registry, "lie/pin", {"config.json": b"{}"})
+    with pytest.raises(IntegrityError, match=r"the manifest names config\.json = .* but the policy pins"):
+        fetch_model(
+            "m",
+            policy=load_policy(
+                _policy(tmp_path, registry, "lie/pin", digest, {"config.json": _sha(b"other")})
+            ),
+            progress=False,
+        )
+    _nothing_stored(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("entries", "refusal"),
+    [
+        ([("../../escape.txt", None, b"pwned")], "not a relative path"),
+        ([("/tmp/safeload-oci-escape.txt", None, b"pwned")], "not a relative path"),
+        ([("tokenizer/link", b"sym:/etc/passwd", b"")], "a link"),
+        ([("tokenizer/a", None, b"a"), ("tokenizer/hard", b"hard:tokenizer/a", b"")], "a link"),
+    ],
+    ids=["dot-dot", "absolute", "symlink", "hardlink"],
+)
+def test_an_unsafe_tar_layer_is_refused_whole(
+    tmp_path: Path, registry: OciRegistry, entries: list[tuple[str, bytes | None, bytes]], refusal: str
+) -> None:
+    layer = _tar([("tokenizer/vocab.txt", None, b"v"), *entries])
+    digest = _push(
+        registry,
+        "lie/tar",
+        {"config.json": b"{}"},
+        tars={"tokenizer": layer},
+        tag="t" + hashlib.sha256(layer).hexdigest()[:12],
+    )
+    pins = {"config.json": _sha(b"{}"), "tokenizer/vocab.txt": _sha(b"v")}
+    with pytest.raises(IntegrityError, match=refusal):
+        fetch_model(
+            "m", policy=load_policy(_policy(tmp_path, registry, "lie/tar", digest, pins)), progress=False
+        )
+    _nothing_stored(tmp_path)
+    assert not Path("/tmp/safeload-oci-escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def _signed_artifact(tmp_path: Path, registry: OciRegistry, repo: str) -> tuple[str, Path, Path]:
+    model = write_tiny_model(tmp_path / "model")
+    keys = tmp_path / "keys"
+    release, other = generate_key(keys, "release"), generate_key(keys, "other")
+    sign_with_key(model, release.private)
+    files = {
+        p.relative_to(model).as_posix(): p.read_bytes()
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "model.sig"
+    }
+    flat = {k: v for k, v in files.items() if "/" not in k}
+    tokenizer = _tar([(k, None, v) for k, v in files.items() if "/" in k])
+    digest = _push(registry, repo, flat, tars={"tokenizer": tokenizer})
+    raw, _ = registry.manifest(repo, digest)
+    registry.attach(
+        repo, digest, len(raw), SIGSTORE_BUNDLE, (model / "model.sig").read_bytes(), SIGSTORE_BUNDLE
+    )
+    return digest, release.public, other.public
+
+
+def test_an_attached_signature_verifies_through_the_policy_signer(
+    tmp_path: Path, registry: OciRegistry
+) -> None:
+    digest, release, _ = _signed_artifact(tmp_path, registry, "signed/model")
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+        signers={"release": {"kind": "key", "public_key": str(release)}},
+        models={"m": {"registry": "oci", "repo": "signed/model", "revision": digest, "signer": "release"}},
+    )
+    fetched = fetch_model("m", policy=load_policy(policy), progress=False)
+    assert fetched.signature is not None and fetched.signature.signer == "release"
+    assert (fetched.folder / "tokenizer" / "vocab.txt").read_text().startswith("[PAD]")
+
+
+def test_an_attached_signature_from_another_signer_is_refused(tmp_path: Path, registry: OciRegistry) -> None:
+    digest, _, other = _signed_artifact(tmp_path, registry, "signed/other")
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+        signers={"release": {"kind": "key", "public_key": str(other)}},
+        models={"m": {"registry": "oci", "repo": "signed/other", "revision": digest, "signer": "release"}},
+    )
+    with pytest.raises(SignatureError):
+        fetch_model("m", policy=load_policy(policy), progress=False)
+    assert not any((tmp_path / "store" / "models").rglob("*.json"))
+
+
+def test_an_unsigned_artifact_is_refused_when_the_entry_names_a_signer(
+    tmp_path: Path, registry: OciRegistry
+) -> None:
+    digest = _push(registry, "unsigned/model", {"config.json": b"{}"})
+    keys = generate_key(tmp_path / "keys", "release")
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+        signers={"release": {"kind": "key", "public_key": str(keys.public)}},
+        models={
+            "m": {
+                "registry": "oci",
+                "repo": "unsigned/model",
+                "revision": digest,
+                "signer": "release",
+                "files": {"config.json": _sha(b"{}")},
+            }
+        },
+    )
+    with pytest.raises(SignatureError, match="no model-signing signature is attached"):
+        fetch_model("m", policy=load_policy(policy), progress=False)
+
+
+def test_an_unknown_manifest_is_an_untrusted_source(tmp_path: Path, registry: OciRegistry) -> None:
+    with pytest.raises(UntrustedSourceError, match="not found in the registry"):
+        fetch_model(
+            "m",
+            policy=load_policy(_policy(tmp_path, registry, "nobody/here", _sha(b"x"), {"a": _sha(b"a")})),
+            progress=False,
+        )
