@@ -15,6 +15,7 @@ written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,11 +24,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safeload.errors import SafeloadError
+from safeload.errors import IntegrityError, SafeloadError
 
-__all__ = ["DEFAULT_LIBRARIES", "BomError", "BomModel", "build_bom", "render_bom", "write_bom"]
+if TYPE_CHECKING:
+    from safeload.policy import Policy
+    from safeload.resolve import FetchedModel
+
+__all__ = [
+    "DEFAULT_LIBRARIES",
+    "BomError",
+    "BomModel",
+    "UpstreamBom",
+    "bom_model",
+    "build_bom",
+    "check_upstream_bom",
+    "render_bom",
+    "write_bom",
+]
 
 #: Distributions that load a model, in dependency order: each may depend on the ones before it.
 DEFAULT_LIBRARIES: tuple[str, ...] = ("torch", "safetensors", "transformers", "safeload")
@@ -65,6 +80,52 @@ class BomError(SafeloadError):
     """The BOM could not be built, or the document built does not validate against CycloneDX 1.6."""
 
 
+# The CycloneDX versions an upstream BOM may be written in (each validated against its own schema).
+_UPSTREAM_VERSIONS = ("1.4", "1.5", "1.6")
+
+
+@dataclass(frozen=True)
+class UpstreamBom:
+    """The BOM a model's publisher attached to it, as kept in the store: its sha256, and the
+    ``urn:cdx:`` BOM-Link that names it when it has a serial number."""
+
+    digest: str
+    path: Path
+    link: str | None
+
+
+def check_upstream_bom(data: bytes, what: str) -> str | None:
+    """Check that ``data`` is a CycloneDX JSON BOM that validates against the schema of the version it
+    declares; returns its BOM-Link (``urn:cdx:<serial>/<version>``), or None when it has no serial.
+
+    Raises:
+        IntegrityError: not JSON, not CycloneDX, an unsupported version, or it fails its schema.
+    """
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise IntegrityError(f"{what}: the attached BOM is not JSON; it was not kept") from None
+    spec = doc.get("specVersion") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX" or spec not in _UPSTREAM_VERSIONS:
+        raise IntegrityError(
+            f"{what}: the attached BOM is not a CycloneDX {'/'.join(_UPSTREAM_VERSIONS)} JSON document "
+            f"(specVersion {spec!r}); it was not kept"
+        )
+    error = JsonStrictValidator(SchemaVersion.from_version(str(spec))).validate_str(data.decode("utf-8"))
+    if error is not None:
+        raise IntegrityError(
+            f"{what}: the attached BOM does not validate against CycloneDX {spec}: {error}; the model was "
+            "not stored"
+        )
+    serial, version = doc.get("serialNumber"), doc.get("version", 1)
+    if isinstance(serial, str) and serial.startswith("urn:uuid:") and isinstance(version, int):
+        return f"urn:cdx:{serial.removeprefix('urn:uuid:')}/{version}"
+    return None
+
+
 @dataclass(frozen=True)
 class BomModel:
     """What the BOM records about one verified model.
@@ -88,6 +149,48 @@ class BomModel:
     task: str | None = None
     datasets: tuple[str, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)
+    upstream_bom: UpstreamBom | None = None
+
+
+def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
+    """What the BOM records of ``fetched`` (a model just verified through ``policy``).
+
+    Raises:
+        IntegrityError: the model's stored upstream BOM is gone or no longer hashes to its digest.
+    """
+    entry = fetched.entry
+    spec = policy.registries[entry.registry]
+    return BomModel(
+        name=fetched.name,
+        repo=entry.repo,
+        revision=entry.store_revision(),
+        registry=entry.registry,
+        registry_kind=spec.kind,
+        files=dict(fetched.files),
+        verification="sha256+signature" if entry.signer is not None else "sha256",
+        folder=Path(fetched.folder),
+        signer=entry.signer,
+        signer_identity=fetched.signature.identity if fetched.signature is not None else None,
+        task=entry.task,
+        datasets=entry.datasets,
+        upstream_bom=_checked_upstream(fetched.name, fetched.upstream_bom),
+    )
+
+
+def _checked_upstream(name: str, upstream: UpstreamBom | None) -> UpstreamBom | None:
+    """The stored upstream BOM, re-hashed: it is small, and the BOM names it by this digest."""
+    if upstream is None:
+        return None
+    try:
+        data = upstream.path.read_bytes()
+    except OSError as exc:
+        raise IntegrityError(
+            f"model {name!r}: its upstream BOM {upstream.digest} is gone from the store ({exc.strerror}); "
+            f"run `safeload verify` and `safeload prefetch {name}`"
+        ) from exc
+    if "sha256:" + hashlib.sha256(data).hexdigest() != upstream.digest:
+        raise IntegrityError(f"model {name!r}: the stored upstream BOM no longer hashes to {upstream.digest}")
+    return upstream
 
 
 def _purl(model: BomModel) -> Any:
@@ -179,7 +282,14 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             models share a name, or the finished document does not validate against the CycloneDX 1.6
             JSON schema.
     """
-    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model import (
+        ExternalReference,
+        ExternalReferenceType,
+        HashAlgorithm,
+        HashType,
+        Property,
+        XsUri,
+    )
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.output.json import JsonV1Dot6
@@ -236,7 +346,23 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             "safeload:signer": model.signer or "none",
             **({"safeload:signer:identity": model.signer_identity} if model.signer_identity else {}),
             **dict(model.properties),
+            **({"safeload:upstream-bom": model.upstream_bom.digest} if model.upstream_bom else {}),
         }
+        refs = []
+        if model.upstream_bom is not None:
+            # The publisher's own BOM, by BOM-Link when it has a serial (CycloneDX's way to name another
+            # BOM), with the sha256 of the bytes that were checked against its schema.
+            up = model.upstream_bom
+            refs.append(
+                ExternalReference(
+                    type=ExternalReferenceType.BOM,
+                    url=XsUri(up.link or f"urn:sha256:{up.digest.removeprefix('sha256:')}"),
+                    comment="the BOM its publisher attached to the model (unsigned upstream claims)",
+                    hashes=[
+                        HashType(alg=HashAlgorithm.SHA_256, content=_hex_digest(model, "BOM", up.digest))
+                    ],
+                )
+            )
         component = Component(
             type=ComponentType.MACHINE_LEARNING_MODEL,
             name=model.repo,
@@ -245,6 +371,7 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             purl=purl,
             properties=[Property(name=k, value=v) for k, v in props.items()],
             components=files,
+            external_references=refs,
         )
         bom.components.add(component)
         bom.register_dependency(component, loaders)

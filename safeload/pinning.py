@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -44,7 +45,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["hash_repo", "pin_model", "render_entry", "write_entry"]
+__all__ = ["OciTarget", "hash_repo", "oci_target", "pin_model", "render_entry", "write_entry"]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEADER = re.compile(r"^\s*\[(?!\[)(.*)\]\s*(#.*)?$")
@@ -249,16 +250,28 @@ def pin_model(
     return model_name, entry
 
 
-def _pin_oci(
-    url: str, *, policy_path: Path, registry: str | None, name: str | None, resolve: bool
-) -> tuple[str, ModelEntry]:
-    """``oci://HOST[:PORT]/REPO@sha256:<hex>`` (or ``:TAG`` with ``resolve``) into ``[models]``."""
+@dataclass(frozen=True)
+class OciTarget:
+    """An ``oci://`` reference matched to the policy's oci registry for its host."""
+
+    spec: OciRegistrySpec
+    repo: str  # relative to the registry's namespace, as a [models] entry names it
+    tag: str | None
+    digest: str | None
+
+
+def oci_target(url: str, policy: Policy, *, registry: str | None = None) -> OciTarget:
+    """Match ``oci://HOST[:PORT]/REPO(:TAG|@sha256:<hex>)`` to the one oci registry of ``policy`` whose
+    endpoint has that host (and ``registry`` as its name, when given).
+
+    Raises:
+        PolicyError: the reference is malformed, no single registry matches, or the path is outside the
+            registry's namespace.
+    """
     m = _OCI_URL.match(url)
     if m is None:
         raise PolicyError(f"{url!r}: expected oci://HOST[:PORT]/REPO@sha256:<64 hex> or oci://HOST/REPO:TAG")
     host, path, tag, digest = m.group(1), m.group(2), m.group(3), m.group(4)
-    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
-    policy = parse_policy(text, source=policy_path)
     candidates = [
         r for r in policy.registries.values()
         if isinstance(r, OciRegistrySpec) and (registry is None or r.name == registry)
@@ -266,7 +279,8 @@ def _pin_oci(
     ]
     if len(candidates) != 1:
         raise PolicyError(
-            f"{url}: {len(candidates)} oci registries in {policy_path} have the endpoint host {host!r}"
+            f"{url}: {len(candidates)} oci registries in {policy.source or 'the policy'} have the endpoint "
+            f"host {host!r}"
             + (f" and the name {registry!r}" if registry else "")
             + '; add one ([registries.NAME] kind = "oci", endpoint = "https://HOST") or name it with '
             "--registry"
@@ -277,6 +291,17 @@ def _pin_oci(
         if not path.startswith(spec.namespace + "/"):
             raise PolicyError(f"{url}: {path!r} is outside the registry's namespace {spec.namespace!r}")
         repo = path[len(spec.namespace) + 1 :]
+    return OciTarget(spec=spec, repo=repo, tag=tag, digest=digest)
+
+
+def _pin_oci(
+    url: str, *, policy_path: Path, registry: str | None, name: str | None, resolve: bool
+) -> tuple[str, ModelEntry]:
+    """``oci://HOST[:PORT]/REPO@sha256:<hex>`` (or ``:TAG`` with ``resolve``) into ``[models]``."""
+    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
+    policy = parse_policy(text, source=policy_path)
+    target = oci_target(url, policy, registry=registry)
+    spec, repo, tag, digest = target.spec, target.repo, target.tag, target.digest
     if digest is None:
         if not resolve:
             raise PolicyError(

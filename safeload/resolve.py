@@ -41,6 +41,7 @@ from safeload._signers import (
     SigstoreSigner,
     VerifiedSignature,
 )
+from safeload.bom import UpstreamBom
 from safeload.errors import (
     IntegrityError,
     PolicyError,
@@ -74,6 +75,8 @@ class FetchedModel:
     folder: Path  # the store's read-only folder: only pinned/signed files
     files: Mapping[str, str]  # relative path -> "sha256:<hex>"
     signature: VerifiedSignature | None
+    # The BOM the publisher attached (OCI referrers), schema-checked and kept in the store; unsigned.
+    upstream_bom: UpstreamBom | None = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def _warm_ok(record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpi
     return True  # the signature defined the file set when the folder was built
 
 
-def _result(entry: ModelEntry, record: ModelRecord) -> FetchedModel:
+def _result(entry: ModelEntry, record: ModelRecord, store: Store) -> FetchedModel:
     sig = None
     if record.signer is not None:
         sig = VerifiedSignature(
@@ -231,12 +234,19 @@ def _result(entry: ModelEntry, record: ModelRecord) -> FetchedModel:
             identity=record.signer_identity or "",
             digests=MappingProxyType(record.digests),
         )
+    upstream = None
+    bom_digest = record.extra.get("upstream_bom")
+    if bom_digest:
+        upstream = UpstreamBom(
+            digest=bom_digest, path=store.blob_path(bom_digest), link=record.extra.get("upstream_bom_link")
+        )
     return FetchedModel(
         name=entry.name,
         entry=entry,
         folder=record.folder,
         files=MappingProxyType(record.digests),
         signature=sig,
+        upstream_bom=upstream,
     )
 
 
@@ -251,7 +261,7 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
     def warm() -> FetchedModel | None:
         record = store.read_model(entry.registry, entry.repo, revision)
         if record is not None and _warm_ok(record, entry, signer, unpinned):
-            return _result(entry, store.check_model(record))
+            return _result(entry, store.check_model(record), store)
         return None
 
     hit = warm()
@@ -319,6 +329,7 @@ def _cold(
             expected = _declared_digests(registry, entry.repo, entry.revision, names)
         if not expected:
             raise UntrustedSourceError(f"{label}: nothing to fetch (no pinned files)")
+        upstream = _upstream_bom(registry, entry, staging, label)
 
         # Digests taken from the signature's own (not yet verified) claims only steer downloads; a
         # mismatch there is the signature's failure to report, so those files are stored unchecked.
@@ -347,6 +358,12 @@ def _cold(
             extra["listing"] = "all"
         if signer is not None:
             extra["signer_config"] = _signer_fingerprint(signer)
+        if upstream is not None:
+            what = f"{label}: attached BOM"
+            bom_record = store.ingest_owned(upstream[0], staging, expected=None, what=what)
+            extra["upstream_bom"] = bom_record.digest
+            if upstream[1] is not None:
+                extra["upstream_bom_link"] = upstream[1]
         record = store.publish_model(
             built,
             registry=entry.registry,
@@ -358,7 +375,23 @@ def _cold(
             signature_digest=sig_record.digest if sig_record else None,
             extra=extra,
         )
-    return _result(entry, record)
+    return _result(entry, record, store)
+
+
+def _upstream_bom(
+    registry: Registry, entry: ModelEntry, staging: Path, label: str
+) -> tuple[Path, str | None] | None:
+    """The BOM the registry has attached to the pinned revision, schema-checked before any model file is
+    downloaded (a BOM that fails leaves nothing in the store), with its BOM-Link; None when there is none."""
+    finder = getattr(registry, "attached_bom", None)
+    if finder is None or entry.revision is None:
+        return None
+    path: Path | None = finder(entry.repo, entry.revision, staging)
+    if path is None:
+        return None
+    from safeload.bom import check_upstream_bom
+
+    return path, check_upstream_bom(path.read_bytes(), label)
 
 
 def _check_coverage(

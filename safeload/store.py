@@ -563,6 +563,8 @@ class Store:
                 refs.update(rec["digest"] for rec in data["files"].values())
                 if data.get("signature_digest"):
                     refs.add(data["signature_digest"])
+                if data.get("extra", {}).get("upstream_bom"):
+                    refs.add(data["extra"]["upstream_bom"])
         for path in self.local.glob("*.json"):
             with contextlib.suppress(ValueError, OSError, KeyError, AttributeError):
                 refs.add(json.loads(path.read_text())["digest"])

@@ -64,9 +64,9 @@ _FINDINGS: tuple[type[SafeloadError], ...] = (
 
 
 def _commands() -> tuple[ModuleType, ...]:
-    from safeload.cli import bom, convert, gc, inspect, pin, policy, prefetch, verify
+    from safeload.cli import bom, convert, gc, inspect, pin, policy, prefetch, push, verify
 
-    return (inspect, convert, pin, verify, prefetch, policy, gc, bom)
+    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push)
 
 
 def _version() -> str:

@@ -25,8 +25,10 @@ through the store first (offline when the store already holds it), so the BOM re
 one machine-learning-model component per model (purl pkg:huggingface/ORG/NAME@COMMIT), every file as a
 nested file component with its sha256, the signer, its identity and the verification result as
 safeload:* properties, and a modelCard with the architecture and task from config.json and the datasets
-and task the policy declares. The libraries that load the models (safeload, torch, transformers,
-safetensors) are library components with their installed versions, linked in the dependency graph.
+and task the policy declares; a model pulled from an OCI registry with a CycloneDX BOM attached links that
+upstream BOM (BOM-Link and sha256) from its component. The libraries that load the models (safeload,
+torch, transformers, safetensors) are library components with their installed versions, linked in the
+dependency graph.
 
 The document is validated against the CycloneDX 1.6 JSON schema before it is written; an invalid BOM is
 an error and no file is written."""
@@ -57,28 +59,10 @@ def add_parser(sub: Any) -> None:
 
 
 def _bom_model(name: str, policy: Policy) -> BomModel:
-    from safeload.bom import BomModel
+    from safeload.bom import bom_model
     from safeload.resolve import fetch_model
 
-    entry = policy.models[name]
-    fetched = fetch_model(name, policy=policy, progress=sys.stderr.isatty())
-    spec = policy.registries[entry.registry]
-    identity = fetched.signature.identity if fetched.signature is not None else None
-    verification = "sha256+signature" if entry.signer is not None else "sha256"
-    return BomModel(
-        name=name,
-        repo=entry.repo,
-        revision=entry.store_revision(),
-        registry=entry.registry,
-        registry_kind=spec.kind,
-        files=dict(fetched.files),
-        verification=verification,
-        folder=Path(fetched.folder),
-        signer=entry.signer,
-        signer_identity=identity,
-        task=entry.task,
-        datasets=entry.datasets,
-    )
+    return bom_model(fetch_model(name, policy=policy, progress=sys.stderr.isatty()), policy)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

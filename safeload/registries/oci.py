@@ -21,7 +21,8 @@ fails the whole layer. The unpacked files are then pinned and hashed one by one 
 
 A model-signing bundle attached to the manifest (OCI 1.1 referrers API, or the referrers tag schema
 ``sha256-<hex>`` where the registry lacks it) is delivered as the entry's signature file, so it is
-verified exactly as for the other registries.
+verified exactly as for the other registries. An attached CycloneDX BOM is fetched the same way and,
+once its schema validates, kept in the store beside the model as its upstream BOM.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from safeload.registries import Delivered
 from safeload.registries._http import JailedRegistry
 from sandbox.fetch import Answer, Request
 
-__all__ = ["SIGNATURE_TYPES", "OciRegistry"]
+__all__ = ["BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
 
 _MANIFEST_CAP = 4 << 20
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -62,6 +63,10 @@ _UNPACK = "io.deis.oras.content.unpack"
 SIGNATURE_TYPES = frozenset(
     {"application/vnd.dev.sigstore.bundle.v0.3+json", "application/vnd.dev.sigstore.bundle+json;version=0.3"}
 )
+#: What a CycloneDX BOM is attached as.
+BOM_TYPES = frozenset({"application/vnd.cyclonedx+json", "application/vnd.cyclonedx+json;version=1.6"})
+# A signature bundle or a BOM is metadata: anything this large is not one.
+_ATTACHMENT_CAP = 64 << 20
 _DIGEST_HEX = frozenset("0123456789abcdef")
 
 
@@ -176,12 +181,17 @@ class OciRegistry(JailedRegistry):
             return f"Bearer {token}" if token else None
         return _auth_file_credentials(urlsplit(self.endpoint).netloc)
 
-    def _name(self, repo: str) -> str:
+    def authorization(self) -> str | None:
+        """The ``Authorization`` value for this registry's endpoint (send it nowhere else), or None."""
+        return self._auth()
+
+    def repository_path(self, repo: str) -> str:
+        """The registry's repository name of an entry's ``repo`` (namespace prefixed, URL-quoted)."""
         full = f"{self._namespace}/{repo}" if self._namespace else repo
         return "/".join(quote(part, safe="") for part in full.split("/"))
 
     def _url(self, repo: str, kind: str, reference: str) -> str:
-        return f"{self.endpoint}/v2/{self._name(repo)}/{kind}/{quote(reference, safe=':')}"
+        return f"{self.endpoint}/v2/{self.repository_path(repo)}/{kind}/{quote(reference, safe=':')}"
 
     def _not_found(self, answer: Answer, what: str) -> SafeloadError:
         return UntrustedSourceError(f"{self._where()}: {what}: not found in the registry")
@@ -206,8 +216,7 @@ class OciRegistry(JailedRegistry):
         if got != digest:
             raise IntegrityError(
                 f"{self._where()}: {what}: the manifest served hashes to {got}, not the pinned digest; "
-                "nothing "
-                "was stored (the registry is lying, or the pin is wrong: re-pin with safeload pin)"
+                "nothing was stored (the registry is lying, or the pin is wrong: re-pin with safeload pin)"
             )
         try:
             doc = json.loads(raw)
@@ -259,8 +268,7 @@ class OciRegistry(JailedRegistry):
             if answer.size != layer.size:
                 raise IntegrityError(
                     f"{self._where()}: {repo}: layer {layer.digest} arrived with {answer.size} bytes, not "
-                    "the "
-                    f"{layer.size} its descriptor says; nothing was stored"
+                    f"the {layer.size} its descriptor says; nothing was stored"
                 )
             paths[layer.digest] = answer.path
         return paths
@@ -274,8 +282,7 @@ class OciRegistry(JailedRegistry):
         if digest != layer.digest:
             raise IntegrityError(
                 f"{self._where()}: {repo}: layer {layer.digest} arrived as {digest}; the registry served "
-                "other "
-                "bytes than its manifest names, and nothing was stored"
+                "other bytes than its manifest names, and nothing was stored"
             )
 
     # ---------------------------------------------------------------------------------- Registry API
@@ -421,11 +428,14 @@ class OciRegistry(JailedRegistry):
             raise IntegrityError(f"{self._where()}: {what}: not an image index")
         return [m for m in manifests if isinstance(m, dict)]
 
-    def _signature(self, repo: str, digest: str, work: Path) -> Path:
+    def _attached(self, repo: str, digest: str, types: frozenset[str], work: Path, cap: int) -> list[Path]:
+        """The payloads of the artifacts of ``types`` attached to ``digest``: each referrer manifest is
+        fetched by digest, must name ``digest`` as its subject and hold one layer, which is downloaded
+        capped at its descriptor (and at ``cap``) and hashed against it."""
         where = f"{self._where()}: {repo}@{digest}"
         found: list[Path] = []
         for desc in self.referrers(repo, digest):
-            if desc.get("artifactType") not in SIGNATURE_TYPES:
+            if desc.get("artifactType") not in types:
                 continue
             ref_digest, _, _, _ = _descriptor(desc, where)
             manifest = self.manifest(repo, ref_digest)
@@ -436,10 +446,17 @@ class OciRegistry(JailedRegistry):
             if not isinstance(attached, list) or len(attached) != 1:
                 continue
             d, size, media, _ = _descriptor(attached[0], where)
+            if size > cap:
+                raise IntegrityError(f"{where}: the attached {media} is {size} bytes, over the {cap} allowed")
             layers = [Layer(digest=d, size=size, media_type=media, path=None, tar=False, gzip=False)]
-            blob = self._blobs(repo, layers, work, f"{self.name}:{repo} signature")[layers[0].digest]
+            blob = self._blobs(repo, layers, work, f"{self.name}:{repo} {media}")[layers[0].digest]
             self._check_blob(blob, layers[0], repo)
             found.append(blob)
+        return found
+
+    def _signature(self, repo: str, digest: str, work: Path) -> Path:
+        where = f"{self._where()}: {repo}@{digest}"
+        found = self._attached(repo, digest, SIGNATURE_TYPES, work, _ATTACHMENT_CAP)
         if not found:
             raise _NoSignature(f"{where}: no model-signing signature is attached to the manifest")
         if len(found) > 1:
@@ -447,6 +464,25 @@ class OciRegistry(JailedRegistry):
                 f"{where}: {len(found)} signatures are attached; pin the one to use as a file instead"
             )
         return found[0]
+
+    def attached_bom(self, repo: str, revision: str, staging: Path) -> Path | None:
+        """The CycloneDX BOM attached to the manifest at ``revision``, downloaded into ``staging`` and
+        hashed against its descriptor (not yet schema-checked), or None when none is attached.
+
+        Raises:
+            UntrustedSourceError: more than one BOM is attached.
+            IntegrityError: an attached BOM's bytes differ from its descriptor, or it is over 64 MiB.
+        """
+        work = Path(tempfile.mkdtemp(prefix="oci-bom-", dir=staging))
+        found = self._attached(repo, revision, BOM_TYPES, work, _ATTACHMENT_CAP)
+        if len(found) > 1:
+            hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
+            if len(hashes) > 1:
+                raise UntrustedSourceError(
+                    f"{self._where()}: {repo}@{revision}: {len(found)} different BOMs are attached; "
+                    "safeload keeps one upstream BOM per model"
+                )
+        return found[0] if found else None
 
 
 class _NoSignature(UntrustedSourceError):

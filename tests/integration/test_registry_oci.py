@@ -403,3 +403,290 @@ def test_an_unknown_manifest_is_an_untrusted_source(tmp_path: Path, registry: Oc
             policy=load_policy(_policy(tmp_path, registry, "nobody/here", _sha(b"x"), {"a": _sha(b"a")})),
             progress=False,
         )
+
+
+# --- attached BOMs -----------------------------------------------------------------------------------
+
+CYCLONEDX = "application/vnd.cyclonedx+json"
+
+
+def _attach_bom(registry: OciRegistry, repo: str, digest: str, bom: object) -> None:
+    raw, _ = registry.manifest(repo, digest)
+    payload = json.dumps(bom).encode()
+    registry.attach(repo, digest, len(raw), CYCLONEDX, payload, CYCLONEDX)
+
+
+def test_an_attached_bom_is_validated_and_kept_as_the_upstream_bom(
+    tmp_path: Path, registry: OciRegistry
+) -> None:
+    digest = _push(registry, "bom/model", {"config.json": b'{"model_type": "bert"}'})
+    upstream = {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": "urn:uuid:3e671687-395b-41f5-a30f-a58921a69b79",
+        "version": 2,
+        "components": [{"type": "machine-learning-model", "name": "bom/model", "bom-ref": "m"}],
+    }
+    _attach_bom(registry, "bom/model", digest, upstream)
+    policy_path = _policy(
+        tmp_path, registry, "bom/model", digest, {"config.json": _sha(b'{"model_type": "bert"}')}
+    )
+    fetched = fetch_model("m", policy=load_policy(policy_path), progress=False)
+    assert fetched.upstream_bom is not None
+    assert fetched.upstream_bom.link == "urn:cdx:3e671687-395b-41f5-a30f-a58921a69b79/2"
+    assert json.loads(fetched.upstream_bom.path.read_bytes()) == upstream
+    from safeload.cli import main
+
+    assert main(["bom", "m", "-o", str(tmp_path / "bom.json"), "--policy", str(policy_path)]) == 0
+    model = next(
+        c
+        for c in json.loads((tmp_path / "bom.json").read_text())["components"]
+        if c["type"] == "machine-learning-model"
+    )
+    (ref,) = model["externalReferences"]
+    assert ref["type"] == "bom" and ref["url"] == fetched.upstream_bom.link
+    assert ref["hashes"] == [
+        {"alg": "SHA-256", "content": fetched.upstream_bom.digest.removeprefix("sha256:")}
+    ]
+    # gc keeps what a published model references
+    from safeload.store import Store
+
+    Store(tmp_path / "store").gc()
+    assert fetched.upstream_bom.path.exists()
+
+
+def test_an_attached_bom_that_fails_the_schema_stores_nothing(tmp_path: Path, registry: OciRegistry) -> None:
+    digest = _push(registry, "bom/bad", {"config.json": b"{}"})
+    _attach_bom(
+        registry,
+        "bom/bad",
+        digest,
+        {"bomFormat": "CycloneDX", "specVersion": "1.6", "components": [{"type": "not-a-type", "name": 7}]},
+    )
+    with pytest.raises(IntegrityError, match=r"does not validate against CycloneDX 1\.6"):
+        fetch_model(
+            "m",
+            policy=load_policy(_policy(tmp_path, registry, "bom/bad", digest, {"config.json": _sha(b"{}")})),
+            progress=False,
+        )
+    _nothing_stored(tmp_path)
+
+
+# --- safeload push -----------------------------------------------------------------------------------
+
+
+def _source_policy(tmp_path: Path, registry: OciRegistry) -> tuple[Path, Path]:
+    """A signed tiny model in a directory registry, pinned by signer, and an oci registry to push to."""
+    source = tmp_path / "source"
+    model = write_tiny_model(source / "acme" / "tiny")
+    key = generate_key(tmp_path / "keys", "release")
+    sign_with_key(model, key.private)
+    files = {
+        p.relative_to(model).as_posix(): _sha(p.read_bytes())
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "model.sig"
+    }
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={
+            "local": {"kind": "directory", "path": str(source)},
+            "oci": {"kind": "oci", "endpoint": registry.endpoint},
+        },
+        signers={"release": {"kind": "key", "public_key": str(key.public)}},
+        models={"acme/tiny": {"registry": "local", "repo": "acme/tiny", "signer": "release", "files": files}},
+    )
+    return policy, key.public
+
+
+def test_push_publishes_a_verified_model_that_pulls_back_verified(
+    tmp_path: Path, registry: OciRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from safeload.cli import main
+
+    policy_path, public = _source_policy(tmp_path, registry)
+    source = fetch_model("acme/tiny", policy=load_policy(policy_path), progress=False)
+    shutil.rmtree(tmp_path / "source")  # a push reads the store only
+    capsys.readouterr()
+    target = f"oci://{registry.host}/pushed/tiny:v1"
+    assert main(["push", "acme/tiny", target, "--policy", str(policy_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    digest = out["digest"]
+    assert registry.manifest("pushed/tiny", "v1")[1] == digest
+    manifest = json.loads(registry.manifest("pushed/tiny", digest)[0])
+    assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+    assert sorted(layer["annotations"]["org.cncf.model.filepath"] for layer in manifest["layers"]) == sorted(
+        source.files
+    )
+    assert out["attached"] == [SIGSTORE_BUNDLE, CYCLONEDX]
+
+    # The printed entry, pasted into another machine's trust.toml, pulls and verifies the same bytes.
+    other = tmp_path / "puller"
+    other.mkdir()
+    (other / "trust.toml").write_text(
+        f'version = 1\nstore = "{other / "store"}"\n'
+        f'[registries.oci]\nkind = "oci"\nendpoint = "{registry.endpoint}"\n'
+        f'[signers.release]\nkind = "key"\npublic_key = "{public}"\n' + out["entry"]
+    )
+    pulled = fetch_model("acme/tiny", policy=load_policy(other / "trust.toml"), progress=False)
+    assert dict(pulled.files) == dict(source.files)
+    assert pulled.signature is not None and pulled.signature.signer == "release"
+    assert pulled.upstream_bom is not None
+    bom = json.loads(pulled.upstream_bom.path.read_bytes())
+    assert any(c.get("name") == "acme/tiny" for c in bom["components"])
+
+    # Pushing the same verified model again uploads nothing new and yields the same digest.
+    assert main(["push", "acme/tiny", target, "--policy", str(policy_path), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["digest"] == digest and again["uploaded_bytes"] < 200_000
+
+
+def test_push_refuses_a_digest_target_and_an_unknown_host(tmp_path: Path, registry: OciRegistry) -> None:
+    from safeload.publish import push_model
+
+    policy_path, _ = _source_policy(tmp_path, registry)
+    policy = load_policy(policy_path)
+    with pytest.raises(PolicyError, match="push to a tag"):
+        push_model("acme/tiny", f"oci://{registry.host}/x/y@{_sha(b'x')}", policy=policy, progress=False)
+    with pytest.raises(PolicyError, match="0 oci registries"):
+        push_model("acme/tiny", "oci://registry.example:5000/x/y:v1", policy=policy, progress=False)
+
+
+# --- credentials and redirects -----------------------------------------------------------------------
+
+
+class _Capture:
+    """Two loopback servers: a front that forwards to the registry but redirects every blob GET to the
+    second ("blob storage" on another port), which records the headers it is sent and serves the bytes."""
+
+    def __init__(self, registry: OciRegistry) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        self.front_headers: list[dict[str, str]] = []
+        self.storage_headers: list[dict[str, str]] = []
+        capture = self
+
+        def forward(path: str, method: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+            req = urllib.request.Request(
+                registry.endpoint + path,
+                method=method,
+                headers={k: v for k, v in headers.items() if k.lower() == "accept"},
+            )
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+
+        class Front(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self, method: str) -> None:
+                capture.front_headers.append(dict(self.headers))
+                if "/blobs/" in self.path and method == "GET":
+                    self.send_response(307)
+                    self.send_header("Location", f"http://127.0.0.1:{capture.storage_port}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                try:
+                    status, headers, body = forward(self.path, method, dict(self.headers))
+                except urllib.error.HTTPError as exc:
+                    status, headers, body = exc.code, dict(exc.headers), exc.read()
+                self.send_response(status)
+                for key in ("Content-Type", "Docker-Content-Digest"):
+                    if key in headers:
+                        self.send_header(key, headers[key])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_HEAD(self) -> None:
+                self._handle("HEAD")
+
+        class Storage(Front):
+            def _handle(self, method: str) -> None:
+                capture.storage_headers.append(dict(self.headers))
+                status, _, body = forward(self.path, "GET", {})
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(body)
+
+        import urllib.error
+
+        self._servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Front, Storage)]
+        self.front_port = self._servers[0].server_address[1]
+        self.storage_port = self._servers[1].server_address[1]
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def capture(registry: OciRegistry) -> Iterator[_Capture]:
+    servers = _Capture(registry)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+def _capture_policy(tmp_path: Path, capture: _Capture, digest: str, redirect_hosts: list[str]) -> Path:
+    return write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={
+            "oci": {
+                "kind": "oci",
+                "endpoint": f"http://127.0.0.1:{capture.front_port}",
+                "token_env": "SAFELOAD_TEST_OCI_TOKEN",
+                "redirect_hosts": redirect_hosts,
+            }
+        },
+        models={
+            "m": {
+                "registry": "oci",
+                "repo": "redirect/model",
+                "revision": digest,
+                "files": {"model.safetensors": _sha(b"weights" * 100)},
+            }
+        },
+    )
+
+
+def test_a_redirect_to_blob_storage_on_another_port_gets_no_credentials(
+    tmp_path: Path, registry: OciRegistry, capture: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = _push(registry, "redirect/model", {"model.safetensors": b"weights" * 100})
+    monkeypatch.setenv("SAFELOAD_TEST_OCI_TOKEN", "s3cret-token")
+    policy = _capture_policy(tmp_path, capture, digest, [f"127.0.0.1:{capture.storage_port}"])
+    fetched = fetch_model("m", policy=load_policy(policy), progress=False)
+    assert (fetched.folder / "model.safetensors").read_bytes() == b"weights" * 100
+    assert capture.storage_headers, "the blob was not fetched from the redirect target"
+    assert all(h.get("Authorization") == "Bearer s3cret-token" for h in capture.front_headers)
+    leaked = [h for h in capture.storage_headers if any("s3cret" in v for v in h.values())]
+    assert leaked == [] and all("Authorization" not in h for h in capture.storage_headers)
+
+
+def test_a_redirect_to_a_port_not_allowed_is_refused_unfollowed(
+    tmp_path: Path, registry: OciRegistry, capture: _Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = _push(registry, "redirect/model", {"model.safetensors": b"weights" * 100})
+    monkeypatch.setenv("SAFELOAD_TEST_OCI_TOKEN", "s3cret-token")
+    policy = _capture_policy(tmp_path, capture, digest, [])
+    with pytest.raises(UntrustedSourceError, match="redirect_hosts"):
+        fetch_model("m", policy=load_policy(policy), progress=False)
+    assert capture.storage_headers == []
+    _nothing_stored(tmp_path)
