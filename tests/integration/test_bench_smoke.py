@@ -55,3 +55,19 @@ def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
     assert not not_ok, not_ok
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| path |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["oci_pull", "hub_fetch"])
+def test_fetch_benchmarks_print_their_table_and_figures(script: str, tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{script}", "--size-mib", "8", "--files", "2", "--runs", "1",
+         "--dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "safeload cold (jailed, hashed, stored)" in proc.stdout
+    assert figures["safeload_cold_s"] > 0 and figures["runs"] == 1
+    assert list(tmp_path.iterdir()) == []  # the benchmark leaves nothing behind
