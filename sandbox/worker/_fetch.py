@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _BLOCK = 1 << 20
 _REDIRECTS = (301, 302, 303, 307, 308)
+_PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "host"})
 _USER_AGENT = "safeload (huggingface_hub-compatible; jailed fetch)"
 
 
@@ -234,7 +235,11 @@ def _exchange(
         origin = origin_of(url)
         parts = urlsplit(url)
         headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", "Connection": "close"}
-        headers.update(req.get("headers") or {})
+        # Credentials travel only as job.auth, to the origin: a request header of that kind would follow
+        # redirects to other hosts.
+        headers.update(
+            {k: v for k, v in (req.get("headers") or {}).items() if k.lower() not in _PRIVATE_HEADERS}
+        )
         if payload is not None:
             headers["Content-Type"] = str(req.get("content_type", "application/x-www-form-urlencoded"))
         if job.auth is not None and origin == job.origin:

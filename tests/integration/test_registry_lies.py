@@ -309,3 +309,26 @@ def test_a_listing_with_an_unsafe_name_fails_whole(
             fetch_model(f"acme/model@{COMMIT}", policy=policy, progress=False)
     _assert_untouched(tmp_path, victim, before)
     assert liar.gets() == [], "files were downloaded from a listing that failed"
+
+
+def test_credential_headers_in_a_request_never_follow_a_redirect(
+    tmp_path: Path, liar: Liar, capture: Liar
+) -> None:
+    """Only the site's ``auth`` carries credentials, and only to the origin: a request's own
+    Authorization or Cookie header is dropped before anything is sent, to the origin or elsewhere."""
+    from sandbox.fetch import Request, Site, fetch
+
+    liar.status = lambda method, path: 302
+    liar.headers = lambda method, path: {"Location": f"{capture.endpoint}/cdn/blob"}
+    port = capture.endpoint.rsplit(":", 1)[1]
+    site = Site(endpoint=liar.endpoint, redirect_hosts=(f"127.0.0.1:{port}",), auth=f"Bearer {TOKEN}",
+                commit=None, cadata=None)
+    leaky = {"Authorization": "Bearer leaked", "cookie": "session=leaked", "Accept": "application/json"}
+    req = Request(id="0", url=f"{liar.endpoint}/x", max_bytes=1 << 20, headers=leaky)
+    answers = fetch([req], tmp_path, site)
+    assert answers["0"].ok and capture.seen, "the redirect was not followed, so nothing was tested"
+    for seen in capture.seen + liar.seen:
+        assert "leaked" not in json.dumps(seen.headers), seen
+        assert seen.headers.get("accept") == "application/json"
+    assert all("authorization" not in s.headers for s in capture.seen)
+    assert liar.seen[0].headers.get("authorization") == f"Bearer {TOKEN}"
