@@ -23,11 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 from safeload._hashing import progress_bar
 from safeload.errors import IntegrityError, PolicyError, SafeloadError, UntrustedSourceError
 from safeload.policy import ModelEntry, OciRegistrySpec, Policy
+
+if TYPE_CHECKING:
+    from safeload.registries.oci import OciRegistry
 
 __all__ = ["PushResult", "push_model"]
 
@@ -80,11 +84,13 @@ def _json(obj: object) -> bytes:
 class _Client:
     """The registry's HTTP API on one origin; credentials go to that origin and nowhere else."""
 
-    def __init__(self, spec: OciRegistrySpec, authorization: str | None) -> None:
+    def __init__(self, spec: OciRegistrySpec, registry: OciRegistry, scope: str) -> None:
         parts = urlsplit(spec.endpoint)
         self._origin = (parts.scheme, parts.netloc)
         self._endpoint = spec.endpoint.rstrip("/")
-        self._auth = authorization
+        self._registry = registry
+        self._scope = scope
+        self._auth = registry.authorization()
         self._where = f"registry {spec.name!r} ({spec.endpoint})"
         self._context: ssl.SSLContext | None = None
         if parts.scheme == "https":
@@ -119,7 +125,26 @@ class _Client:
         stream: Callable[[http.client.HTTPConnection], None] | None = None,
         length: int | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One request; returns the status, headers (lower-cased names) and at most 1 MiB of body."""
+        """One request; returns the status, headers (lower-cased names) and at most 1 MiB of body. A
+        401 with a Bearer challenge gets a token from the registry's token service, and the request
+        (unless its body is streamed) is sent once more with it."""
+        answer = self._call(method, url, body, headers, stream=stream, length=length)
+        if answer[0] == 401 and self._registry.authenticate(answer[1].get("www-authenticate"), self._scope):
+            self._auth = self._registry.authorization()
+            if stream is None:
+                answer = self._call(method, url, body, headers)
+        return answer
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+        *,
+        stream: Callable[[http.client.HTTPConnection], None] | None = None,
+        length: int | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         conn = self._connection()
         try:
             conn.putrequest(method, self._target(url), skip_accept_encoding=True)
@@ -318,7 +343,8 @@ def push_model(
         raise IntegrityError(f"model {name!r} left the store while it was being pushed; try again")
     document = build_bom([bom_model(fetched, policy)])
     oci = OciRegistry(where.spec)
-    pusher = _Pusher(_Client(where.spec, oci.authorization()), oci.repository_path(where.repo), progress)
+    path = oci.repository_path(where.repo)
+    pusher = _Pusher(_Client(where.spec, oci, f"repository:{path}:pull,push"), path, progress)
 
     blobs = {rel: record.files[rel] for rel in sorted(record.files)}
     total = sum(rec.size for rec in blobs.values())

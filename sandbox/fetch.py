@@ -88,6 +88,7 @@ class Answer:
     message: str = ""
     details: Mapping[str, int | str] | None = None
     path: Path | None = None
+    challenge: str | None = None  # a 401's WWW-Authenticate, unchecked
 
 
 def _sealed_job(job: dict[str, object]) -> int:
@@ -256,4 +257,7 @@ def _answer(item: object, requests: Mapping[str, Request], output_dir: Path) -> 
     if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in details.values()):
         raise ValueError("failure details are not numbers or names")
     message = _printable(_opt_str(item, "message", 4000) or "")
-    return Answer(ok=False, kind=str(kind), message=message, details=details, **common)  # type: ignore[arg-type]
+    challenge = _opt_str(item, "challenge", 1000)
+    return Answer(
+        ok=False, kind=str(kind), message=message, details=details, challenge=challenge, **common  # type: ignore[arg-type]
+    )

@@ -27,15 +27,15 @@ once its schema validates, kept in the store beside the model as its upstream BO
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gzip
 import hashlib
 import json
 import os
+import re
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -45,7 +45,8 @@ from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError, UnsupportedFormatError, UntrustedSourceError
 from safeload.policy import OciRegistrySpec
 from safeload.registries import Delivered
-from safeload.registries._http import JailedRegistry
+from safeload.registries._http import JailedRegistry, ca_bundle
+from safeload.registries._oci_auth import auth_file_credentials, bearer_token, parse_challenge
 from sandbox.fetch import Answer, Request
 
 __all__ = ["BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
@@ -68,6 +69,7 @@ BOM_TYPES = frozenset({"application/vnd.cyclonedx+json", "application/vnd.cyclon
 # A signature bundle or a BOM is metadata: anything this large is not one.
 _ATTACHMENT_CAP = 64 << 20
 _DIGEST_HEX = frozenset("0123456789abcdef")
+_SCOPE = re.compile(r"^repository:[a-z0-9][a-z0-9._/-]{0,254}:pull$")
 
 
 def _is_digest(value: object) -> bool:
@@ -172,18 +174,64 @@ class OciRegistry(JailedRegistry):
         super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes)
         self._namespace = spec.namespace
         self._token_env = spec.token_env
+        self._bearer: str | None = None  # from the registry's token service, once it asked for one
 
     # ------------------------------------------------------------------------------------- plumbing
 
-    def _auth(self) -> str | None:
+    def _credentials(self) -> str | None:
         if self._token_env is not None:
             token = os.environ.get(self._token_env)
             return f"Bearer {token}" if token else None
-        return _auth_file_credentials(urlsplit(self.endpoint).netloc)
+        return auth_file_credentials(urlsplit(self.endpoint).netloc)
+
+    def _auth(self) -> str | None:
+        return f"Bearer {self._bearer}" if self._bearer is not None else self._credentials()
 
     def authorization(self) -> str | None:
         """The ``Authorization`` value for this registry's endpoint (send it nowhere else), or None."""
         return self._auth()
+
+    def authenticate(self, challenge: str | None, scope: str | None = None) -> bool:
+        """Answer a 401's ``WWW-Authenticate``: for a Bearer challenge, get a token from the registry's
+        token service (the user's credentials go there only if it is on the registry's own host or its
+        redirect_hosts) and use it from now on. False when there is nothing to answer (no challenge,
+        another scheme, or a static ``token_env`` token, which is used as it is).
+
+        Raises:
+            UntrustedSourceError: the token service is elsewhere, or refuses the credentials.
+            IntegrityError: its answer holds no token.
+        """
+        parsed = parse_challenge(challenge)
+        if parsed is None or parsed.scheme != "bearer" or self._token_env is not None:
+            return False
+        wanted = parsed.params.get("scope")
+        if scope is None and wanted is not None and _SCOPE.match(wanted):
+            scope = wanted  # what the registry says this request needs (read access to one repository)
+        tls = parsed.params.get("realm", "").startswith("https://")
+        self._bearer = bearer_token(
+            parsed,
+            where=self._where(),
+            endpoint=self.endpoint,
+            redirect_hosts=self._redirect_hosts,
+            credentials=self._credentials(),
+            scope=scope,
+            cadata=ca_bundle() if tls else None,
+        )
+        return True
+
+    def _run(
+        self,
+        requests: Sequence[Request],
+        out: Path,
+        commit: str | None = None,
+        on_output: Callable[[int], None] | None = None,
+    ) -> Mapping[str, Answer]:
+        answers = dict(super()._run(requests, out, commit, on_output))
+        refused = [r for r in requests if answers[r.id].status == 401]
+        if refused and self.authenticate(answers[refused[0].id].challenge):
+            again = Path(tempfile.mkdtemp(prefix="auth-", dir=out))
+            answers.update(super()._run(refused, again, commit, on_output))
+        return answers
 
     def repository_path(self, repo: str) -> str:
         """The registry's repository name of an entry's ``repo`` (namespace prefixed, URL-quoted)."""
@@ -542,34 +590,3 @@ def _unpack(blob: Path, layer: Layer, dest: Path, where: str, max_bytes: int) ->
             if isinstance(exc, FileExistsError):
                 raise IntegrityError(f"{where}: layer {layer.digest} holds {exc.filename!r} twice") from None
             raise IntegrityError(f"{where}: layer {layer.digest} is not a readable tar: {exc}") from None
-
-
-def _auth_file_credentials(host: str) -> str | None:
-    """``Authorization`` for ``host`` from the user's registry auth file, as podman and docker keep it."""
-    candidates = [os.environ.get("REGISTRY_AUTH_FILE")]
-    if os.environ.get("DOCKER_CONFIG"):
-        candidates.append(os.path.join(os.environ["DOCKER_CONFIG"], "config.json"))
-    candidates.append(os.path.expanduser("~/.docker/config.json"))
-    for path in candidates:
-        if not path or not os.path.isfile(path):
-            continue
-        try:
-            with open(path, encoding="utf-8") as fh:
-                auths = json.load(fh).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        if not isinstance(auths, dict):
-            continue
-        for key in (host, f"https://{host}", f"http://{host}"):
-            entry = auths.get(key)
-            if isinstance(entry, dict):
-                token = entry.get("registrytoken")
-                if isinstance(token, str) and token:
-                    return f"Bearer {token}"
-                basic = entry.get("auth")
-                if isinstance(basic, str) and basic:
-                    with contextlib.suppress(ValueError):
-                        base64.b64decode(basic, validate=True)
-                        return f"Basic {basic}"
-        return None
-    return None

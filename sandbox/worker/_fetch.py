@@ -273,7 +273,11 @@ def _exchange(
 
 
 def _http_failure(resp: http.client.HTTPResponse) -> _Failure:
-    return _Failure("http", f"HTTP {resp.status} {resp.reason[:80]}", resp.status)
+    extra: dict[str, object] = {}
+    challenge = resp.getheader("WWW-Authenticate") if resp.status == 401 else None
+    if challenge:
+        extra["challenge"] = challenge[:1000]  # how to authenticate: the host decides whether to
+    return _Failure("http", f"HTTP {resp.status} {resp.reason[:80]}", resp.status, **extra)
 
 
 def _fetch(job: _Job, req: dict[str, Any]) -> dict[str, object]:

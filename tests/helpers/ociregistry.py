@@ -10,6 +10,8 @@ test builds by hand are exactly the bytes it wrote; ``oras_push`` uses the real 
 
 from __future__ import annotations
 
+import base64
+import datetime
 import hashlib
 import json
 import os
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from tests.helpers.hubserver import free_port
 
-__all__ = ["OciRegistry", "oras_push"]
+__all__ = ["OciRegistry", "TokenService", "oras_push"]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -34,6 +36,123 @@ _ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distributi
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenService:
+    """A Docker token service for ``auth: token``: checks Basic credentials, records every request it
+    gets (to prove where credentials went), and issues ES256 JWTs that distribution verifies against
+    the root certificate it is configured with (the signing certificate travels in ``x5c``)."""
+
+    ISSUER = "safeload-test-issuer"
+    SERVICE = "safeload-test-registry"
+
+    def __init__(self, root: Path, users: Mapping[str, str]) -> None:
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_key, self._key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+        def cert(
+            subject: str,
+            key: ec.EllipticCurvePrivateKey,
+            issuer: str,
+            signer: ec.EllipticCurvePrivateKey,
+            ca: bool,
+        ) -> x509.Certificate:
+            return (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(hours=2))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                .sign(signer, hashes.SHA256())
+            )
+
+        ca_cert = cert("safeload test token CA", ca_key, "safeload test token CA", ca_key, True)
+        leaf = cert("safeload test token signer", self._key, "safeload test token CA", ca_key, False)
+        self.root_bundle = root / "token-ca.pem"
+        self.root_bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+        self._x5c = [base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()]
+        self.users = dict(users)
+        self.seen: list[dict[str, str]] = []
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                service.seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+                body, status = service._answer(self.path, self.headers.get("Authorization"))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.realm = f"http://127.0.0.1:{self.port}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _answer(self, path: str, authorization: str | None) -> tuple[bytes, int]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        subject = ""
+        if authorization is not None:
+            user, _, password = base64.b64decode(authorization.removeprefix("Basic ")).decode().partition(":")
+            if self.users.get(user) != password:
+                return b'{"details": "bad credentials"}', 401
+            subject = user
+        access = []
+        for scope in query.get("scope", []):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            granted = [a for a in actions.split(",") if subject or a == "pull"]  # anonymous: no push
+            access.append({"type": kind, "name": name, "actions": granted if subject else []})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": self._x5c}
+        claims = {
+            "iss": self.ISSUER,
+            "sub": subject,
+            "aud": query.get("service", [""])[0],
+            "exp": now + 600,
+            "nbf": now - 60,
+            "iat": now,
+            "jti": os.urandom(8).hex(),
+            "access": access,
+        }
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        token = f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+        return json.dumps({"token": token, "expires_in": 600}).encode(), 200
+
+    def config(self) -> str:
+        return (
+            "auth:\n  token:\n"
+            f"    realm: {self.realm}\n    service: {self.SERVICE}\n    issuer: {self.ISSUER}\n"
+            f"    rootcertbundle: {json.dumps(str(self.root_bundle))}\n"
+        )
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
@@ -53,8 +172,9 @@ class OciRegistry:
         return f"http://{self.host}"
 
     @classmethod
-    def start(cls, root: Path, *, timeout: float = 30.0) -> OciRegistry:
-        """Start docker-registry with its storage under ``root`` and wait until ``/v2/`` answers."""
+    def start(cls, root: Path, *, timeout: float = 30.0, auth: TokenService | None = None) -> OciRegistry:
+        """Start docker-registry with its storage under ``root`` and wait until ``/v2/`` answers;
+        with ``auth``, every request needs a token from that service."""
         binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         if not os.path.exists(binary):
             raise RuntimeError("docker-registry is not installed: run `scripts/run setup`")
@@ -72,7 +192,7 @@ class OciRegistry:
             "  cache:\n    blobdescriptor: ''\n"
             "http:\n"
             f"  addr: 127.0.0.1:{port}\n"
-            "  secret: test-only\n"
+            "  secret: test-only\n" + (auth.config() if auth is not None else "")
         )
         log = open(root / "registry.log", "wb")
         proc = subprocess.Popen(
@@ -91,6 +211,8 @@ class OciRegistry:
             try:
                 with urllib.request.urlopen(server.endpoint + "/v2/", timeout=2):
                     break
+            except urllib.error.HTTPError:
+                break  # 401 from a registry that needs a token: it is up
             except OSError:
                 if time.monotonic() > deadline:
                     server.stop()
