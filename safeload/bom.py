@@ -150,6 +150,8 @@ class BomModel:
     datasets: tuple[str, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)
     upstream_bom: UpstreamBom | None = None
+    # Where an oci model lives (HOST[:PORT]/NAMESPACE/REPO): the purl's repository_url.
+    repository_url: str | None = None
 
 
 def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
@@ -174,7 +176,19 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         task=entry.task,
         datasets=entry.datasets,
         upstream_bom=_checked_upstream(fetched.name, fetched.upstream_bom),
+        repository_url=_repository_url(spec, entry.repo),
     )
+
+
+def _repository_url(spec: object, repo: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    from safeload.policy import OciRegistrySpec
+
+    if not isinstance(spec, OciRegistrySpec):
+        return None
+    path = f"{spec.namespace}/{repo}" if spec.namespace else repo
+    return f"{urlsplit(spec.endpoint).netloc}/{path}"
 
 
 def _checked_upstream(name: str, upstream: UpstreamBom | None) -> UpstreamBom | None:
@@ -197,6 +211,10 @@ def _purl(model: BomModel) -> Any:
     from packageurl import PackageURL
 
     org, _, name = model.repo.rpartition("/")
+    if model.registry_kind == "oci":
+        # purl's oci type: the last path segment, the manifest digest, and where the repository is.
+        qualifiers = {"repository_url": model.repository_url} if model.repository_url else None
+        return PackageURL(type="oci", name=name.lower(), version=model.revision, qualifiers=qualifiers)
     kind = "huggingface" if model.registry_kind == "huggingface" else "generic"
     return PackageURL(type=kind, namespace=org or None, name=name, version=model.revision.lower())
 

@@ -50,9 +50,9 @@ def _where(policy: Any, registry: str) -> tuple[str, str]:
     spec = policy.registries.get(registry)
     if spec is None:
         return "?", "?"
-    if spec.kind == "huggingface":
-        return spec.kind, str(spec.endpoint)
-    return spec.kind, str(spec.path)
+    if spec.kind == "directory":
+        return spec.kind, str(spec.path)
+    return spec.kind, str(spec.endpoint)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:

@@ -690,3 +690,74 @@ def test_a_redirect_to_a_port_not_allowed_is_refused_unfollowed(
         fetch_model("m", policy=load_policy(policy), progress=False)
     assert capture.storage_headers == []
     _nothing_stored(tmp_path)
+
+
+# --- one code path: the drop-ins and the commands --------------------------------------------------
+
+
+class _Payload:
+    """Appends to a canary file if a real unpickler ever runs it."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import builtins
+
+        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
+
+
+def test_a_poisoned_bin_model_from_oci_loads_through_the_dropins_and_commands(
+    tmp_path: Path, registry: OciRegistry, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    import transformers
+
+    import safeload.hub
+    import safeload.transformers
+    from safeload.cli import main
+    from tests.helpers.hubserver import tiny_bert_files
+
+    canary = tmp_path / "canary"
+    files = tiny_bert_files()
+    local = tmp_path / "local"
+    local.mkdir()
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    plain = transformers.AutoModel.from_pretrained(local).eval()
+    state = dict(plain.state_dict())
+    state["evil"] = _Payload(canary)  # a pickle that would run code if unpickled in the host
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    shipped = {k: v for k, v in files.items() if k != "model.safetensors"}
+    shipped["pytorch_model.bin"] = buf.getvalue()
+    digest = _push(registry, "tiny/bert-bin", shipped)
+    policy_path = _policy(
+        tmp_path, registry, "tiny/bert-bin", digest, {k: _sha(v) for k, v in shipped.items()}
+    )
+    monkeypatch.setenv("SAFELOAD_POLICY", str(policy_path))
+
+    model = safeload.transformers.AutoModel.from_pretrained("m").eval()
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).last_hidden_state, plain(ids).last_hidden_state)
+    assert not canary.exists(), "the pickle ran in the host"
+
+    folder = Path(safeload.hub.snapshot_download("m"))
+    assert (folder / "pytorch_model.bin").read_bytes() == shipped["pytorch_model.bin"]
+    for argv in (
+        ["verify"],
+        ["prefetch", "m"],
+        ["policy", "check", str(policy_path)],
+        ["gc"],
+        ["bom", "m", "-o", str(tmp_path / "bom.json")],
+    ):
+        assert main([*argv, "--policy", str(policy_path)] if argv[0] != "policy" else argv) == 0, argv
+    component = next(
+        c
+        for c in json.loads((tmp_path / "bom.json").read_text())["components"]
+        if c["type"] == "machine-learning-model"
+    )
+    assert {p["name"]: p["value"] for p in component["properties"]}["safeload:registry:kind"] == "oci"
+    assert not canary.exists()
+    assert component["purl"] == (f"pkg:oci/bert-bin@{digest}?repository_url={registry.host}/tiny/bert-bin")
