@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._fetchbench import read_all
 from safeload._hashing import parallel
 from safeload.policy import parse_policy
 from safeload.resolve import fetch_model
@@ -58,17 +59,8 @@ def _linked_into(staging: Path, paths: list[Path]) -> list[Path]:
     for p in paths:
         os.link(p, staging / p.name)
         owned.append(staging / p.name)
-    _read_all(owned)
+    read_all(owned)
     return owned
-
-
-def _read_all(paths: list[Path]) -> float:
-    t = time.perf_counter()
-    for p in paths:
-        with open(p, "rb", buffering=0) as fh:
-            while fh.read(8 << 20):
-                pass
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -103,7 +95,7 @@ def main() -> None:
         one = max(w for w, _ in speeds)
         one_cpu = max(c for _, c in speeds)
         par = max(_hashlib_parallel(cores) for _ in range(2))  # do `cores` threads really scale here?
-        _read_all(paths)  # page cache warm-up
+        read_all(paths)  # page cache warm-up
 
         text = (
             f'version = 1\nstore = "{root / "store"}"\n[registries.disk]\nkind = "directory"\n'
@@ -111,7 +103,7 @@ def main() -> None:
             f"files = {json.dumps(pins)}\n"
         ).replace('": "', '" = "')
         policy = parse_policy(text)
-        _read_all(paths)  # inputs in the page cache: the figure is about CPU, not this disk
+        read_all(paths)  # inputs in the page cache: the figure is about CPU, not this disk
         os.sync()  # the files just written must not be written back on the clock (as in bench.__main__)
         c, t = _cpu(), time.perf_counter()
         got = fetch_model("bench/model", policy=policy, progress=False)
@@ -141,7 +133,7 @@ def main() -> None:
         folder_files = [got.folder / p.name for p in paths]
         reads, warms = [], []
         for _ in range(5):
-            reads.append(_read_all(folder_files))
+            reads.append(read_all(folder_files))
             t = time.perf_counter()
             fetch_model("bench/model", policy=policy, progress=False)
             warms.append(time.perf_counter() - t)

@@ -69,6 +69,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> None:
+    """Wait until ``url`` gives any HTTP answer; stop ``proc`` and raise if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer (a 401 from a registry that wants a token) means it is up
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_process(proc)
+                raise RuntimeError(f"{what} did not start in time") from None
+            time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate ``proc``, killing it if it has not exited after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _git(repo: Path, *args: str) -> str:
     env = {**os.environ, **_GIT_ENV}
     out = subprocess.run(["git", "-C", str(repo), *args], env=env, check=True, capture_output=True, text=True)
@@ -127,30 +156,11 @@ class HubServer:
         )
         log.close()
         server = cls(root=root, port=port, proc=proc, mirrors=mirrors)
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"olah exited with {proc.returncode}: {(root / 'olah.log').read_text()}")
-            try:
-                with urllib.request.urlopen(server.endpoint + "/", timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer means it is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError("olah did not start in time") from None
-                time.sleep(0.1)
+        wait_for_http(server.endpoint + "/", proc, root / "olah.log", "olah", timeout)
         return server
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def repo_dir(self, repo_id: str) -> Path:
         return self.mirrors / "models" / repo_id

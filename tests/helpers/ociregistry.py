@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.hubserver import free_port
+from tests.helpers.hubserver import free_port, stop_process, wait_for_http
 
 __all__ = ["OciRegistry", "TokenService", "oras_push"]
 
@@ -204,30 +204,11 @@ class OciRegistry:
         )
         log.close()
         server = cls(root=storage, port=port, proc=proc)
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {(root / 'registry.log').read_text()}")
-            try:
-                with urllib.request.urlopen(server.endpoint + "/v2/", timeout=2):
-                    break
-            except urllib.error.HTTPError:
-                break  # 401 from a registry that needs a token: it is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError("docker-registry did not start in time") from None
-                time.sleep(0.1)
+        wait_for_http(server.endpoint + "/v2/", proc, root / "registry.log", "docker-registry", timeout)
         return server
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def _call(
         self, method: str, url: str, data: bytes | None = None, headers: Mapping[str, str] | None = None
