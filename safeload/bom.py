@@ -22,7 +22,6 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +29,12 @@ from safeload.errors import IntegrityError, SafeloadError
 
 if TYPE_CHECKING:
     from safeload.policy import Policy
-    from safeload.resolve import FetchedModel
+    from safeload.resolve import FetchedModel, UpstreamBom
 
 __all__ = [
     "DEFAULT_LIBRARIES",
     "BomError",
     "BomModel",
-    "UpstreamBom",
     "bom_model",
     "build_bom",
     "check_upstream_bom",
@@ -82,16 +80,6 @@ class BomError(SafeloadError):
 
 # The CycloneDX versions an upstream BOM may be written in (each validated against its own schema).
 _UPSTREAM_VERSIONS = ("1.4", "1.5", "1.6")
-
-
-@dataclass(frozen=True)
-class UpstreamBom:
-    """The BOM a model's publisher attached to it, as kept in the store: its sha256, and the
-    ``urn:cdx:`` BOM-Link that names it when it has a serial number."""
-
-    digest: str
-    path: Path
-    link: str | None
 
 
 def check_upstream_bom(data: bytes, what: str) -> str | None:
@@ -284,6 +272,8 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
 
 
 def _library_version(dist: str) -> str | None:
+    from importlib import metadata  # 12 ms to import; resolve imports this module on every load
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -41,7 +41,6 @@ from safeload._signers import (
     SigstoreSigner,
     VerifiedSignature,
 )
-from safeload.bom import UpstreamBom
 from safeload.errors import (
     IntegrityError,
     PolicyError,
@@ -55,6 +54,7 @@ from safeload.store import BlobRecord, ModelRecord, Store
 
 __all__ = [
     "FetchedModel",
+    "UpstreamBom",
     "VerifiedFile",
     "fetch_model",
     "local_load_path",
@@ -64,6 +64,16 @@ __all__ = [
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class UpstreamBom:
+    """The BOM a model's publisher attached to it (OCI referrers), schema-checked and kept in the store:
+    its sha256, and the ``urn:cdx:`` BOM-Link that names it when it has a serial number."""
+
+    digest: str
+    path: Path
+    link: str | None
 
 
 @dataclass(frozen=True)
