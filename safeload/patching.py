@@ -10,8 +10,13 @@ For code that cannot change its imports (a library that calls ``torch.load`` or
 While patched, ``torch.load`` (and ``torch.serialization.load``) is ``safeload.load`` with torch's
 signature, and ``from_pretrained`` of ``PreTrainedModel``, the ``Auto*`` classes, tokenizers, configs,
 processors, image processors and feature extractors goes through ``safeload.transformers``, as does
-``transformers.pipeline``. Patching replaces module and class attributes process-wide; it does not reach
-a function someone bound earlier with ``from torch import load``. While transformers reads a model folder
+``transformers.pipeline``. huggingface_hub's ``snapshot_download`` and ``hf_hub_download`` (the module
+functions, ``HfApi``'s methods, and every copy a library already imported by name, as transformers,
+sentence-transformers, peft, diffusers and timm do) resolve through the policy into the verified store
+(:mod:`safeload.hub`), and ``try_to_load_from_cache`` reports nothing cached, so no caller reads
+huggingface_hub's unchecked cache or reaches an endpoint the policy does not name. Patching replaces
+module and class attributes process-wide; of the names bound earlier by ``from X import name``, only
+the hub's download functions are found and replaced (``from torch import load`` is not). While transformers reads a model folder
 (inside a patched ``from_pretrained``), ``torch.load`` refuses instead of going to the jail: nothing a
 model folder holds should be unpickled at that point. Patch and unpatch from one thread, outside loads.
 """
@@ -123,17 +128,116 @@ def _targets() -> list[tuple[object, str, object]]:
     return out
 
 
+# huggingface_hub's download entry points, by the module that defines them and their public name.
+_HUB_FUNCTIONS = (
+    ("huggingface_hub.file_download", "hf_hub_download"),
+    ("huggingface_hub._snapshot_download", "snapshot_download"),
+    ("huggingface_hub.file_download", "try_to_load_from_cache"),
+)
+
+
+def _hub_snapshot_download(repo_id: str, *args: Any, **kwargs: Any) -> str:
+    """``huggingface_hub.snapshot_download`` through the policy (:func:`safeload.hub.snapshot_download`)."""
+    from safeload.hub import snapshot_download
+
+    if args:
+        raise TypeError("snapshot_download takes the repo id as its only positional argument")
+    return snapshot_download(repo_id, **kwargs)
+
+
+def _hub_file_download(repo_id: str, filename: str, *args: Any, **kwargs: Any) -> str:
+    """``huggingface_hub.hf_hub_download`` through the policy (:func:`safeload.hub.hf_hub_download`)."""
+    from safeload.hub import hf_hub_download
+
+    if args:
+        raise TypeError("hf_hub_download takes the repo id and file name as its only positional arguments")
+    return hf_hub_download(repo_id, filename, **kwargs)
+
+
+def _hub_cached(repo_id: str, filename: str, *args: Any, **kwargs: Any) -> None:
+    """``try_to_load_from_cache``: always "not cached". huggingface_hub's own cache holds files nothing
+    has checked; the caller goes on to the patched download, which serves the verified store's copy of a
+    pinned file and refuses anything else."""
+    del repo_id, filename, args, kwargs
+
+
+def _method(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def method(self: object, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return method
+
+
+def _hub_targets() -> list[tuple[object, str, object]]:
+    """The hub download functions where huggingface_hub defines and exports them, ``HfApi``'s methods,
+    and every copy another module bound by name (``from huggingface_hub import hf_hub_download`` in
+    transformers, sentence-transformers, peft, diffusers, timm...) before the patch."""
+    import importlib
+    import sys
+
+    import huggingface_hub
+
+    replacements = {
+        "hf_hub_download": _hub_file_download,
+        "snapshot_download": _hub_snapshot_download,
+        "try_to_load_from_cache": _hub_cached,
+    }
+    originals: dict[int, object] = {}
+    out: list[tuple[object, str, object]] = []
+    for module_name, name in _HUB_FUNCTIONS:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        originals[id(original)] = replacements[name]
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name in replacements:
+            value = namespace.get(name)
+            if value is not None and id(value) in originals:
+                out.append((module, name, originals[id(value)]))
+    for name in replacements:
+        if name not in huggingface_hub.__dict__:  # exported lazily: bound now, patched
+            out.append((huggingface_hub, name, replacements[name]))
+    for name in ("hf_hub_download", "snapshot_download"):
+        out.append((huggingface_hub.HfApi, name, _method(replacements[name])))
+    return out
+
+
 def _install() -> None:
-    for owner, name, replacement in _targets():
-        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    for owner, name, replacement in [*_targets(), *_hub_targets()]:
+        if isinstance(owner, type):
+            original = owner.__dict__[name]
+        else:
+            original = getattr(owner, name, _MISSING)
         _saved.append((owner, name, original))
         setattr(owner, name, replacement)
 
 
 def _restore() -> None:
+    import sys
+
+    names = {name for _, name, _ in _saved}
+    patched = {id(new): old for owner, name, old in _saved for new in [getattr(owner, name, None)]}
     while _saved:
         owner, name, original = _saved.pop()
-        setattr(owner, name, original)
+        if original is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
+    # A module imported while patched bound the patched function by name: give it the original too.
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or module is sys.modules[__name__]:
+            continue
+        for name in names:
+            original = patched.get(id(namespace.get(name)))
+            if original is not None and original is not _MISSING:
+                namespace[name] = original
+
+
+_MISSING = object()
 
 
 class Patch:
@@ -155,7 +259,8 @@ class Patch:
 
 
 def patch() -> Patch:
-    """Route ``torch.load`` and transformers' ``from_pretrained``/``pipeline`` through safeload.
+    """Route ``torch.load``, transformers' ``from_pretrained``/``pipeline`` and huggingface_hub's
+    downloads through safeload.
 
     Call it alone to patch until :func:`unpatch`, or use it as ``with safeload.patch(): ...`` to restore
     the original objects (the very same objects) when the block ends. Nested uses are counted.

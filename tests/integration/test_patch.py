@@ -113,3 +113,113 @@ def test_patched_from_pretrained_refuses_unpinned_names(
             transformers.AutoTokenizer.from_pretrained("someone/not-pinned")
         with pytest.raises(UntrustedSourceError):
             transformers.pipeline("feature-extraction", model="someone/not-pinned")
+
+
+# --- huggingface_hub's download entry points -------------------------------------------------------
+
+_THIRD_PARTY = """
+from huggingface_hub import hf_hub_download, snapshot_download
+
+
+def fetch_snapshot(repo_id):
+    return snapshot_download(repo_id)
+
+
+def fetch_file(repo_id, filename):
+    return hf_hub_download(repo_id, filename)
+"""
+
+
+def _hub_snapshot() -> dict[tuple[str, str], object]:
+    import sys
+
+    import huggingface_hub
+    import huggingface_hub._snapshot_download
+    import huggingface_hub.file_download
+
+    out: dict[tuple[str, str], object] = {}
+    for name, module in list(sys.modules.items()):
+        for attr in ("hf_hub_download", "snapshot_download", "try_to_load_from_cache"):
+            value = getattr(module, "__dict__", {}).get(attr)
+            if value is not None:
+                out[(name, attr)] = value
+    out[("HfApi", "hf_hub_download")] = huggingface_hub.HfApi.__dict__["hf_hub_download"]
+    out[("HfApi", "snapshot_download")] = huggingface_hub.HfApi.__dict__["snapshot_download"]
+    return out
+
+
+@pytest.fixture
+def pinned_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A policy pinning one model from a directory registry; HF_ENDPOINT points at a loopback listener
+    that counts every connection (the public-Hub fallback, if anything fell back)."""
+    import hashlib
+
+    from tests.helpers.canary import Listener
+    from tests.helpers.trust import write_policy
+
+    model = tmp_path / "registry" / "acme" / "pinned"
+    model.mkdir(parents=True)
+    (model / "config.json").write_bytes(b'{"model_type": "bert"}')
+    listener = Listener()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listener.port}")
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"local": {"kind": "directory", "path": str(tmp_path / "registry")}},
+        models={
+            "acme/pinned": {
+                "registry": "local",
+                "repo": "acme/pinned",
+                "files": {"config.json": "sha256:" + hashlib.sha256(b'{"model_type": "bert"}').hexdigest()},
+            }
+        },
+    )
+    monkeypatch.setenv("SAFELOAD_POLICY", str(policy))
+    yield listener  # type: ignore[misc]
+    listener.close()
+
+
+def test_hub_downloads_in_third_party_code_resolve_through_the_policy(
+    tmp_path: Path, pinned_hub: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import sys
+
+    import huggingface_hub
+    import transformers.utils.hub
+
+    listener = pinned_hub
+    (tmp_path / "thirdparty_before.py").write_text(_THIRD_PARTY)
+    (tmp_path / "thirdparty_after.py").write_text(_THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before_module = importlib.import_module("thirdparty_before")  # bound the originals by name
+    original = _hub_snapshot()
+    try:
+        with safeload.patch():
+            after_module = importlib.import_module("thirdparty_after")  # binds while patched
+            for module in (before_module, after_module):
+                folder = Path(module.fetch_snapshot("acme/pinned"))
+                assert folder.is_relative_to(tmp_path / "store")
+                assert (
+                    Path(module.fetch_file("acme/pinned", "config.json")).read_bytes()
+                    == b'{"model_type": "bert"}'
+                )
+                with pytest.raises(UntrustedSourceError, match=r"not in the policy's \[models\]"):
+                    module.fetch_snapshot("org/unpinned")
+                with pytest.raises(UntrustedSourceError):
+                    module.fetch_file("org/unpinned", "config.json")
+            with pytest.raises(UntrustedSourceError):
+                huggingface_hub.HfApi().snapshot_download("org/unpinned")
+            with pytest.raises(UntrustedSourceError):
+                transformers.utils.hub.hf_hub_download("org/unpinned", "config.json")
+            assert huggingface_hub.try_to_load_from_cache("acme/pinned", "config.json") is None
+        assert listener.connections == 0, "something reached the public-Hub endpoint"  # type: ignore[attr-defined]
+        now = _hub_snapshot()
+        assert {k: v for k, v in now.items() if k in original} == original, "unpatch left a replacement"
+        assert (
+            after_module.snapshot_download
+            is original[("huggingface_hub._snapshot_download", "snapshot_download")]
+        )
+    finally:
+        sys.modules.pop("thirdparty_before", None)
+        sys.modules.pop("thirdparty_after", None)
