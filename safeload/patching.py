@@ -16,9 +16,10 @@ sentence-transformers, peft, diffusers and timm do) resolve through the policy i
 (:mod:`safeload.hub`), and ``try_to_load_from_cache`` reports nothing cached, so no caller reads
 huggingface_hub's unchecked cache or reaches an endpoint the policy does not name. Patching replaces
 module and class attributes process-wide; of the names bound earlier by ``from X import name``, only
-the hub's download functions are found and replaced (``from torch import load`` is not). While transformers reads a model folder
-(inside a patched ``from_pretrained``), ``torch.load`` refuses instead of going to the jail: nothing a
-model folder holds should be unpickled at that point. Patch and unpatch from one thread, outside loads.
+the hub's download functions are found and replaced (``from torch import load`` is not). While
+transformers reads a model folder (inside a patched ``from_pretrained``), ``torch.load`` refuses instead
+of going to the jail: nothing a model folder holds should be unpickled at that point. Patch and unpatch
+from one thread, outside loads.
 """
 
 from __future__ import annotations
