@@ -94,6 +94,10 @@ def _is_weight_bin(name: str) -> bool:
     return name.startswith("pytorch_model") and name.endswith(".bin")
 
 
+def _is_adapter_bin(name: str) -> bool:
+    return name.startswith("adapter_model") and name.endswith(".bin")
+
+
 def _is_weight_bin_index(name: str) -> bool:
     return name.startswith("pytorch_model.bin.index") and name.endswith(".json")
 
@@ -193,7 +197,7 @@ def _code_refs(value: object) -> Iterable[str]:
             yield from _code_refs(v)
 
 
-def _check_configs(src: _Source, *, want_code: bool) -> None:
+def _check_configs(src: _Source, *, want_code: bool, adapter: bool = False) -> None:
     code_modules: set[str] = set()
     for rel in src.files:
         # auto_map and weight redirects live in the config files; tokenizer.json and friends are skipped.
@@ -227,7 +231,7 @@ def _check_configs(src: _Source, *, want_code: bool) -> None:
             module = ref.rsplit(".", 1)[0]
             if _CODE_MODULE.match(module):
                 code_modules.add(module.replace(".", "/") + ".py")
-    if "adapter_config.json" in src.files:
+    if "adapter_config.json" in src.files and not adapter:
         raise UntrustedSourceError(
             f"{src.folder}: adapter_config.json makes transformers load a base model named inside the "
             "adapter; load the base model through safeload.transformers and apply the adapter with peft"
@@ -301,8 +305,12 @@ def prepare(
     trust_remote_code: bool,
     revision: str | None = None,
     policy: Policy | None = None,
+    adapter: bool = False,
 ) -> Prepared:
     """Resolve, verify, inspect and (for ``weights``) convert a model so transformers can read it safely.
+
+    ``adapter``: the folder is a peft adapter, read by peft (not transformers): its
+    ``adapter_config.json`` is allowed and ``adapter_model.bin`` is converted like a weight file.
 
     Raises:
         UntrustedSourceError: the name is not in the policy, remote code is not allowed, an ``auto_map``
@@ -327,7 +335,7 @@ def prepare(
             )
     else:
         src = _local_source(Path(name), pol)
-    _check_configs(src, want_code=trust_remote_code)
+    _check_configs(src, want_code=trust_remote_code, adapter=adapter)
     allow_code = trust_remote_code  # _check_configs raised if the policy does not allow it
 
     kept: dict[str, str | None] = {}
@@ -340,7 +348,7 @@ def prepare(
             indexes.append(rel)
             continue
         if _is_pickle_family(src.folder / rel):
-            if _is_weight_bin(base):
+            if _is_weight_bin(base) or (adapter and _is_adapter_bin(base)):
                 bins.append(rel)
             else:
                 excluded.append(rel)
