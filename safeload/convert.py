@@ -76,9 +76,13 @@ def safetensors_name(bin_name: str) -> str:
 
     ``pytorch_model.bin`` -> ``model.safetensors``, ``pytorch_model-00001-of-00002.bin`` ->
     ``model-00001-of-00002.safetensors``, ``pytorch_model.bin.index.json`` ->
-    ``model.safetensors.index.json`` (variants such as ``.fp16`` are kept in place).
+    ``model.safetensors.index.json`` (variants such as ``.fp16`` are kept in place); diffusers keeps its
+    own stem: ``diffusion_pytorch_model.bin`` -> ``diffusion_pytorch_model.safetensors``.
     """
-    base = bin_name.replace("pytorch_model", "model", 1)
+    if bin_name.startswith("diffusion_pytorch_model"):
+        base = bin_name
+    else:
+        base = bin_name.replace("pytorch_model", "model", 1)
     if base.endswith(".bin"):
         return base[: -len(".bin")] + ".safetensors"
     return base.replace(".bin.", ".safetensors.", 1)

@@ -91,7 +91,7 @@ def _is_pickle_family(path: Path) -> bool:
 
 
 def _is_weight_bin(name: str) -> bool:
-    return name.startswith("pytorch_model") and name.endswith(".bin")
+    return name.startswith(("pytorch_model", "diffusion_pytorch_model")) and name.endswith(".bin")
 
 
 def _is_adapter_bin(name: str) -> bool:
@@ -99,7 +99,8 @@ def _is_adapter_bin(name: str) -> bool:
 
 
 def _is_weight_bin_index(name: str) -> bool:
-    return name.startswith("pytorch_model.bin.index") and name.endswith(".json")
+    stems = ("pytorch_model.bin.index", "diffusion_pytorch_model.bin.index")
+    return name.startswith(stems) and name.endswith(".json")
 
 
 def _read_json(path: Path) -> Any:
