@@ -71,3 +71,18 @@ def test_fetch_benchmarks_print_their_table_and_figures(script: str, tmp_path: P
     assert "safeload cold (jailed, hashed, stored)" in proc.stdout
     assert figures["safeload_cold_s"] > 0 and figures["runs"] == 1
     assert list(tmp_path.iterdir()) == []  # the benchmark leaves nothing behind
+
+
+@pytest.mark.slow
+def test_the_dropins_benchmark_prints_every_row(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.dropins_warm", "--runs", "1", "--dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    for lib in ("st", "peft", "diffusers"):
+        assert figures[f"{lib}_plain_s"] > 0 and figures[f"{lib}_safeload_s"] > 0
+    assert proc.stdout.count("safeload, warm:") == 3
+    assert list(tmp_path.iterdir()) == []
