@@ -59,9 +59,10 @@ def _check_model_index(folder: Path, name: str) -> None:
             "diffusers would load its code from the repository, and safeload does not run repository code"
         )
     for component, value in data.items():
-        if component.startswith("_") or value is None or value == [None, None]:
+        # Components are [library, class] pairs; other keys are pipeline options (requires_safety_checker).
+        if component.startswith("_") or not isinstance(value, list) or value == [None, None]:
             continue
-        library = value[0] if isinstance(value, list) and len(value) == 2 else None
+        library = value[0] if len(value) == 2 else None
         if library not in _LIBRARIES:
             raise UntrustedSourceError(
                 f"{name}: model_index.json loads {component!r} from {library!r}; only diffusers and "

@@ -161,3 +161,106 @@ def test_a_model_index_that_would_load_repository_code_is_refused(
     with pytest.raises(UntrustedSourceError, match="custom_pipeline= loads code"):
         safeload.diffusers.DiffusionPipeline.from_pretrained(REPO, custom_pipeline="anything")
     assert not (tmp_path / "canary").exists()
+
+
+def _tiny_sd(root: Path) -> Path:
+    """A Stable Diffusion pipeline small enough to run in a test: diffusers' UNet and VAE, transformers'
+    CLIP text encoder and tokenizer, each in its own component folder."""
+    import transformers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    text = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=77,
+            projection_dim=16,
+        )
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=transformers.CLIPTokenizer(model_max_length=77),
+        unet=unet,
+        scheduler=diffusers.DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(root / "acme" / "tiny-sd")
+    return root / "acme" / "tiny-sd"
+
+
+def _to_bin(path: Path, canary: Path, bin_name: str) -> None:
+    """Replace a safetensors file with a torch.save pickle of the same tensors plus a payload."""
+    from safetensors.torch import load_file
+
+    state: dict[str, object] = dict(load_file(path))
+    state["evil"] = _Payload(canary)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (path.parent / bin_name).write_bytes(buf.getvalue())
+    path.unlink()
+
+
+def test_a_stable_diffusion_pipeline_with_pickled_components_generates_as_plain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every component comes from the one entry: the text encoder's pytorch_model.bin (a transformers
+    component) and the VAE's diffusion_pytorch_model.bin are converted in the jail; nothing runs."""
+    import safeload.diffusers
+
+    canary = tmp_path / "canary"
+    clean = _tiny_sd(tmp_path / "clean")
+    registry = tmp_path / "registry"
+    shutil.copytree(tmp_path / "clean", registry)
+    sd = registry / "acme" / "tiny-sd"
+    _to_bin(sd / "text_encoder" / "model.safetensors", canary, "pytorch_model.bin")
+    _to_bin(sd / "vae" / "diffusion_pytorch_model.safetensors", canary, "diffusion_pytorch_model.bin")
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"local": {"kind": "directory", "path": str(registry)}},
+        models={"acme/tiny-sd": {"registry": "local", "repo": "acme/tiny-sd", "files": _pins(sd)}},
+    )
+    monkeypatch.setenv("SAFELOAD_POLICY", str(policy))
+
+    def generate(pipe: diffusers.DiffusionPipeline) -> np.ndarray:
+        out = pipe(
+            "a cat",
+            num_inference_steps=2,
+            height=16,
+            width=16,
+            generator=torch.manual_seed(0),
+            output_type="np",
+        )
+        return np.asarray(out.images)
+
+    ours = safeload.diffusers.DiffusionPipeline.from_pretrained("acme/tiny-sd")
+    assert type(ours) is diffusers.StableDiffusionPipeline
+    assert np.array_equal(generate(ours), generate(diffusers.DiffusionPipeline.from_pretrained(clean)))
+    assert not canary.exists(), "a pickle ran in the host"
