@@ -1,5 +1,7 @@
 """Drop-ins for ``huggingface_hub.snapshot_download`` and ``hf_hub_download``.
 
+``repo_type="dataset"`` resolves a ``[datasets]`` entry the same way.
+
 For code that downloads files itself (vLLM, llama.cpp wrappers, custom loaders): change the import and
 the name resolves through ``trust.toml`` instead of the public Hub. What comes back is the store's
 read-only verified folder (or a file in it), holding only pinned/signed files.
@@ -23,7 +25,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 from safeload.errors import UntrustedSourceError
 from safeload.policy import Policy, load_policy
-from safeload.resolve import FetchedModel, fetch_model
+from safeload.resolve import FetchedModel, fetch_dataset, fetch_model
 
 __all__ = ["UnpinnedFileError", "hf_hub_download", "snapshot_download"]
 
@@ -37,11 +39,18 @@ class UnpinnedFileError(UntrustedSourceError, EntryNotFoundError):
 def _fetch(
     repo_id: str, revision: str | None, repo_type: str | None, policy: Policy | str | None
 ) -> FetchedModel:
-    if repo_type not in (None, "model"):
+    if repo_type not in (None, "model", "dataset"):
         raise UntrustedSourceError(
-            f"{repo_id}: repo_type={repo_type!r} is not supported; only models resolve"
+            f"{repo_id}: repo_type={repo_type!r} is not supported; models and [datasets] entries resolve"
         )
     pol = load_policy(policy)
+    if repo_type == "dataset":
+        dataset = pol.datasets.get(repo_id)
+        if dataset is not None and revision not in _PASSTHROUGH_REVISIONS and revision != dataset.revision:
+            raise UntrustedSourceError(
+                f"dataset {repo_id}: revision {revision!r} requested, but the policy pins {dataset.revision}"
+            )
+        return fetch_dataset(repo_id, policy=pol)
     name = repo_id
     entry = pol.models.get(repo_id)
     if entry is None and revision not in _PASSTHROUGH_REVISIONS and pol.mode == "audit":
@@ -68,7 +77,8 @@ def snapshot_download(
     """The verified, read-only folder of ``repo_id`` (a name in the policy's ``[models]``), as a string.
 
     Raises:
-        UntrustedSourceError: the name is not pinned, or another revision/repo type was asked for.
+        UntrustedSourceError: the name is not pinned (in ``[models]``, or ``[datasets]`` for
+            ``repo_type="dataset"``), or another revision/repo type was asked for.
         IntegrityError, SignatureError: the bytes or the signature do not match the policy.
         ValueError: ``local_dir`` was given (copies outside the store would not stay verified).
     """

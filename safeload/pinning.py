@@ -60,9 +60,13 @@ def _q(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid TOML basic string
 
 
+def _table(entry: ModelEntry) -> str:
+    return "datasets" if entry.kind == "dataset" else "models"
+
+
 def render_entry(entry: ModelEntry) -> str:
-    """The TOML text of one ``[models."name"]`` entry (with its ``files`` sub-table)."""
-    head = dotted("models", entry.name)
+    """The TOML text of one ``[models."name"]`` (or ``[datasets."name"]``) entry, with its ``files``."""
+    head = dotted(_table(entry), entry.name)
     lines = [f"[{head}]", f"registry = {_q(entry.registry)}", f"repo = {_q(entry.repo)}"]
     if entry.revision is not None:
         lines.append(f"revision = {_q(entry.revision)}")
@@ -74,6 +78,10 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"task = {_q(entry.task)}")
     if entry.datasets:
         lines.append(f"datasets = [{', '.join(_q(d) for d in entry.datasets)}]")
+    if entry.base_model is not None:
+        lines.append(f"base_model = {_q(entry.base_model)}")
+    if entry.allow_code:
+        lines.append("allow_code = true")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
     return "\n".join(lines) + "\n"
@@ -102,6 +110,7 @@ def write_entry(policy_path: Path, entry: ModelEntry, *, extra_text: str = "") -
     """
     text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
     before = parse_policy(text, source=policy_path)
+    table = _table(entry)
     lines = text.splitlines(keepends=True)
     keep: list[str] = []
     removing = False
@@ -110,13 +119,14 @@ def write_entry(policy_path: Path, entry: ModelEntry, *, extra_text: str = "") -
         m = _HEADER.match(line)
         if m is not None:
             path = _header_path(m.group(1))
-            removing = path is not None and len(path) >= 2 and path[0] == "models" and path[1] == entry.name
+            removing = path is not None and len(path) >= 2 and path[0] == table and path[1] == entry.name
             found |= removing
         if not removing:
             keep.append(line)
-    if entry.name in before.models and not found:
+    entries = before.datasets if entry.kind == "dataset" else before.models
+    if entry.name in entries and not found:
         raise PolicyError(
-            f'{dotted("models", entry.name)}: written inline rather than as its own [models."..."] table; '
+            f'{dotted(table, entry.name)}: written inline rather than as its own [{table}."..."] table; '
             "edit it by hand or move it to its own table so `safeload pin` can replace it"
         )
     new_text = "".join(keep)
@@ -124,8 +134,9 @@ def write_entry(policy_path: Path, entry: ModelEntry, *, extra_text: str = "") -
         new_text += "\n"
     new_text = new_text.rstrip("\n") + "\n\n" + extra_text + render_entry(entry)
     policy = parse_policy(new_text, source=policy_path)
-    if policy.models.get(entry.name) != entry:
-        raise PolicyError(f"{dotted('models', entry.name)}: the rewritten policy does not hold the new entry")
+    written = policy.datasets if entry.kind == "dataset" else policy.models
+    if written.get(entry.name) != entry:
+        raise PolicyError(f"{dotted(table, entry.name)}: the rewritten policy does not hold the new entry")
     tmp = policy_path.with_name(f".{policy_path.name}.tmp-{os.getpid()}")
     tmp.write_text(new_text, encoding="utf-8")
     if policy_path.exists():
@@ -163,7 +174,8 @@ def pin_model(
     name: str | None = None,
     resolve: bool = False,
 ) -> tuple[str, ModelEntry]:
-    """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``.
+    """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``;
+    ``hf://datasets/org/name@<commit>`` into its ``[datasets]``.
 
     Returns the model's name and the entry written. An existing entry's ``signer``/``signature``/``task``/
     ``datasets`` are kept.
@@ -182,6 +194,11 @@ def pin_model(
             f"{url!r}: expected hf://org/name@<40-hex commit>, dir://org/name or oci://host/repo@sha256:<hex>"
         )
     scheme, repo, ref = m.group(1), m.group(2), m.group(3)
+    # hf://datasets/ORG/NAME: a Hub dataset, pinned into [datasets]; the registry is asked for datasets/...
+    dataset = scheme == "hf" and repo.startswith("datasets/") and repo.count("/") == 2
+    fetch_repo = repo
+    if dataset:
+        repo = repo.removeprefix("datasets/")
     policy_path = Path(policy_path)
     text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
     policy = parse_policy(text, source=policy_path)
@@ -213,7 +230,7 @@ def pin_model(
         if ref is not None and _COMMIT.match(ref):
             revision = ref
         elif resolve:
-            revision = open_registry(spec).resolve_revision(repo, ref)
+            revision = open_registry(spec).resolve_revision(fetch_repo, ref)
             if revision is None or not _COMMIT.match(revision):
                 raise UntrustedSourceError(f"{spec.name}: {repo}@{ref} did not resolve to a commit id")
         else:
@@ -228,10 +245,10 @@ def pin_model(
             )
         revision = ref
     model_name = name or repo
-    old = policy.models.get(model_name)
+    old = (policy.datasets if dataset else policy.models).get(model_name)
     signer = old.signer if old is not None else None
     signature = old.signature if old is not None else None
-    digests = hash_repo(policy, spec, repo, revision)
+    digests = hash_repo(policy, spec, fetch_repo, revision)
     sig_rel = signature or ("model.sig" if signer else None)
     if sig_rel is not None:
         digests.pop(sig_rel, None)
@@ -245,6 +262,9 @@ def pin_model(
         signature=signature,
         task=old.task if old is not None else None,
         datasets=old.datasets if old is not None else (),
+        base_model=old.base_model if old is not None else None,
+        allow_code=old.allow_code if old is not None else False,
+        kind="dataset" if dataset else "model",
     )
     write_entry(policy_path, entry, extra_text=extra_text)
     return model_name, entry

@@ -136,9 +136,17 @@ class ModelEntry:
     signature: str | None = None  # path of the signature file in the repo (when ``signer`` is set)
     # What the model card in `safeload bom` reports; informational, never used to decide a load.
     task: str | None = None
-    datasets: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()  # names of [datasets] entries
     # safeload.transformers honours trust_remote_code=True only with this set and every code file pinned.
     allow_code: bool = False
+    base_model: str | None = None  # the [models] entry this one was fine-tuned from
+    # "dataset" for a [datasets] entry: fetched as the registry's dataset, filed apart in the store.
+    kind: Literal["model", "dataset"] = "model"
+
+    @property
+    def store_repo(self) -> str:
+        """The repository path the store files this entry under (datasets apart from models)."""
+        return f"datasets/{self.repo}" if self.kind == "dataset" else self.repo
 
     def store_revision(self) -> str:
         """The revision the store files this model under: the commit, or ``pins-<digest of the pins>``."""
@@ -170,6 +178,7 @@ class Policy:
     signers: Mapping[str, Signer] = field(default_factory=lambda: MappingProxyType({}))
     models: Mapping[str, ModelEntry] = field(default_factory=lambda: MappingProxyType({}))
     require_signatures: bool = False
+    datasets: Mapping[str, ModelEntry] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def default_policy() -> Policy:
@@ -403,10 +412,12 @@ def _parse_model(
     registries: Mapping[str, RegistrySpec],
     signers: Mapping[str, Signer],
     require_signatures: bool,
+    *,
+    kind: Literal["model", "dataset"] = "model",
 ) -> ModelEntry:
-    t.check_keys(
-        {"registry", "repo", "revision", "signer", "signature", "files", "task", "datasets", "allow_code"}
-    )
+    common = {"registry", "repo", "revision", "signer", "signature", "files"}
+    t.check_keys(common if kind == "dataset" else common | {"task", "datasets", "allow_code", "base_model"})
+    base_model = t.str_("base_model")
     allow_code = t.data.get("allow_code", False)
     if not isinstance(allow_code, bool):
         raise t.err("allow_code", f"must be true or false, got {allow_code!r}")
@@ -468,6 +479,8 @@ def _parse_model(
         task=task,
         datasets=tuple(datasets),
         allow_code=allow_code,
+        base_model=base_model,
+        kind=kind,
     )
 
 
@@ -495,7 +508,7 @@ def parse_policy(text: str, *, source: Path | None = None) -> Policy:
 def _parse(top: _Table, base: Path, source: Path | None) -> Policy:
     top.check_keys(
         {"version", "mode", "store", "audit_log", "require_signatures", "sandbox", "registries", "signers",
-         "models", "files"}
+         "models", "datasets", "files"}
     )  # fmt: skip
     version = top.data.get("version")
     if version is None:
@@ -528,6 +541,26 @@ def _parse(top: _Table, base: Path, source: Path | None) -> Policy:
     for name in mt.data:
         models[name] = _parse_model(mt.table(name), name, registries, signers, require_signatures)
 
+    datasets: dict[str, ModelEntry] = {}
+    dt = top.table("datasets")
+    for name in dt.data:
+        table = dt.table(name)
+        datasets[name] = _parse_model(table, name, registries, signers, require_signatures, kind="dataset")
+    for name, entry in models.items():
+        for ref in entry.datasets:
+            if ref not in datasets:
+                known = ", ".join(sorted(datasets)) or "none defined"
+                raise mt.table(name).err(
+                    "datasets",
+                    f"names {ref!r}, which is no [datasets] entry (known: {known}); pin it with "
+                    f"`safeload pin hf://datasets/{ref}@<commit>`",
+                )
+        if entry.base_model is not None and (entry.base_model not in models or entry.base_model == name):
+            raise mt.table(name).err(
+                "base_model",
+                f"names {entry.base_model!r}, which is no other [models] entry; pin the base model",
+            )
+
     files: dict[str, str] = {}
     ft = top.table("files")
     for raw, digest in ft.data.items():
@@ -548,6 +581,7 @@ def _parse(top: _Table, base: Path, source: Path | None) -> Policy:
         signers=MappingProxyType(signers),
         models=MappingProxyType(models),
         require_signatures=require_signatures,
+        datasets=MappingProxyType(datasets),
     )
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "FetchedModel",
     "UpstreamBom",
     "VerifiedFile",
+    "fetch_dataset",
     "fetch_model",
     "local_load_path",
     "open_verified_local",
@@ -201,6 +202,41 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
     return fetched
 
 
+def fetch_dataset(name: str, *, policy: Policy | None = None, progress: bool | None = None) -> FetchedModel:
+    """Resolve the ``[datasets]`` entry ``name`` and return its verified, read-only folder in the store,
+    exactly as :func:`fetch_model` does for a model.
+
+    Raises:
+        UntrustedSourceError: the name is not a ``[datasets]`` entry, or the registry lacks a file.
+        IntegrityError, SignatureError, PolicyError: as :func:`fetch_model`.
+    """
+    pol = load_policy(policy)
+    entry = pol.datasets.get(name)
+    if entry is None:
+        audit.record(pol, name=name, decision="refuse", reason="not pinned in [datasets]")
+        known = ", ".join(sorted(pol.datasets)) or "none"
+        raise UntrustedSourceError(
+            f"dataset {name!r} is not in the policy's [datasets] ({pol.source or 'built-in default'}; "
+            f"pinned: {known}), so it will not be loaded. To allow it, pin a commit and every file's hash:\n"
+            f"    safeload pin hf://datasets/{name}@<40-hex commit>"
+        )
+    base = {
+        "name": name, "registry": entry.registry, "repo": entry.store_repo, "revision": entry.store_revision()
+    }
+    try:
+        fetched = _materialize(pol, entry, progress=progress, unpinned=False)
+    except SafeloadError as e:
+        audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
+        raise
+    audit.record(pol, **base, files=dict(fetched.files), decision="allow", reason="pinned dataset")
+    return fetched
+
+
+def _registry_repo(entry: ModelEntry, kind: str) -> str:
+    """The repository path to ask the registry for: a Hub serves datasets under ``datasets/``."""
+    return f"datasets/{entry.repo}" if entry.kind == "dataset" and kind == "huggingface" else entry.repo
+
+
 # ------------------------------------------------------------------------------------------ model path
 
 
@@ -269,7 +305,7 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
     revision = entry.store_revision()
 
     def warm() -> FetchedModel | None:
-        record = store.read_model(entry.registry, entry.repo, revision)
+        record = store.read_model(entry.registry, entry.store_repo, revision)
         if record is not None and _warm_ok(record, entry, signer, unpinned):
             return _result(entry, store.check_model(record), store)
         return None
@@ -277,12 +313,13 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
     hit = warm()
     if hit is not None:
         return hit
-    with store.lock(f"model:{entry.registry}/{entry.repo}@{revision}"):
+    with store.lock(f"model:{entry.registry}/{entry.store_repo}@{revision}"):
         hit = warm()  # another process may have finished it while we waited
         if hit is not None:
             return hit
         registry = open_registry(spec)
-        return _cold(store, registry, entry, signer, progress=progress, unpinned=unpinned)
+        repo = _registry_repo(entry, spec.kind)
+        return _cold(store, registry, entry, signer, progress=progress, unpinned=unpinned, repo=repo)
 
 
 def _signed_resources(sig_path: Path) -> dict[str, str]:
@@ -309,9 +346,10 @@ def _cold(
     *,
     progress: bool | None,
     unpinned: bool,
+    repo: str,
 ) -> FetchedModel:
     revision = entry.store_revision()
-    label = f"{entry.registry}:{entry.repo}@{revision[:12]}"
+    label = f"{entry.registry}:{repo}@{revision[:12]}"
     with store.staging() as staging:
         sig_record: BlobRecord | None = None
         optional: frozenset[str] = frozenset()
@@ -319,7 +357,7 @@ def _cold(
         if signer is not None:
             sig_rel = entry.signature_path
             try:
-                got = registry.deliver(entry.repo, entry.revision, {sig_rel: None}, staging)
+                got = registry.deliver(repo, entry.revision, {sig_rel: None}, staging)
             except UntrustedSourceError as e:
                 raise SignatureError(
                     f"{label}: the entry names signer {signer.name!r} but its signature {sig_rel!r} could "
@@ -335,16 +373,16 @@ def _cold(
             # Signed files the policy does not pin are deliberately left out of the folder.
             optional = frozenset(claimed) - frozenset(expected)
         elif unpinned:
-            names = [r for r in registry.list_files(entry.repo, entry.revision) if is_safe_relpath(r)]
-            expected = _declared_digests(registry, entry.repo, entry.revision, names)
+            names = [r for r in registry.list_files(repo, entry.revision) if is_safe_relpath(r)]
+            expected = _declared_digests(registry, repo, entry.revision, names)
         if not expected:
             raise UntrustedSourceError(f"{label}: nothing to fetch (no pinned files)")
-        upstream = _upstream_bom(registry, entry, staging, label)
+        upstream = _upstream_bom(registry, repo, entry, staging, label)
 
         # Digests taken from the signature's own (not yet verified) claims only steer downloads; a
         # mismatch there is the signature's failure to report, so those files are stored unchecked.
         checked = expected if entry.files or signer is None else dict.fromkeys(expected)
-        records = _fetch_files(store, registry, entry.repo, entry.revision, checked, staging, label, progress)
+        records = _fetch_files(store, registry, repo, entry.revision, checked, staging, label, progress)
         built = store.build_folder(staging, records)
         verified: VerifiedSignature | None = None
         if signer is not None:
@@ -377,7 +415,7 @@ def _cold(
         record = store.publish_model(
             built,
             registry=entry.registry,
-            repo=entry.repo,
+            repo=entry.store_repo,
             revision=revision,
             files=records,
             signer=signer.name if signer else None,
@@ -389,14 +427,14 @@ def _cold(
 
 
 def _upstream_bom(
-    registry: Registry, entry: ModelEntry, staging: Path, label: str
+    registry: Registry, repo: str, entry: ModelEntry, staging: Path, label: str
 ) -> tuple[Path, str | None] | None:
     """The BOM the registry has attached to the pinned revision, schema-checked before any model file is
     downloaded (a BOM that fails leaves nothing in the store), with its BOM-Link; None when there is none."""
     finder = getattr(registry, "attached_bom", None)
     if finder is None or entry.revision is None:
         return None
-    path: Path | None = finder(entry.repo, entry.revision, staging)
+    path: Path | None = finder(repo, entry.revision, staging)
     if path is None:
         return None
     from safeload.bom import check_upstream_bom

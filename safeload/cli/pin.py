@@ -27,6 +27,8 @@ URL forms:
   hf://ORG/NAME@COMMIT     a Hugging Face registry (the policy's registry of kind "huggingface", or
                            --registry); COMMIT must be a full 40-hex commit id. A branch or tag is
                            accepted only with --resolve, which prints the commit it resolved to and pins it.
+  hf://datasets/ORG/NAME@COMMIT
+                           a Hub dataset, written as a [datasets."NAME"] entry (same rules).
   dir://ORG/NAME           a directory registry (kind "directory"): the files under <path>/ORG/NAME.
   oci://HOST/REPO@sha256:DIGEST
                            an OCI registry (kind "oci") whose endpoint is HOST; DIGEST is the manifest's.
@@ -36,6 +38,7 @@ _EPILOG = """\
 examples:
   safeload pin hf://acme/sentiment-classifier@4c7f9e0f3b1a2d5e6f708192a3b4c5d6e7f80912 --name acme/sentiment
   safeload pin hf://acme/sentiment-classifier@main --resolve
+  safeload pin hf://datasets/stanfordnlp/imdb@main --resolve --name imdb
   safeload pin dir://acme/sentiment --registry local --policy /etc/safeload/trust.toml
   safeload pin oci://registry.example.com/models/sentiment:v3 --resolve
 

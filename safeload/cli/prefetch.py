@@ -38,33 +38,49 @@ def add_parser(sub: Any) -> None:
         description=_DESCRIPTION,
         epilog=_EPILOG,
     )
-    parser.add_argument("names", metavar="NAME", nargs="*", help="model names from [models]")
-    parser.add_argument("--all", action="store_true", help="every model in the policy")
+    parser.add_argument("names", metavar="NAME", nargs="*", help="names from [models] or [datasets]")
+    parser.add_argument("--all", action="store_true", help="every model and dataset in the policy")
     add_policy(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from safeload.resolve import fetch_dataset
     from safeload.transformers._folder import prepare
 
     policy = load_policy(args)
     if args.all and args.names:
         ui.error("give model names or --all, not both")
         return EXIT_ERROR
-    names: list[str] = sorted(policy.models) if args.all else list(args.names)
+    names: list[str] = [*sorted(policy.models), *sorted(policy.datasets)] if args.all else list(args.names)
     if not names:
         ui.error(
             f"nothing to prefetch: name models or pass --all (the policy {policy.source or '(built-in)'} "
             f"has {len(policy.models)} [models] entries)"
         )
         return EXIT_ERROR
-    unknown = [n for n in names if n not in policy.models]
+    unknown = [n for n in names if n not in policy.models and n not in policy.datasets]
     if unknown:
         raise UntrustedSourceError(
-            f"not in the policy's [models]: {', '.join(unknown)}; pin them first with `safeload pin`"
+            f"not in the policy's [models] or [datasets]: {', '.join(unknown)}; pin them first with "
+            "`safeload pin`"
         )
     ready: list[dict[str, Any]] = []
     for name in names:
+        if name not in policy.models:  # a dataset: fetched and verified, nothing to convert
+            fetched = fetch_dataset(name, policy=policy)
+            ready.append(
+                {
+                    "name": name,
+                    "kind": "dataset",
+                    "revision": fetched.entry.revision,
+                    "folder": str(fetched.folder),
+                    "converted": [],
+                    "excluded": [],
+                }
+            )
+            ui.note(f"ready: dataset {name} -> {fetched.folder}")
+            continue
         entry = policy.models[name]
         prepared = prepare(
             name, weights=True, trust_remote_code=bool(getattr(entry, "allow_code", False)), policy=policy
@@ -72,6 +88,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         ready.append(
             {
                 "name": name,
+                "kind": "model",
                 "revision": prepared.revision,
                 "folder": str(prepared.folder),
                 "converted": sorted(prepared.converted),

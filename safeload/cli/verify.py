@@ -38,6 +38,7 @@ policy), 2 error."""
 @dataclass
 class _Result:
     name: str
+    kind: str = "model"  # model | dataset
     status: str = "ok"  # ok | tampered | absent
     files: int = 0
     signature: str = "none"  # none | verified | invalid
@@ -52,7 +53,9 @@ def add_parser(sub: Any) -> None:
         description=_DESCRIPTION,
         epilog=_EPILOG,
     )
-    parser.add_argument("names", metavar="NAME", nargs="*", help="model names from [models] (default: all)")
+    parser.add_argument(
+        "names", metavar="NAME", nargs="*", help="names from [models] or [datasets] (default: all)"
+    )
     add_policy(parser)
     parser.set_defaults(run=run)
 
@@ -60,8 +63,8 @@ def add_parser(sub: Any) -> None:
 def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
     from safeload._signing import verify_model_signature
 
-    result = _Result(entry.name)
-    record = store.read_model(entry.registry, entry.repo, entry.store_revision())
+    result = _Result(entry.name, kind=entry.kind)
+    record = store.read_model(entry.registry, entry.store_repo, entry.store_revision())
     if record is None:
         result.status = "absent"
         result.problems.append("not in the store (run `safeload prefetch`)")
@@ -108,14 +111,21 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.store import Store
 
     policy = load_policy(args)
-    unknown = [n for n in args.names if n not in policy.models]
+    unknown = [n for n in args.names if n not in policy.models and n not in policy.datasets]
     if unknown:
         raise UntrustedSourceError(
-            f"not in the policy's [models]: {', '.join(unknown)}; pin them first with `safeload pin`"
+            f"not in the policy's [models] or [datasets]: {', '.join(unknown)}; pin them first with "
+            "`safeload pin`"
         )
     store = Store(policy.store)
-    names = args.names or sorted(policy.models)
-    results = [_verify_model(store, policy, policy.models[n]) for n in names]
+    if args.names:
+        entries = [policy.models.get(n) or policy.datasets[n] for n in args.names]
+    else:
+        entries = [
+            *(policy.models[n] for n in sorted(policy.models)),
+            *(policy.datasets[n] for n in sorted(policy.datasets)),
+        ]
+    results = [_verify_model(store, policy, entry) for entry in entries]
     if not args.names:
         results = [r for r in results if r.status != "absent"]
     blob_report = store.verify() if not args.names else None
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         "models": [
             {
                 "name": r.name,
+                "kind": r.kind,
                 "status": r.status,
                 "files": r.files,
                 "signature": r.signature,
@@ -144,7 +155,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             table.add_column(col)
         colour = {"ok": "green", "tampered": "bold red", "absent": "yellow"}
         for r in results:
-            table.add_row(r.name, f"[{colour[r.status]}]{r.status}[/]", str(r.files), r.signature)
+            label = f"{r.name} (dataset)" if r.kind == "dataset" else r.name
+            table.add_row(label, f"[{colour[r.status]}]{r.status}[/]", str(r.files), r.signature)
         out.print(table)
         for r in results:
             for problem in r.problems:

@@ -149,7 +149,7 @@ class HuggingFaceRegistry(JailedRegistry):
         """
         rev = quote(revision or "main", safe="")
         what = f"{repo}@{revision or 'main'}"
-        url: str | None = f"/api/models/{_repo_path(repo)}/tree/{rev}?" + urlencode(
+        url: str | None = f"/api/{_api_path(repo)}/tree/{rev}?" + urlencode(
             {"recursive": "true", "expand": "false"}
         )
         out: list[str] = []
@@ -197,7 +197,7 @@ class HuggingFaceRegistry(JailedRegistry):
             SafeloadError: the answer names no 40-hex commit.
         """
         what = f"{repo}@{ref or 'default branch'}"
-        info, _ = self._api(f"/api/models/{_repo_path(repo)}/revision/{quote(ref or 'main', safe='')}", what)
+        info, _ = self._api(f"/api/{_api_path(repo)}/revision/{quote(ref or 'main', safe='')}", what)
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or len(sha) != 40 or not all(c in "0123456789abcdef" for c in sha):
             raise SafeloadError(f"{self._where()}: {what} did not report a commit id")
@@ -216,7 +216,7 @@ class HuggingFaceRegistry(JailedRegistry):
         for start in range(0, len(names), _PATHS_PER_CALL):
             chunk = names[start : start + _PATHS_PER_CALL]
             form = urlencode([("paths", p) for p in chunk] + [("expand", "true")])
-            url = f"/api/models/{_repo_path(repo)}/paths-info/{quote(revision, safe='')}"
+            url = f"/api/{_api_path(repo)}/paths-info/{quote(revision, safe='')}"
             infos, _ = self._api(url, f"{repo}@{revision}", commit=revision, form=form)
             if not isinstance(infos, list):
                 raise SafeloadError(f"{self._where()}: paths-info for {repo}@{revision}: not a list")
@@ -238,6 +238,14 @@ class HuggingFaceRegistry(JailedRegistry):
 
 def _repo_path(repo: str) -> str:
     return "/".join(quote(part, safe="") for part in repo.split("/"))
+
+
+def _api_path(repo: str) -> str:
+    """The Hub API's path of a repository: ``models/ORG/NAME``, or ``datasets/ORG/NAME`` for a dataset
+    (which resolve URLs already name as ``datasets/ORG/NAME``)."""
+    if repo.startswith("datasets/"):
+        return "datasets/" + _repo_path(repo.removeprefix("datasets/"))
+    return "models/" + _repo_path(repo)
 
 
 def _hex(digest: str | None) -> str | None:

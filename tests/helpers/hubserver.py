@@ -130,6 +130,7 @@ class HubServer:
         port = port or free_port()
         mirrors = root / "mirrors"
         (mirrors / "models").mkdir(parents=True, exist_ok=True)
+        (mirrors / "datasets").mkdir(parents=True, exist_ok=True)
         repos = root / "repos"
         repos.mkdir(exist_ok=True)
         config = root / "configs.toml"
@@ -162,8 +163,8 @@ class HubServer:
     def stop(self) -> None:
         stop_process(self.proc)
 
-    def repo_dir(self, repo_id: str) -> Path:
-        return self.mirrors / "models" / repo_id
+    def repo_dir(self, repo_id: str, repo_type: str = "model") -> Path:
+        return self.mirrors / ("datasets" if repo_type == "dataset" else "models") / repo_id
 
     def add_repo(
         self,
@@ -173,13 +174,15 @@ class HubServer:
         *,
         branch: str = "main",
         delete: Iterable[str] = (),
+        repo_type: str = "model",
     ) -> str:
         """Commit ``files`` to ``repo_id`` (created if new) and return the new commit's 40-hex id.
 
         ``lfs`` names the paths stored as LFS objects; by default every path with a suffix in
-        ``LFS_DEFAULT``. ``delete`` removes paths from the tree in the same commit.
+        ``LFS_DEFAULT``. ``delete`` removes paths from the tree in the same commit. ``repo_type="dataset"``
+        makes it a dataset repository (served under ``/datasets/`` and ``/api/datasets/``).
         """
-        repo = self.repo_dir(repo_id)
+        repo = self.repo_dir(repo_id, repo_type)
         if not (repo / ".git").exists():
             repo.mkdir(parents=True, exist_ok=True)
             _git(repo, "init", "-q", "-b", branch)
@@ -205,10 +208,10 @@ class HubServer:
             _git(repo, "rm", "-q", "--", rel)
         _git(repo, "add", "-A")
         _git(repo, "commit", "-q", "--allow-empty", "-m", f"update {', '.join(sorted(files)) or 'nothing'}")
-        return self.head(repo_id, branch)
+        return self.head(repo_id, branch, repo_type)
 
-    def head(self, repo_id: str, branch: str = "main") -> str:
-        return _git(self.repo_dir(repo_id), "rev-parse", branch)
+    def head(self, repo_id: str, branch: str = "main", repo_type: str = "model") -> str:
+        return _git(self.repo_dir(repo_id, repo_type), "rev-parse", branch)
 
     def replace_blob(self, repo_id: str, path: str, data: bytes) -> None:
         """Overwrite the LFS object behind ``path`` in place: every commit that names it now serves ``data``.

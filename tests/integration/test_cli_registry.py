@@ -105,8 +105,13 @@ def test_pin_writes_hashes_and_refuses_branches(hub: Any, tmp_path: Path) -> Non
     assert {k: v for k, v in entry["files"].items() if k in expected} == expected
     assert policy.read_text().startswith("# deployment policy")  # the rest of the file is kept
 
-    # Re-pinning (here by commit) keeps what the model card reports.
+    # Re-pinning (here by commit) keeps what the model card reports; its datasets are [datasets] entries.
     add_card_fields(policy, "tiny", 'task = "fill-mask"', 'datasets = ["wikipedia"]')
+    with policy.open("a") as fh:
+        fh.write(
+            f'[datasets.wikipedia]\nregistry = "hub"\nrepo = "wikimedia/wikipedia"\nrevision = "{"c" * 40}"\n'
+            f'files = {{ "train.parquet" = "sha256:{"d" * 64}" }}\n'
+        )
     again = run(["pin", f"hf://{TINY}@{hub.tiny_sha}", "--registry", "hub", "--name", "tiny"], env)
     assert again.returncode == 0, again.stderr
     entry = tomllib.loads(policy.read_text())["models"]["tiny"]
@@ -151,13 +156,28 @@ def test_prefetch_then_load_offline_verify_and_bom(own_hub: HubServer, tmp_path:
     env = child_env(own_hub, tmp_path, policy)
     pin = run(["pin", f"hf://acme/bin-only@{commit}", "--registry", "hub"], env)
     assert pin.returncode == 0, pin.stderr
+    for dataset in ("wikipedia", "bookcorpus"):
+        data_commit = own_hub.add_repo(
+            f"acme/{dataset}", {"train.txt": f"{dataset}\n".encode()}, repo_type="dataset"
+        )
+        pinned = run(
+            ["pin", f"hf://datasets/acme/{dataset}@{data_commit}", "--registry", "hub", "--name", dataset],
+            env,
+        )
+        assert pinned.returncode == 0, pinned.stderr
     add_card_fields(
         policy, "acme/bin-only", 'task = "feature-extraction"', 'datasets = ["wikipedia", "bookcorpus"]'
     )
 
     pre = run(["prefetch", "--all", "--json"], env)
     assert pre.returncode == 0, pre.stderr
-    (ready,) = json.loads(pre.stdout)["models"]
+    prefetched = json.loads(pre.stdout)["models"]
+    assert sorted((r["name"], r["kind"]) for r in prefetched) == [
+        ("acme/bin-only", "model"),
+        ("bookcorpus", "dataset"),
+        ("wikipedia", "dataset"),
+    ]
+    (ready,) = [r for r in prefetched if r["kind"] == "model"]
     assert "model.safetensors" in ready["converted"]
 
     own_hub.stop()  # the network endpoint is gone from here on

@@ -47,8 +47,10 @@ def test_snapshot_download_returns_the_verified_folder(
     assert snapshot_download("dropin/model", revision=dropin_repo) == str(folder)
     with pytest.raises(UntrustedSourceError, match="the policy pins"):
         snapshot_download("dropin/model", revision="0" * 40)
+    with pytest.raises(UntrustedSourceError, match=r"not in the policy's \[datasets\]"):
+        snapshot_download("dropin/model", repo_type="dataset")  # a model is not a dataset
     with pytest.raises(UntrustedSourceError, match="repo_type"):
-        snapshot_download("dropin/model", repo_type="dataset")
+        snapshot_download("dropin/model", repo_type="space")
     with pytest.raises(UntrustedSourceError, match="safeload pin"):
         snapshot_download(TINY)
 
