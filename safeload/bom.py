@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LIBRARIES",
+    "BomDataset",
     "BomError",
     "BomModel",
     "bom_model",
@@ -115,6 +116,24 @@ def check_upstream_bom(data: bytes, what: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class BomDataset:
+    """A ``[datasets]`` entry a model names: its pins, and whether the store holds it verified
+    (``verification`` ``"sha256"``) or only the policy pins it (``"pinned"``)."""
+
+    name: str
+    repo: str
+    revision: str
+    registry: str
+    registry_kind: str
+    files: Mapping[str, str]
+    verification: str
+
+    @property
+    def ref(self) -> str:
+        return f"dataset:{self.name}@{self.revision.lower()}"
+
+
+@dataclass(frozen=True)
 class BomModel:
     """What the BOM records about one verified model.
 
@@ -140,6 +159,9 @@ class BomModel:
     upstream_bom: UpstreamBom | None = None
     # Where an oci model lives (HOST[:PORT]/NAMESPACE/REPO): the purl's repository_url.
     repository_url: str | None = None
+    # The [datasets] entries behind ``datasets`` (a name without one is listed by name only).
+    dataset_entries: tuple[BomDataset, ...] = ()
+    base_model: str | None = None  # the name of the model (in the same BOM) this one was tuned from
 
 
 def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
@@ -165,6 +187,25 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         datasets=entry.datasets,
         upstream_bom=_checked_upstream(fetched.name, fetched.upstream_bom),
         repository_url=_repository_url(spec, entry.repo),
+        dataset_entries=tuple(_bom_dataset(policy, name) for name in entry.datasets),
+        base_model=entry.base_model,
+    )
+
+
+def _bom_dataset(policy: Policy, name: str) -> BomDataset:
+    from safeload.store import Store
+
+    entry = policy.datasets[name]  # parse_policy guarantees every model's datasets are entries
+    stored = Store(policy.store).read_model(entry.registry, entry.store_repo, entry.store_revision())
+    verified = stored is not None and stored.digests == dict(entry.files)
+    return BomDataset(
+        name=name,
+        repo=entry.repo,
+        revision=entry.store_revision(),
+        registry=entry.registry,
+        registry_kind=policy.registries[entry.registry].kind,
+        files=dict(entry.files),
+        verification="sha256" if verified else "pinned",
     )
 
 
@@ -257,7 +298,11 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
     if architecture is not None:
         params["modelArchitecture"] = architecture
     if model.datasets:
-        params["datasets"] = [{"type": "dataset", "name": name} for name in model.datasets]
+        refs = {d.name: d.ref for d in model.dataset_entries}
+        params["datasets"] = [
+            {"ref": refs[name]} if name in refs else {"type": "dataset", "name": name}
+            for name in model.datasets
+        ]
     card: dict[str, Any] = {"bom-ref": f"{ref}#model-card"}
     if params:
         card["modelParameters"] = params
@@ -331,6 +376,13 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
         bom.register_dependency(component, [libs[d] for d in _LIBRARY_DEPENDS.get(dist, ()) if d in libs])
     loaders = [libs[d] for d in ("safeload", "transformers", "torch", "safetensors") if d in libs]
 
+    datasets: dict[str, Any] = {}
+    for model in models:
+        for data in model.dataset_entries:
+            if data.ref not in datasets:
+                datasets[data.ref] = _data_component(data)
+                bom.components.add(datasets[data.ref])
+    components: dict[str, Any] = {}
     cards: dict[str, dict[str, Any]] = {}
     for model in models:
         purl = _purl(model)
@@ -382,8 +434,19 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             external_references=refs,
         )
         bom.components.add(component)
-        bom.register_dependency(component, loaders)
+        components[model.name] = component
         cards[ref] = _model_card(model, ref)
+    for model in models:
+        # What a model needs: the libraries that load it, the data it was trained on, its base model.
+        needs = [*loaders, *(datasets[d.ref] for d in model.dataset_entries)]
+        if model.base_model is not None:
+            if model.base_model not in components:
+                raise BomError(
+                    f"model {model.name!r} is tuned from {model.base_model!r}, which is not in the BOM; "
+                    "describe the base model too"
+                )
+            needs.append(components[model.base_model])
+        bom.register_dependency(components[model.name], needs)
 
     try:
         document: dict[str, Any] = json.loads(JsonV1Dot6(bom).output_as_string())
@@ -395,6 +458,43 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             component["modelCard"] = card
     _validate(document)
     return document
+
+
+def _data_component(data: BomDataset) -> Any:
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.component import Component, ComponentType
+
+    def hex_of(path: str, digest: str) -> str:
+        match = _SHA256.match(digest)
+        if match is None:
+            raise BomError(f"dataset {data.name!r}: file {path!r} has digest {digest!r}; re-pin it")
+        return match.group(1)
+
+    files = [
+        Component(
+            type=ComponentType.FILE,
+            name=path,
+            bom_ref=f"{data.ref}/{path}",
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hex_of(path, digest))],
+        )
+        for path, digest in sorted(data.files.items())
+    ]
+    props = {
+        "safeload:name": data.name,
+        "safeload:registry": data.registry,
+        "safeload:registry:kind": data.registry_kind,
+        "safeload:repo": data.repo,
+        "safeload:revision": data.revision,
+        "safeload:verification": data.verification,
+    }
+    return Component(
+        type=ComponentType.DATA,
+        name=data.repo,
+        version=data.revision.lower(),
+        bom_ref=data.ref,
+        properties=[Property(name=k, value=v) for k, v in props.items()],
+        components=files,
+    )
 
 
 def _validate(document: Mapping[str, Any]) -> None:

@@ -26,9 +26,11 @@ one machine-learning-model component per model (purl pkg:huggingface/ORG/NAME@CO
 nested file component with its sha256, the signer, its identity and the verification result as
 safeload:* properties, and a modelCard with the architecture and task from config.json and the datasets
 and task the policy declares; a model pulled from an OCI registry with a CycloneDX BOM attached links that
-upstream BOM (BOM-Link and sha256) from its component. The libraries that load the models (safeload,
-torch, transformers, safetensors) are library components with their installed versions, linked in the
-dependency graph.
+upstream BOM (BOM-Link and sha256) from its component. Each [datasets] entry a model names is a data
+component with every file's sha256, its revision and registry, referenced from the model card and the
+model's dependencies; a model's base_model is described too, with a dependency edge. The libraries
+that load the models (safeload, torch, transformers, safetensors) are library components with their
+installed versions, linked in the dependency graph.
 
 The document is validated against the CycloneDX 1.6 JSON schema before it is written; an invalid BOM is
 an error and no file is written."""
@@ -78,6 +80,12 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         raise UntrustedSourceError(
             f"not in the policy's [models]: {', '.join(unknown)}; pin them first with `safeload pin`"
         )
+    # A fine-tune's base model is part of its lineage: described too, with a dependency edge to it.
+    for name in list(names):
+        base = policy.models[name].base_model
+        while base is not None and base not in names:
+            names.append(base)
+            base = policy.models[base].base_model
     models = [_bom_model(name, policy) for name in names]
     document = build_bom(models)
     if args.output == "-":

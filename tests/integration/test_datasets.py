@@ -169,3 +169,56 @@ def test_a_model_names_its_datasets_and_base_model_by_entry() -> None:
         "revision = '" + "b" * 40 + "'\nfiles = { a = 'sha256:" + "1" * 64 + "' }\n"
     )
     assert ok.models["m"].datasets == ("imdb",) and ok.datasets["imdb"].store_repo == "datasets/x/imdb"
+
+
+def test_the_bom_holds_the_datasets_hashes_and_the_base_model(tmp_path: Path) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from safeload.cli import main
+
+    root = tmp_path / "registry"
+    for repo, name, data in (
+        ("acme/base", "config.json", b'{"model_type": "bert"}'),
+        ("acme/tuned", "config.json", b'{"model_type": "bert", "tuned": 1}'),
+        ("acme/reviews", "train.csv", TRAIN),
+    ):
+        (root / repo).mkdir(parents=True)
+        (root / repo / name).write_bytes(data)
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        registries={"local": {"kind": "directory", "path": str(root)}},
+        models={
+            "acme/base": {
+                "registry": "local",
+                "repo": "acme/base",
+                "files": {"config.json": _sha(b'{"model_type": "bert"}')},
+            },
+            "acme/tuned": {
+                "registry": "local",
+                "repo": "acme/tuned",
+                "datasets": ["reviews"],
+                "base_model": "acme/base",
+                "files": {"config.json": _sha(b'{"model_type": "bert", "tuned": 1}')},
+            },
+        },
+        datasets={
+            "reviews": {"registry": "local", "repo": "acme/reviews", "files": {"train.csv": _sha(TRAIN)}}
+        },
+    )
+    assert main(["prefetch", "reviews", "--policy", str(policy)]) == 0
+    out = tmp_path / "bom.json"
+    assert main(["bom", "acme/tuned", "-o", str(out), "--policy", str(policy)]) == 0
+    text = out.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    (data,) = [c for c in doc["components"] if c["type"] == "data"]
+    assert data["name"] == "acme/reviews"
+    assert data["components"][0]["hashes"][0]["content"] == _sha(TRAIN).removeprefix("sha256:")
+    assert {p["name"]: p["value"] for p in data["properties"]}["safeload:verification"] == "sha256"
+    models = {c["name"]: c for c in doc["components"] if c["type"] == "machine-learning-model"}
+    assert set(models) == {"acme/tuned", "acme/base"}  # the base model is described with its fine-tune
+    deps = {d["ref"]: set(d.get("dependsOn", [])) for d in doc["dependencies"]}
+    assert {data["bom-ref"], models["acme/base"]["bom-ref"]} <= deps[models["acme/tuned"]["bom-ref"]]
+    assert models["acme/tuned"]["modelCard"]["modelParameters"]["datasets"] == [{"ref": data["bom-ref"]}]

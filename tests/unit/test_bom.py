@@ -132,3 +132,30 @@ def test_an_invalid_document_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(BomError, match=r"CycloneDX 1\.6"):
         write_bom(doc, bad)
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_datasets_are_data_components_and_the_base_model_a_dependency() -> None:
+    from safeload.bom import BomDataset
+
+    data = BomDataset(
+        name="reviews", repo="acme/reviews", revision="b" * 40, registry="hub", registry_kind="huggingface",
+        files={"train.csv": "sha256:" + "c" * 64}, verification="sha256",
+    )
+    base = _model(name="base", repo="acme/base", datasets=())
+    tuned = _model(
+        name="tuned", repo="acme/tuned", datasets=("reviews",), dataset_entries=(data,), base_model="base"
+    )
+    text = render_bom([tuned, base])
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    (component,) = [c for c in doc["components"] if c["type"] == "data"]
+    assert component["bom-ref"] == data.ref and component["version"] == "b" * 40
+    assert component["components"][0]["hashes"] == [{"alg": "SHA-256", "content": "c" * 64}]
+    assert _props(component)["safeload:verification"] == "sha256"
+    models = {m["name"]: m for m in _ml(doc)}
+    assert models["acme/tuned"]["modelCard"]["modelParameters"]["datasets"] == [{"ref": data.ref}]
+    deps = {d["ref"]: set(d.get("dependsOn", [])) for d in doc["dependencies"]}
+    assert {data.ref, models["acme/base"]["bom-ref"]} <= deps[models["acme/tuned"]["bom-ref"]]
+    assert data.ref not in deps[models["acme/base"]["bom-ref"]]
+    with pytest.raises(BomError, match="tuned from 'base', which is not in the BOM"):
+        build_bom([tuned])
