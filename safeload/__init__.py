@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from safeload._stub import Stub
 from safeload.errors import (
+    EvaluationError,
     IntegrityError,
     PolicyError,
     SafeloadError,
@@ -49,6 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EvaluationError",
     "IntegrityError",
     "PolicyError",
     "SafeloadError",

@@ -64,6 +64,7 @@ __all__ = [
     "Signer",
     "SigstoreSigner",
     "VerifiedSignature",
+    "verify_envelope",
     "verify_model_signature",
     "verify_signature",
 ]
@@ -144,25 +145,41 @@ def verify_signature(signer: Signer, signature: Path) -> VerifiedSignature:
         SignatureError: as :func:`verify_model_signature`, except for the coverage checks.
     """
     raw_signature = _read_capped(signature, _MAX_SIGNATURE_BYTES, what=f"signature {signature}")
+    what = f"the signature {signature}"
+    payload_type, payload, identity = verify_envelope(signer, raw_signature, what=what)
     try:
-        if isinstance(signer, KeySigner):
-            payload_type, payload, identity = _verify_key_bundle(signer, raw_signature)
-        elif isinstance(signer, CertificateSigner):
-            payload_type, payload, identity = _verify_certificate_bundle(signer, raw_signature)
-        elif isinstance(signer, SigstoreSigner):
-            payload_type, payload, identity = _verify_sigstore_bundle(signer, raw_signature)
-        else:  # pragma: no cover - the union is closed; a new kind must be added above
-            raise SignatureError(f"unknown signer kind {type(signer).__name__} for signer {signer.name!r}")
         signed = _signed_digests(signer.name, payload_type, payload)
     except SignatureError:
         raise
-    except Exception as exc:
-        # The checks above name the failures they expect; whatever else a hostile bundle provokes in the
-        # parsers and crypto libraries still refuses the model, never escapes as a foreign exception.
+    except Exception as exc:  # as in verify_envelope: a hostile statement never escapes untyped
         raise SignatureError(
             f"the signature {signature} for signer {signer.name!r} could not be verified: {exc!r}"
         ) from exc
     return VerifiedSignature(signer=signer.name, identity=identity, digests=MappingProxyType(signed))
+
+
+def verify_envelope(signer: Signer, raw: bytes, *, what: str) -> tuple[str, bytes, str]:
+    """Verify a Sigstore bundle's DSSE envelope with the method ``signer``'s kind names; returns the
+    payload type, the payload (verified, not yet parsed) and the identity that signed.
+
+    Raises:
+        SignatureError: the bundle is malformed, or was not signed by ``signer``.
+    """
+    try:
+        if isinstance(signer, KeySigner):
+            return _verify_key_bundle(signer, raw)
+        if isinstance(signer, CertificateSigner):
+            return _verify_certificate_bundle(signer, raw)
+        if isinstance(signer, SigstoreSigner):
+            return _verify_sigstore_bundle(signer, raw)
+        # pragma: no cover - the union is closed; a new kind must be added above
+        raise SignatureError(f"unknown signer kind {type(signer).__name__} for signer {signer.name!r}")
+    except SignatureError:
+        raise
+    except Exception as exc:
+        # The checks name the failures they expect; whatever else a hostile bundle provokes in the
+        # parsers and crypto libraries still refuses, never escapes as a foreign exception.
+        raise SignatureError(f"{what} for signer {signer.name!r} could not be verified: {exc!r}") from exc
 
 
 # --- inputs ---------------------------------------------------------------------------------------

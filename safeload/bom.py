@@ -162,6 +162,9 @@ class BomModel:
     # The [datasets] entries behind ``datasets`` (a name without one is listed by name only).
     dataset_entries: tuple[BomDataset, ...] = ()
     base_model: str | None = None  # the name of the model (in the same BOM) this one was tuned from
+    # Only from a verified evaluation attestation: (metric, value, confidence interval, dataset).
+    metrics: tuple[tuple[str, float, tuple[float, float] | None, str | None], ...] = ()
+    evaluation_signer: str | None = None
 
 
 def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
@@ -189,7 +192,18 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         repository_url=_repository_url(spec, entry.repo),
         dataset_entries=tuple(_bom_dataset(policy, name) for name in entry.datasets),
         base_model=entry.base_model,
+        metrics=_attested_metrics(fetched),
+        evaluation_signer=fetched.evaluation.identity if fetched.evaluation else None,
     )
+
+
+def _attested_metrics(
+    fetched: FetchedModel,
+) -> tuple[tuple[str, float, tuple[float, float] | None, str | None], ...]:
+    evaluation = fetched.evaluation
+    if evaluation is None:
+        return ()
+    return tuple((m.name, m.value, m.confidence_interval, evaluation.dataset) for m in evaluation.metrics)
 
 
 def _bom_dataset(policy: Policy, name: str) -> BomDataset:
@@ -304,6 +318,16 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
             for name in model.datasets
         ]
     card: dict[str, Any] = {"bom-ref": f"{ref}#model-card"}
+    if model.metrics:
+        performance = []
+        for name, value, ci, dataset in model.metrics:
+            metric: dict[str, Any] = {"type": name, "value": f"{value:g}"}
+            if dataset:
+                metric["slice"] = dataset
+            if ci is not None:
+                metric["confidenceInterval"] = {"lowerBound": f"{ci[0]:g}", "upperBound": f"{ci[1]:g}"}
+            performance.append(metric)
+        card["quantitativeAnalysis"] = {"performanceMetrics": performance}
     if params:
         card["modelParameters"] = params
     card_properties = [
@@ -407,6 +431,11 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
             **({"safeload:signer:identity": model.signer_identity} if model.signer_identity else {}),
             **dict(model.properties),
             **({"safeload:upstream-bom": model.upstream_bom.digest} if model.upstream_bom else {}),
+            **(
+                {"safeload:evaluation:signer:identity": model.evaluation_signer}
+                if model.evaluation_signer
+                else {}
+            ),
         }
         refs = []
         if model.upstream_bom is not None:

@@ -8,6 +8,7 @@ sandbox that could not do its job (``SandboxError``). Each message says what hap
 from __future__ import annotations
 
 __all__ = [
+    "EvaluationError",
     "IntegrityError",
     "PolicyError",
     "SafeloadError",
@@ -40,6 +41,10 @@ class IntegrityError(SafeloadError):
 
 class SignatureError(SafeloadError):
     """A model signature is missing, invalid, from the wrong signer, or disagrees with the pins."""
+
+
+class EvaluationError(SafeloadError):
+    """The model's evaluation attestation is missing, or a metric the policy requires does not hold."""
 
 
 class UnsupportedFormatError(SafeloadError):

@@ -123,6 +123,16 @@ RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec
 
 
 @dataclass(frozen=True)
+class EvaluationRequirement:
+    """``require_evaluation``: an attestation from ``signer`` over the loaded weights, meeting ``metrics``
+    (name -> (operator, limit)); found at ``path`` in the model's repository."""
+
+    signer: str
+    metrics: Mapping[str, tuple[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    path: str = "evaluation.intoto.jsonl"
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """``[models."NAME"]``: where a name comes from and what its bytes must be."""
 
@@ -142,6 +152,7 @@ class ModelEntry:
     base_model: str | None = None  # the [models] entry this one was fine-tuned from
     # "dataset" for a [datasets] entry: fetched as the registry's dataset, filed apart in the store.
     kind: Literal["model", "dataset"] = "model"
+    require_evaluation: EvaluationRequirement | None = None
 
     @property
     def store_repo(self) -> str:
@@ -416,8 +427,14 @@ def _parse_model(
     kind: Literal["model", "dataset"] = "model",
 ) -> ModelEntry:
     common = {"registry", "repo", "revision", "signer", "signature", "files"}
-    t.check_keys(common if kind == "dataset" else common | {"task", "datasets", "allow_code", "base_model"})
+    t.check_keys(
+        common if kind == "dataset"
+        else common | {"task", "datasets", "allow_code", "base_model", "require_evaluation"}
+    )
     base_model = t.str_("base_model")
+    require_evaluation = None
+    if "require_evaluation" in t.data:
+        require_evaluation = _parse_evaluation(t.table("require_evaluation"), signers)
     allow_code = t.data.get("allow_code", False)
     if not isinstance(allow_code, bool):
         raise t.err("allow_code", f"must be true or false, got {allow_code!r}")
@@ -481,7 +498,28 @@ def _parse_model(
         allow_code=allow_code,
         base_model=base_model,
         kind=kind,
+        require_evaluation=require_evaluation,
     )
+
+
+def _parse_evaluation(t: _Table, signers: Mapping[str, Signer]) -> EvaluationRequirement:
+    from safeload.attestation import parse_threshold
+
+    t.check_keys({"signer", "metrics", "path"})
+    signer = t.req_str("signer")
+    if signer not in signers:
+        known = ", ".join(sorted(signers)) or "none defined"
+        raise t.err("signer", f"names no [signers.{signer}] table (known: {known})")
+    path = t.str_("path") or "evaluation.intoto.jsonl"
+    _check_relpath(t, "path", path)
+    mt = t.table("metrics")
+    metrics: dict[str, tuple[str, float]] = {}
+    for name, text in mt.data.items():
+        try:
+            metrics[name] = parse_threshold(str(text) if isinstance(text, str) else repr(text))
+        except ValueError as exc:
+            raise mt.err(name, str(exc)) from None
+    return EvaluationRequirement(signer=signer, metrics=MappingProxyType(metrics), path=path)
 
 
 def parse_policy(text: str, *, source: Path | None = None) -> Policy:

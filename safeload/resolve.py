@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from safeload import audit
 from safeload._hashing import Advance, parallel, progress_bar
@@ -42,15 +43,19 @@ from safeload._signers import (
     VerifiedSignature,
 )
 from safeload.errors import (
+    EvaluationError,
     IntegrityError,
     PolicyError,
     SafeloadError,
     SignatureError,
     UntrustedSourceError,
 )
-from safeload.policy import HuggingFaceRegistrySpec, ModelEntry, Policy, load_policy
+from safeload.policy import EvaluationRequirement, HuggingFaceRegistrySpec, ModelEntry, Policy, load_policy
 from safeload.registries import Delivered, Registry, open_registry
 from safeload.store import BlobRecord, ModelRecord, Store
+
+if TYPE_CHECKING:
+    from safeload.attestation import Evaluation
 
 __all__ = [
     "FetchedModel",
@@ -88,6 +93,8 @@ class FetchedModel:
     signature: VerifiedSignature | None
     # The BOM the publisher attached (OCI referrers), schema-checked and kept in the store; unsigned.
     upstream_bom: UpstreamBom | None = None
+    # The verified evaluation attestation, when the entry requires one.
+    evaluation: Evaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,20 @@ def _signer_fingerprint(signer: Signer) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _warm_ok(record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpinned: bool) -> bool:
+def _evaluation_fingerprint(req: EvaluationRequirement, signer: Signer) -> str:
+    """Changes when the requirement, or its signer's settings or key material, change."""
+    text = repr((req.path, sorted(req.metrics.items()), _signer_fingerprint(signer)))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _warm_ok(
+    record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpinned: bool, policy: Policy
+) -> bool:
+    req = entry.require_evaluation
+    if req is not None and record.extra.get("evaluation_config") != _evaluation_fingerprint(
+        req, policy.signers[req.signer]
+    ):
+        return False  # verified against another requirement (or none): verify again
     if unpinned:
         return record.extra.get("listing") == "all"
     if record.extra.get("listing") == "all":
@@ -286,6 +306,11 @@ def _result(entry: ModelEntry, record: ModelRecord, store: Store) -> FetchedMode
         upstream = UpstreamBom(
             digest=bom_digest, path=store.blob_path(bom_digest), link=record.extra.get("upstream_bom_link")
         )
+    evaluation = None
+    if record.extra.get("evaluation"):
+        from safeload.attestation import Evaluation as _Evaluation
+
+        evaluation = _Evaluation.from_json(json.loads(record.extra["evaluation"]), record.digests)
     return FetchedModel(
         name=entry.name,
         entry=entry,
@@ -293,6 +318,7 @@ def _result(entry: ModelEntry, record: ModelRecord, store: Store) -> FetchedMode
         files=MappingProxyType(record.digests),
         signature=sig,
         upstream_bom=upstream,
+        evaluation=evaluation,
     )
 
 
@@ -306,7 +332,7 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
 
     def warm() -> FetchedModel | None:
         record = store.read_model(entry.registry, entry.store_repo, revision)
-        if record is not None and _warm_ok(record, entry, signer, unpinned):
+        if record is not None and _warm_ok(record, entry, signer, unpinned, pol):
             return _result(entry, store.check_model(record), store)
         return None
 
@@ -319,7 +345,11 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
             return hit
         registry = open_registry(spec)
         repo = _registry_repo(entry, spec.kind)
-        return _cold(store, registry, entry, signer, progress=progress, unpinned=unpinned, repo=repo)
+        evaluator = pol.signers[entry.require_evaluation.signer] if entry.require_evaluation else None
+        return _cold(
+            store, registry, entry, signer,
+            progress=progress, unpinned=unpinned, repo=repo, evaluator=evaluator,
+        )  # fmt: skip
 
 
 def _signed_resources(sig_path: Path) -> dict[str, str]:
@@ -347,6 +377,7 @@ def _cold(
     progress: bool | None,
     unpinned: bool,
     repo: str,
+    evaluator: Signer | None = None,
 ) -> FetchedModel:
     revision = entry.store_revision()
     label = f"{entry.registry}:{repo}@{revision[:12]}"
@@ -406,6 +437,12 @@ def _cold(
             extra["listing"] = "all"
         if signer is not None:
             extra["signer_config"] = _signer_fingerprint(signer)
+        if entry.require_evaluation is not None and evaluator is not None:
+            digests = {rel: rec.digest for rel, rec in records.items()}
+            att, evaluation = _evaluate(store, registry, repo, entry, evaluator, staging, label, digests)
+            extra["evaluation"] = json.dumps(evaluation.to_json(), sort_keys=True)
+            extra["evaluation_digest"] = att.digest
+            extra["evaluation_config"] = _evaluation_fingerprint(entry.require_evaluation, evaluator)
         if upstream is not None:
             what = f"{label}: attached BOM"
             bom_record = store.ingest_owned(upstream[0], staging, expected=None, what=what)
@@ -424,6 +461,41 @@ def _cold(
             extra=extra,
         )
     return _result(entry, record, store)
+
+
+def _evaluate(
+    store: Store,
+    registry: Registry,
+    repo: str,
+    entry: ModelEntry,
+    evaluator: Signer,
+    staging: Path,
+    label: str,
+    digests: Mapping[str, str],
+) -> tuple[BlobRecord, Evaluation]:
+    """Fetch the entry's evaluation attestation at the pinned revision and verify it over ``digests``.
+
+    Raises:
+        EvaluationError: the attestation cannot be fetched, or a required metric fails.
+        SignatureError, IntegrityError: as :func:`safeload.attestation.verify_evaluation`.
+    """
+    from safeload.attestation import verify_evaluation
+
+    req = entry.require_evaluation
+    assert req is not None
+    try:
+        got = registry.deliver(repo, entry.revision, {req.path: None}, staging)
+    except UntrustedSourceError as e:
+        raise EvaluationError(
+            f"{label}: the entry requires an evaluation attested by {req.signer!r}, but {req.path!r} could "
+            f"not be fetched at the pinned revision ({e}); publish the attestation (safeload attest) beside "
+            "the model"
+        ) from e
+    record = _ingest(store, got, req.path, staging, None, f"{label}:{req.path}")
+    evaluation = verify_evaluation(
+        evaluator, store.blob_path(record.digest), digests, req.metrics, where=label
+    )
+    return record, evaluation
 
 
 def _upstream_bom(

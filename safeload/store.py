@@ -563,8 +563,9 @@ class Store:
                 refs.update(rec["digest"] for rec in data["files"].values())
                 if data.get("signature_digest"):
                     refs.add(data["signature_digest"])
-                if data.get("extra", {}).get("upstream_bom"):
-                    refs.add(data["extra"]["upstream_bom"])
+                for key in ("upstream_bom", "evaluation_digest"):
+                    if data.get("extra", {}).get(key):
+                        refs.add(data["extra"][key])
         for path in self.local.glob("*.json"):
             with contextlib.suppress(ValueError, OSError, KeyError, AttributeError):
                 refs.add(json.loads(path.read_text())["digest"])

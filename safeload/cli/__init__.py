@@ -27,6 +27,7 @@ from types import ModuleType
 
 from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
 from safeload.errors import (
+    EvaluationError,
     IntegrityError,
     SafeloadError,
     SignatureError,
@@ -56,6 +57,7 @@ Every command takes --json for machine-readable output. Docs: docs/cli.md"""
 
 # Failures that are answers ("this is not allowed / not intact"), not malfunctions.
 _FINDINGS: tuple[type[SafeloadError], ...] = (
+    EvaluationError,
     IntegrityError,
     SignatureError,
     UntrustedSourceError,
@@ -64,9 +66,9 @@ _FINDINGS: tuple[type[SafeloadError], ...] = (
 
 
 def _commands() -> tuple[ModuleType, ...]:
-    from safeload.cli import bom, convert, gc, inspect, pin, policy, prefetch, push, verify
+    from safeload.cli import attest, bom, convert, gc, inspect, pin, policy, prefetch, push, verify
 
-    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push)
+    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push, attest)
 
 
 def _version() -> str:

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from safeload.cli._common import add_policy, command_parser, load_policy
-from safeload.cli._ui import EXIT_FINDING, EXIT_OK, UI
-from safeload.errors import IntegrityError, SignatureError, UntrustedSourceError
+from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
+from safeload.errors import EvaluationError, IntegrityError, SignatureError, UntrustedSourceError
 
 if TYPE_CHECKING:
     from safeload.policy import ModelEntry, Policy
@@ -23,13 +23,21 @@ _DESCRIPTION = """\
 Re-hash what the store holds for each pinned model and compare it with the policy: every pinned file must
 be present with its pinned sha256, the folder must hold exactly the verified files, each linked to an
 intact blob, and a model with a signer must still carry a valid signature from that signer over the same
-digests. Without NAME, checks every [models] entry that has been fetched and re-hashes every blob in the
-store. Nothing is repaired: a failing model is reported; remove it with `safeload gc` and fetch again."""
+digests; a model with require_evaluation must carry an evaluation attestation from its signer over those
+digests whose metrics hold. Without NAME, checks every [models] and [datasets] entry that has been
+fetched and re-hashes every blob in the store. Nothing is repaired: a failing model is reported; remove
+it with `safeload gc` and fetch again.
+
+--gate NAME is a promotion gate: it fetches NAME if needed, and exits 0 only when the stored bytes match
+the pins, the signature verifies, every required evaluation holds and every dataset the model names is
+a pinned [datasets] entry. --json then prints a single verdict record for a CI system to archive, and
+each decision is a line in the audit log."""
 
 _EPILOG = """\
 examples:
   safeload verify
   safeload verify acme/sentiment --json
+  safeload verify --gate acme/sentiment --json > verdict.json
 
 exit codes: 0 everything intact, 1 tampering found (or a named model is not in the store / not in the
 policy), 2 error."""
@@ -42,6 +50,10 @@ class _Result:
     status: str = "ok"  # ok | tampered | absent
     files: int = 0
     signature: str = "none"  # none | verified | invalid
+    evaluation: str = "none"  # none | verified | failed
+    metrics: dict[str, float] = field(default_factory=dict)
+    revision: str | None = None
+    digests: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -56,8 +68,94 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "names", metavar="NAME", nargs="*", help="names from [models] or [datasets] (default: all)"
     )
+    parser.add_argument("--gate", metavar="NAME", help="the promotion gate for one model: a single verdict")
     add_policy(parser)
     parser.set_defaults(run=run)
+
+
+def _gate(policy: Policy, name: str, ui: UI) -> int:
+    """Fetch (if needed) and verify one model, and emit one verdict record."""
+    from datetime import datetime, timezone
+
+    from safeload import audit
+    from safeload.errors import SafeloadError
+    from safeload.resolve import fetch_model
+    from safeload.store import Store
+
+    entry = policy.models.get(name)
+    if entry is None:
+        raise UntrustedSourceError(f"--gate {name}: not in the policy's [models]; pin it first")
+    checks: list[dict[str, Any]] = []
+    try:
+        fetch_model(name, policy=policy)
+        checks.append({"check": "fetch", "ok": True, "detail": "fetched and verified through the policy"})
+    except SafeloadError as exc:
+        checks.append({"check": "fetch", "ok": False, "detail": f"{type(exc).__name__}: {exc}"})
+    result = _verify_model(Store(policy.store), policy, entry)
+    checks.append(
+        {
+            "check": "pins",
+            "ok": result.status == "ok",
+            "detail": "; ".join(result.problems) or f"{result.files} files match their pins",
+        }
+    )
+    checks.append(
+        {
+            "check": "signature",
+            "ok": entry.signer is None or result.signature == "verified",
+            "detail": result.signature if entry.signer else "no signer required",
+        }
+    )
+    checks.append(
+        {
+            "check": "evaluation",
+            "ok": entry.require_evaluation is None or result.evaluation == "verified",
+            "detail": result.metrics if entry.require_evaluation else "no evaluation required",
+        }
+    )
+    unpinned = [d for d in entry.datasets if d not in policy.datasets]
+    checks.append(
+        {
+            "check": "datasets",
+            "ok": not unpinned,
+            "detail": {"pinned": [d for d in entry.datasets if d in policy.datasets], "unpinned": unpinned},
+        }
+    )
+    passed = all(c["ok"] for c in checks)
+    verdict = {
+        "gate": name,
+        "verdict": "pass" if passed else "fail",
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "policy": str(policy.source) if policy.source else None,
+        "registry": entry.registry,
+        "repo": entry.repo,
+        "revision": result.revision,
+        "files": result.digests,
+        "signer": entry.signer,
+        "metrics": result.metrics,
+        "checks": checks,
+    }
+    failed = [c["check"] for c in checks if not c["ok"]]
+    audit.record(
+        policy,
+        name=name,
+        registry=entry.registry,
+        repo=entry.repo,
+        revision=result.revision,
+        files=result.digests,
+        decision="gate-pass" if passed else "gate-fail",
+        reason="every check holds" if passed else f"failed: {', '.join(failed)}",
+    )
+
+    def render(out: Console) -> None:
+        colour = "green" if passed else "bold red"
+        out.print(f"gate {name}: [{colour}]{verdict['verdict']}[/]")
+        for c in checks:
+            mark = "ok  " if c["ok"] else "FAIL"
+            out.print(f"  {mark} {c['check']}: {c['detail']}", markup=False)
+
+    ui.emit(verdict, render)
+    return EXIT_OK if passed else EXIT_FINDING
 
 
 def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
@@ -102,6 +200,25 @@ def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
             except (SignatureError, IntegrityError) as exc:
                 result.signature = "invalid"
                 result.problems.append(f"signature: {exc}")
+    req = entry.require_evaluation
+    if req is not None:
+        from safeload.attestation import verify_evaluation
+
+        att = record.extra.get("evaluation_digest")
+        try:
+            if att is None:
+                raise EvaluationError("the policy requires an evaluation but the store holds none")
+            store.rehash_blob(att)
+            evaluation = verify_evaluation(
+                policy.signers[req.signer], store.blob_path(att), digests, req.metrics, where=entry.name
+            )
+            result.evaluation = "verified"
+            result.metrics = {m.name: m.value for m in evaluation.metrics}
+        except (SignatureError, IntegrityError, EvaluationError) as exc:
+            result.evaluation = "failed"
+            result.problems.append(f"evaluation: {exc}")
+    result.revision = entry.store_revision()
+    result.digests = dict(digests)
     if result.problems:
         result.status = "tampered"
     return result
@@ -111,6 +228,11 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.store import Store
 
     policy = load_policy(args)
+    if args.gate is not None:
+        if args.names:
+            ui.error("--gate checks one model: give it as --gate NAME, without other names")
+            return EXIT_ERROR
+        return _gate(policy, args.gate, ui)
     unknown = [n for n in args.names if n not in policy.models and n not in policy.datasets]
     if unknown:
         raise UntrustedSourceError(
@@ -141,6 +263,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 "status": r.status,
                 "files": r.files,
                 "signature": r.signature,
+                "evaluation": r.evaluation,
                 "problems": r.problems,
             }
             for r in results
@@ -151,12 +274,14 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
     def render(out: Console) -> None:
         table = Table(title=f"store {policy.store}", title_justify="left")
-        for col in ("model", "status", "files", "signature"):
+        for col in ("model", "status", "files", "signature", "evaluation"):
             table.add_column(col)
         colour = {"ok": "green", "tampered": "bold red", "absent": "yellow"}
         for r in results:
             label = f"{r.name} (dataset)" if r.kind == "dataset" else r.name
-            table.add_row(label, f"[{colour[r.status]}]{r.status}[/]", str(r.files), r.signature)
+            table.add_row(
+                label, f"[{colour[r.status]}]{r.status}[/]", str(r.files), r.signature, r.evaluation
+            )
         out.print(table)
         for r in results:
             for problem in r.problems:

@@ -1,0 +1,372 @@
+"""Evaluation attestations: signed evaluation results bound to the exact bytes of a model.
+
+An attestation is an in-toto Statement v1 in a DSSE envelope inside a Sigstore bundle, the envelope
+model-signing uses, so the same signer kinds verify it (``key``, ``certificate``, ``sigstore``
+offline). Its subjects are the model's files, each with its sha256; its predicate
+(``https://safeload.dev/evaluation/v1``) carries the results::
+
+    {"metrics": [{"name": "f1", "value": 0.93, "confidence_interval": [0.91, 0.95]}],
+     "dataset": "reviews", "evaluator": {"revision": "<the evaluation code's commit>"}}
+
+A model entry that sets ``require_evaluation`` loads only when an attestation from that signer holds:
+every weight file the loader will read is a subject with the same digest (an attestation over other
+bytes is the swapped-artifact case), no subject names a file of the model with another digest, and
+each required metric holds. An attestation file holds one bundle per line (``*.intoto.jsonl``); the
+first that verifies is used. ``safeload attest`` writes one, signed with an ECDSA key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from safeload._signers import Signer
+from safeload.errors import EvaluationError, IntegrityError, SignatureError
+
+__all__ = [
+    "PREDICATE_TYPE",
+    "Evaluation",
+    "Metric",
+    "check_threshold",
+    "is_weight_file",
+    "parse_threshold",
+    "sign_statement",
+    "statement",
+    "verify_evaluation",
+]
+
+PREDICATE_TYPE = "https://safeload.dev/evaluation/v1"
+_STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+_MAX_ATTESTATION_BYTES = 16 << 20
+_MAX_LINES = 64
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".onnx",
+    ".h5",
+    ".msgpack",
+    ".npz",
+    ".pkl",
+)
+_THRESHOLD = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE]-?[0-9]+)?)\s*$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    confidence_interval: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A verified attestation: who signed it, over which files, and what it reports."""
+
+    signer: str
+    identity: str
+    subjects: Mapping[str, str]  # relative path -> "sha256:<hex>"
+    metrics: tuple[Metric, ...]
+    dataset: str | None = None
+    evaluator_revision: str | None = None
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], subjects: Mapping[str, str]) -> Evaluation:
+        """Rebuild what :meth:`to_json` recorded when the attestation was verified."""
+        return cls(
+            signer=str(data["signer"]),
+            identity=str(data["identity"]),
+            subjects=MappingProxyType(dict(subjects)),
+            metrics=tuple(
+                Metric(
+                    name=str(m["name"]),
+                    value=float(m["value"]),
+                    confidence_interval=(
+                        float(m["confidence_interval"][0]),
+                        float(m["confidence_interval"][1]),
+                    )
+                    if m.get("confidence_interval")
+                    else None,
+                )
+                for m in data.get("metrics", [])
+            ),
+            dataset=data.get("dataset"),
+            evaluator_revision=data.get("evaluator_revision"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signer": self.signer,
+            "identity": self.identity,
+            "dataset": self.dataset,
+            "evaluator_revision": self.evaluator_revision,
+            "metrics": [
+                {
+                    "name": m.name,
+                    "value": m.value,
+                    **({"confidence_interval": list(m.confidence_interval)} if m.confidence_interval else {}),
+                }
+                for m in self.metrics
+            ],
+        }
+
+
+def is_weight_file(rel: str) -> bool:
+    """Whether a loader reads tensors from this file (what an evaluation must cover)."""
+    return rel.rsplit("/", 1)[-1].lower().endswith(_WEIGHT_SUFFIXES)
+
+
+def parse_threshold(text: str) -> tuple[str, float]:
+    """``">= 0.92"`` -> ``(">=", 0.92)``.
+
+    Raises:
+        ValueError: not ``OP NUMBER`` with OP one of ``>= <= == > <`` (the policy parser reports it).
+    """
+    m = _THRESHOLD.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"must be a comparison such as '>= 0.92' (>=, <=, ==, > or <), got {text!r}")
+    return m.group(1), float(m.group(2))
+
+
+def check_threshold(value: float, op: str, limit: float) -> bool:
+    return {
+        ">=": value >= limit,
+        "<=": value <= limit,
+        "==": value == limit,
+        ">": value > limit,
+        "<": value < limit,
+    }[op]
+
+
+def statement(
+    files: Mapping[str, str],
+    metrics: Sequence[Metric],
+    *,
+    dataset: str | None = None,
+    evaluator_revision: str | None = None,
+) -> bytes:
+    """The in-toto statement (JSON bytes) of an evaluation of ``files`` (path -> ``"sha256:<hex>"``)."""
+    predicate: dict[str, Any] = {
+        "metrics": [
+            {
+                "name": m.name,
+                "value": m.value,
+                **({"confidence_interval": list(m.confidence_interval)} if m.confidence_interval else {}),
+            }
+            for m in metrics
+        ]
+    }
+    if dataset is not None:
+        predicate["dataset"] = dataset
+    if evaluator_revision is not None:
+        predicate["evaluator"] = {"revision": evaluator_revision}
+    doc = {
+        "_type": _STATEMENT_TYPE,
+        "subject": [
+            {"name": rel, "digest": {"sha256": digest.removeprefix("sha256:")}}
+            for rel, digest in sorted(files.items())
+        ],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_statement(payload: bytes, private_key_pem: bytes) -> bytes:
+    """A Sigstore bundle (one JSON line) holding ``payload`` in a DSSE envelope signed with an ECDSA key,
+    the form model-signing writes for ``kind = "key"`` signers.
+
+    Raises:
+        SignatureError: the key is not an ECDSA P-256/P-384/P-521 private key in PEM.
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"the signing key is not a PEM private key without a password ({exc})") from exc
+    algorithms = {"secp256r1": hashes.SHA256(), "secp384r1": hashes.SHA384(), "secp521r1": hashes.SHA512()}
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in algorithms:
+        raise SignatureError("the signing key must be an ECDSA P-256, P-384 or P-521 private key")
+    pae = b"DSSEv1 %d %s %d %s" % (len(_PAYLOAD_TYPE), _PAYLOAD_TYPE.encode(), len(payload), payload)
+    signature = key.sign(pae, ec.ECDSA(algorithms[key.curve.name]))
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bundle = {
+        "mediaType": _BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": hashlib.sha256(pem).hexdigest()}},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": _PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(signature).decode()}],
+        },
+    }
+    return json.dumps(bundle, separators=(",", ":")).encode() + b"\n"
+
+
+def _parse_statement(payload_type: str, payload: bytes, where: str) -> tuple[dict[str, str], dict[str, Any]]:
+    def refuse(reason: str) -> SignatureError:
+        return SignatureError(f"{where}: the attestation is unusable: {reason}")
+
+    if payload_type != _PAYLOAD_TYPE:
+        raise refuse(f"payload type {payload_type!r}, expected {_PAYLOAD_TYPE!r}")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise refuse(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("_type") != _STATEMENT_TYPE:
+        raise refuse(f"not an in-toto {_STATEMENT_TYPE} statement")
+    if doc.get("predicateType") != PREDICATE_TYPE:
+        raise refuse(f"predicate type {doc.get('predicateType')!r}, expected {PREDICATE_TYPE!r}")
+    subjects: dict[str, str] = {}
+    raw_subjects = doc.get("subject")
+    if not isinstance(raw_subjects, list) or not raw_subjects:
+        raise refuse("no subjects")
+    for item in raw_subjects:
+        name = item.get("name") if isinstance(item, dict) else None
+        digest = item.get("digest", {}).get("sha256") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not isinstance(digest, str) or not _HEX64.match(digest):
+            raise refuse(f"subject {item!r} lacks a name or a 64-hex sha256")
+        if name in subjects:
+            raise refuse(f"subject {name!r} is listed twice")
+        subjects[name] = "sha256:" + digest
+    predicate = doc.get("predicate")
+    if not isinstance(predicate, dict):
+        raise refuse("no predicate")
+    return subjects, predicate
+
+
+def _metrics(predicate: Mapping[str, Any], where: str) -> tuple[Metric, ...]:
+    raw = predicate.get("metrics")
+    if not isinstance(raw, list):
+        raise SignatureError(f"{where}: the attestation's predicate has no metrics list")
+    out: list[Metric] = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else None
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SignatureError(f"{where}: metric {item!r} needs a name and a number")
+        if not math.isfinite(value):
+            raise SignatureError(f"{where}: metric {name!r} is {value!r}, not a finite number")
+        ci_raw = item.get("confidence_interval")
+        ci: tuple[float, float] | None = None
+        if ci_raw is not None:
+            if (
+                not isinstance(ci_raw, list)
+                or len(ci_raw) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in ci_raw)
+            ):
+                raise SignatureError(f"{where}: metric {name!r} has a malformed confidence interval")
+            ci = (float(ci_raw[0]), float(ci_raw[1]))
+        out.append(Metric(name=name, value=float(value), confidence_interval=ci))
+    return tuple(out)
+
+
+def _check_one(
+    signer: Signer,
+    raw: bytes,
+    files: Mapping[str, str],
+    thresholds: Mapping[str, tuple[str, float]],
+    where: str,
+) -> Evaluation:
+    from safeload._signing import verify_envelope
+
+    payload_type, payload, identity = verify_envelope(signer, raw, what=f"{where}: the attestation")
+    subjects, predicate = _parse_statement(payload_type, payload, where)
+    for rel, digest in sorted(subjects.items()):
+        have = files.get(rel)
+        if have is not None and have != digest:
+            raise IntegrityError(
+                f"{where}: the evaluation attests {rel} = {digest}, but the bytes being loaded are {have}: "
+                "it evaluated another artifact than the one deployed"
+            )
+    uncovered = sorted(rel for rel in files if is_weight_file(rel) and rel not in subjects)
+    if uncovered:
+        raise IntegrityError(
+            f"{where}: the evaluation does not cover {', '.join(uncovered)}; weights nobody evaluated "
+            "will not be loaded (attest the model as it is deployed)"
+        )
+    metrics = _metrics(predicate, where)
+    evaluation = Evaluation(
+        signer=signer.name,
+        identity=identity,
+        subjects=MappingProxyType(subjects),
+        metrics=metrics,
+        dataset=predicate.get("dataset") if isinstance(predicate.get("dataset"), str) else None,
+        evaluator_revision=(predicate.get("evaluator") or {}).get("revision")
+        if isinstance(predicate.get("evaluator"), dict)
+        and isinstance(predicate["evaluator"].get("revision"), str)
+        else None,
+    )
+    for name, (op, limit) in sorted(thresholds.items()):
+        metric = evaluation.metric(name)
+        if metric is None:
+            raise EvaluationError(
+                f"{where}: the evaluation reports no {name!r}; the policy requires {name} {op} {limit:g}"
+            )
+        if not check_threshold(metric.value, op, limit):
+            raise EvaluationError(
+                f"{where}: {name} = {metric.value:g} fails the policy's requirement {name} {op} {limit:g}; "
+                "the model does not pass its evaluation"
+            )
+    return evaluation
+
+
+def verify_evaluation(
+    signer: Signer,
+    attestation: Path,
+    files: Mapping[str, str],
+    thresholds: Mapping[str, tuple[str, float]],
+    *,
+    where: str,
+) -> Evaluation:
+    """The first attestation in ``attestation`` (one Sigstore bundle per line) that ``signer`` signed,
+    that covers ``files`` (every weight file, with the same digests) and whose metrics meet
+    ``thresholds``.
+
+    Raises:
+        SignatureError: no line verifies as a bundle from ``signer``, or its statement is malformed.
+        IntegrityError: the attestation is over other digests, or leaves a weight file uncovered.
+        EvaluationError: a required metric is missing or fails its threshold.
+    """
+    try:
+        with open(attestation, "rb") as fh:
+            data = fh.read(_MAX_ATTESTATION_BYTES + 1)
+    except OSError as exc:
+        raise EvaluationError(f"{where}: cannot read the attestation {attestation}: {exc.strerror}") from exc
+    if len(data) > _MAX_ATTESTATION_BYTES:
+        raise SignatureError(f"{where}: the attestation is over {_MAX_ATTESTATION_BYTES} bytes")
+    lines = [line for line in data.splitlines() if line.strip()][:_MAX_LINES]
+    if not lines:
+        raise SignatureError(f"{where}: the attestation file is empty")
+    failures: list[Exception] = []
+    for line in lines:
+        try:
+            return _check_one(signer, line, files, thresholds, where)
+        except (SignatureError, IntegrityError, EvaluationError) as exc:
+            failures.append(exc)
+    # Report what went furthest: a failing metric or other digests say more than a foreign signature.
+    for kind in (EvaluationError, IntegrityError, SignatureError):
+        for failure in failures:
+            if isinstance(failure, kind):
+                raise failure
+    raise failures[0]

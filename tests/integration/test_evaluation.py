@@ -1,0 +1,228 @@
+"""Evaluation attestations bound to the loaded bytes: written by ``safeload attest`` with generated
+keys, verified through ``require_evaluation`` at load time and by ``safeload verify``; each attacking
+case (other digests, another signer, a failing metric, a truncated or edited attestation, an uncovered
+weight file, none at all) is refused with a typed error and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from safeload.cli import main
+from safeload.errors import EvaluationError, IntegrityError, SignatureError
+from safeload.policy import load_policy
+from safeload.resolve import fetch_model
+from tests.helpers.signing import generate_key
+from tests.helpers.trust import write_policy
+
+WEIGHTS = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(64))
+SECOND = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(64, 128))
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    model = tmp_path / "registry" / "acme" / "clf"
+    model.mkdir(parents=True)
+    (model / "config.json").write_bytes(b'{"model_type": "bert"}')
+    (model / "model-00001.safetensors").write_bytes(WEIGHTS)
+    (model / "model-00002.safetensors").write_bytes(SECOND)
+    keys = tmp_path / "keys"
+    eval_key, other = generate_key(keys, "eval"), generate_key(keys, "other")
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"f1": {"value": 0.93, "confidence_interval": [0.91, 0.95]}, "accuracy": 0.95})
+    )
+    return {
+        "root": tmp_path,
+        "model": model,
+        "eval_key": eval_key.private,
+        "eval_pub": eval_key.public,
+        "other_key": other.private,
+        "other_pub": other.public,
+    }
+
+
+def _attest(world: dict[str, Path], *extra: str, key: str = "eval_key", metrics: Path | None = None) -> None:
+    argv = [
+        "attest",
+        str(world["model"]),
+        "--metrics",
+        str(metrics or world["root"] / "metrics.json"),
+        "--key",
+        str(world[key]),
+        "--dataset",
+        "reviews",
+        "--evaluator-revision",
+        "a" * 40,
+        *extra,
+    ]
+    assert main(argv) == 0
+
+
+def _policy(
+    world: dict[str, Path],
+    *,
+    threshold: str = ">= 0.92",
+    signer_pub: str = "eval_pub",
+    audit_log: Path | None = None,
+) -> Path:
+    model = world["model"]
+    files = {p.name: _sha(p.read_bytes()) for p in model.iterdir() if p.name != "evaluation.intoto.jsonl"}
+    return write_policy(
+        world["root"] / "trust.toml",
+        store=world["root"] / "store",
+        audit_log=audit_log,
+        registries={"local": {"kind": "directory", "path": str(world["root"] / "registry")}},
+        signers={"eval-pipeline": {"kind": "key", "public_key": str(world[signer_pub])}},
+        models={
+            "acme/clf": {
+                "registry": "local",
+                "repo": "acme/clf",
+                "files": files,
+                "require_evaluation": {"signer": "eval-pipeline", "metrics": {"f1": threshold}},
+            }
+        },
+    )
+
+
+def _nothing_published(world: dict[str, Path]) -> None:
+    manifests = world["root"] / "store" / "manifests"
+    assert not manifests.exists() or [p for p in manifests.rglob("*.json")] == []
+
+
+def test_an_attested_model_loads_and_carries_its_verified_metrics(world: dict[str, Path]) -> None:
+    _attest(world)
+    policy = load_policy(_policy(world))
+    fetched = fetch_model("acme/clf", policy=policy, progress=False)
+    assert fetched.evaluation is not None
+    f1 = fetched.evaluation.metric("f1")
+    assert f1 is not None and f1.value == 0.93 and f1.confidence_interval == (0.91, 0.95)
+    assert fetched.evaluation.dataset == "reviews" and fetched.evaluation.evaluator_revision == "a" * 40
+    assert "evaluation.intoto.jsonl" not in fetched.files  # the attestation is not a model file
+    again = fetch_model("acme/clf", policy=policy, progress=False)  # warm: from the store's record
+    assert again.evaluation is not None and again.evaluation.metric("f1") == f1
+
+
+def test_an_attestation_over_other_digests_is_refused(world: dict[str, Path]) -> None:
+    _attest(world)
+    (world["model"] / "model-00001.safetensors").write_bytes(WEIGHTS[:-1] + b"\xff")  # swapped after review
+    with pytest.raises(IntegrityError, match="evaluated another artifact than the one deployed"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_an_attestation_from_another_signer_is_refused(world: dict[str, Path]) -> None:
+    _attest(world, key="other_key")
+    with pytest.raises(SignatureError, match="eval-pipeline"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_a_failing_metric_is_refused_naming_it(world: dict[str, Path]) -> None:
+    _attest(world)
+    with pytest.raises(EvaluationError, match=r"f1 = 0\.93 fails the policy's requirement f1 >= 0\.95"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world, threshold=">= 0.95")), progress=False)
+    _nothing_published(world)
+
+
+def test_a_truncated_or_edited_attestation_is_refused(world: dict[str, Path]) -> None:
+    _attest(world)
+    path = world["model"] / "evaluation.intoto.jsonl"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2])
+    with pytest.raises(SignatureError):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    bundle = json.loads(original)
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["predicate"]["metrics"][1]["value"] = 0.99  # a better f1, same signature
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    path.write_text(json.dumps(bundle) + "\n")
+    shutil.rmtree(world["root"] / "store", ignore_errors=True)
+    with pytest.raises(SignatureError, match="does not verify"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_a_weight_file_the_evaluation_does_not_cover_is_refused(world: dict[str, Path]) -> None:
+    late = world["model"] / "model-00002.safetensors"
+    held = late.read_bytes()
+    late.unlink()
+    _attest(world)  # evaluated without the second shard
+    late.write_bytes(held)
+    with pytest.raises(IntegrityError, match=r"does not cover model-00002\.safetensors"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_a_model_without_an_attestation_is_refused(world: dict[str, Path]) -> None:
+    with pytest.raises(EvaluationError, match="requires an evaluation attested by 'eval-pipeline'"):
+        fetch_model("acme/clf", policy=load_policy(_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_the_gate_passes_an_attested_model_and_fails_a_swapped_one(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _attest(world)
+    audit_log = world["root"] / "audit.jsonl"
+    policy = _policy(world, audit_log=audit_log)
+    capsys.readouterr()
+    assert main(["verify", "--gate", "acme/clf", "--policy", str(policy), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["verdict"] == "pass" and verdict["gate"] == "acme/clf"
+    assert {c["check"]: c["ok"] for c in verdict["checks"]} == {
+        "fetch": True,
+        "pins": True,
+        "signature": True,
+        "evaluation": True,
+        "datasets": True,
+    }
+    assert verdict["metrics"] == {"accuracy": 0.95, "f1": 0.93}
+    assert verdict["files"]["model-00001.safetensors"] == _sha(WEIGHTS)
+    assert main(["verify", "--policy", str(policy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"][0]["evaluation"] == "verified"
+
+    # The same gate against a policy whose pins name swapped weights: the attestation no longer holds.
+    (world["model"] / "model-00001.safetensors").write_bytes(WEIGHTS[:-1] + b"\xee")
+    swapped = _policy(world, audit_log=audit_log)
+    assert main(["verify", "--gate", "acme/clf", "--policy", str(swapped), "--json"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["verdict"] == "fail"
+    failed = {c["check"] for c in verdict["checks"] if not c["ok"]}
+    assert "fetch" in failed and "evaluated another artifact" in verdict["checks"][0]["detail"]
+    decisions = [
+        json.loads(line)["decision"]
+        for line in audit_log.read_text().splitlines()
+        if json.loads(line)["decision"].startswith("gate-")
+    ]
+    assert decisions == ["gate-pass", "gate-fail"]
+
+
+def test_the_bom_reports_only_attested_metrics(world: dict[str, Path]) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    _attest(world)
+    policy = _policy(world)
+    (world["model"] / "metrics.json").write_text('{"f1": 0.99}')  # an unsigned file claims better
+    out = world["root"] / "bom.json"
+    assert main(["bom", "-o", str(out), "--policy", str(policy)]) == 0
+    text = out.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    (model,) = [c for c in json.loads(text)["components"] if c["type"] == "machine-learning-model"]
+    metrics = model["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]
+    assert {m["type"]: m["value"] for m in metrics} == {"accuracy": "0.95", "f1": "0.93"}
+    f1 = next(m for m in metrics if m["type"] == "f1")
+    assert f1["slice"] == "reviews" and f1["confidenceInterval"] == {
+        "lowerBound": "0.91",
+        "upperBound": "0.95",
+    }
