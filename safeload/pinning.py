@@ -82,6 +82,13 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"base_model = {_q(entry.base_model)}")
     if entry.allow_code:
         lines.append("allow_code = true")
+    req = entry.require_evaluation
+    if req is not None:
+        metrics = ", ".join(
+            f"{_q(name)} = {_q(f'{op} {limit:g}')}" for name, (op, limit) in sorted(req.metrics.items())
+        )
+        path = f", path = {_q(req.path)}" if req.path != "evaluation.intoto.jsonl" else ""
+        lines.append(f"require_evaluation = {{ signer = {_q(req.signer)}, metrics = {{ {metrics} }}{path} }}")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
     return "\n".join(lines) + "\n"
@@ -175,7 +182,7 @@ def pin_model(
     resolve: bool = False,
 ) -> tuple[str, ModelEntry]:
     """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``;
-    ``hf://datasets/org/name@<commit>`` into its ``[datasets]``.
+    ``hf://datasets/org/name@<commit>`` (or ``dir://datasets/org/name``) into its ``[datasets]``.
 
     Returns the model's name and the entry written. An existing entry's ``signer``/``signature``/``task``/
     ``datasets`` are kept.
@@ -195,7 +202,7 @@ def pin_model(
         )
     scheme, repo, ref = m.group(1), m.group(2), m.group(3)
     # hf://datasets/ORG/NAME: a Hub dataset, pinned into [datasets]; the registry is asked for datasets/...
-    dataset = scheme == "hf" and repo.startswith("datasets/") and repo.count("/") == 2
+    dataset = repo.startswith("datasets/") and repo.count("/") == 2
     fetch_repo = repo
     if dataset:
         repo = repo.removeprefix("datasets/")
@@ -252,6 +259,9 @@ def pin_model(
     sig_rel = signature or ("model.sig" if signer else None)
     if sig_rel is not None:
         digests.pop(sig_rel, None)
+    # An evaluation attestation is about the model, not part of it.
+    req = old.require_evaluation if old is not None else None
+    digests.pop(req.path if req is not None else "evaluation.intoto.jsonl", None)
     entry = ModelEntry(
         name=model_name,
         registry=spec.name,
@@ -265,6 +275,7 @@ def pin_model(
         base_model=old.base_model if old is not None else None,
         allow_code=old.allow_code if old is not None else False,
         kind="dataset" if dataset else "model",
+        require_evaluation=req,
     )
     write_entry(policy_path, entry, extra_text=extra_text)
     return model_name, entry
@@ -293,8 +304,10 @@ def oci_target(url: str, policy: Policy, *, registry: str | None = None) -> OciT
         raise PolicyError(f"{url!r}: expected oci://HOST[:PORT]/REPO@sha256:<64 hex> or oci://HOST/REPO:TAG")
     host, path, tag, digest = m.group(1), m.group(2), m.group(3), m.group(4)
     candidates = [
-        r for r in policy.registries.values()
-        if isinstance(r, OciRegistrySpec) and (registry is None or r.name == registry)
+        r
+        for r in policy.registries.values()
+        if isinstance(r, OciRegistrySpec)
+        and (registry is None or r.name == registry)
         and urlsplit(r.endpoint).netloc == host
     ]
     if len(candidates) != 1:

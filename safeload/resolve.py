@@ -240,8 +240,11 @@ def fetch_dataset(name: str, *, policy: Policy | None = None, progress: bool | N
 
 
 def _registry_repo(entry: ModelEntry, kind: str) -> str:
-    """The repository path to ask the registry for: a Hub serves datasets under ``datasets/``."""
-    return f"datasets/{entry.repo}" if entry.kind == "dataset" and kind == "huggingface" else entry.repo
+    """The repository path to ask the registry for: a Hub serves datasets under ``datasets/``, and a
+    directory registry keeps them the same way (``<path>/datasets/ORG/NAME``)."""
+    if entry.kind == "dataset" and kind in ("huggingface", "directory"):
+        return f"datasets/{entry.repo}"
+    return entry.repo
 
 
 # ------------------------------------------------------------------------------------------ model path

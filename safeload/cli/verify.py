@@ -129,7 +129,7 @@ def _gate(policy: Policy, name: str, ui: UI) -> int:
         "policy": str(policy.source) if policy.source else None,
         "registry": entry.registry,
         "repo": entry.repo,
-        "revision": result.revision,
+        "revision": entry.store_revision(),
         "files": result.digests,
         "signer": entry.signer,
         "metrics": result.metrics,

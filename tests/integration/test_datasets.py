@@ -98,7 +98,7 @@ def test_a_directory_dataset_is_verified_and_covered_by_prefetch_and_verify(
 ) -> None:
     from safeload.cli import main
 
-    source = tmp_path / "registry" / "acme" / "reviews"
+    source = tmp_path / "registry" / "datasets" / "acme" / "reviews"  # datasets/ as on the Hub
     source.mkdir(parents=True)
     (source / "train.csv").write_bytes(TRAIN)
     policy = write_policy(
@@ -181,7 +181,7 @@ def test_the_bom_holds_the_datasets_hashes_and_the_base_model(tmp_path: Path) ->
     for repo, name, data in (
         ("acme/base", "config.json", b'{"model_type": "bert"}'),
         ("acme/tuned", "config.json", b'{"model_type": "bert", "tuned": 1}'),
-        ("acme/reviews", "train.csv", TRAIN),
+        ("datasets/acme/reviews", "train.csv", TRAIN),
     ):
         (root / repo).mkdir(parents=True)
         (root / repo / name).write_bytes(data)
