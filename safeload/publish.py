@@ -1,11 +1,11 @@
 """``safeload push``: publish a model already verified in the store as a CNCF ModelPack OCI artifact.
 
 Every byte pushed is read from the store: the model's verified blobs become one raw layer each (named
-by ``org.cncf.model.filepath``), and its model-signing bundle and the ML-BOM that ``safeload bom``
-writes are attached to the manifest as OCI 1.1 referrers. A registry that does not index referrers
-itself (it answers the referrer's PUT without ``OCI-Subject``, as distribution 2.8 does) gets the
-referrers tag schema index ``sha256-<hex>`` updated instead. Nothing is timestamped, so pushing the same
-verified model twice yields the same manifest digest.
+by ``org.cncf.model.filepath``), and its model-signing bundle, its verified evaluation attestation and
+the ML-BOM that ``safeload bom`` writes are attached to the manifest as OCI 1.1 referrers. A registry
+that does not index referrers itself (it answers the referrer's PUT without ``OCI-Subject``, as
+distribution 2.8 does) gets the referrers tag schema index ``sha256-<hex>`` updated instead. Nothing is
+timestamped, so pushing the same verified model twice yields the same manifest digest.
 
 The upload talks to the registry directly, not through the fetch jail: it writes no file, and every
 answer it reads is a status line, a few headers and at most 1 MiB of error text. An upload ``Location``
@@ -42,6 +42,7 @@ CONFIG = "application/vnd.cncf.model.config.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 SIGNATURE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 BOM = "application/vnd.cyclonedx+json"
+ATTESTATION = "application/vnd.in-toto+json"
 FILEPATH = "org.cncf.model.filepath"
 TITLE = "org.opencontainers.image.title"
 
@@ -270,7 +271,9 @@ class _Pusher:
             )
         return digest, len(raw), answer[1]
 
-    def attach(self, subject: Mapping[str, object], artifact_type: str, payload: bytes) -> str:
+    def attach(
+        self, subject: Mapping[str, object], artifact_type: str, payload: bytes, layer_type: str | None = None
+    ) -> str:
         """Attach ``payload`` to ``subject`` as a referrer; keeps the tag schema index where needed."""
         empty = b"{}"
         referrer = {
@@ -279,7 +282,11 @@ class _Pusher:
             "artifactType": artifact_type,
             "config": {"mediaType": EMPTY, "digest": self.blob_bytes(empty), "size": len(empty)},
             "layers": [
-                {"mediaType": artifact_type, "digest": self.blob_bytes(payload), "size": len(payload)}
+                {
+                    "mediaType": layer_type or artifact_type,
+                    "digest": self.blob_bytes(payload),
+                    "size": len(payload),
+                }
             ],
             "subject": dict(subject),
         }
@@ -381,6 +388,10 @@ def push_model(
     if record.signature_digest is not None:
         pusher.attach(subject, SIGNATURE, store.blob_path(record.signature_digest).read_bytes())
         attached.append(SIGNATURE)
+    evaluation = record.extra.get("evaluation_digest")
+    if evaluation is not None:
+        pusher.attach(subject, ATTESTATION, store.blob_path(evaluation).read_bytes(), layer_type=SIGNATURE)
+        attached.append(ATTESTATION)
     pusher.attach(subject, BOM, _json(document))
     attached.append(BOM)
     pinned = ModelEntry(
@@ -392,6 +403,7 @@ def push_model(
         signer=entry.signer,
         task=entry.task,
         datasets=entry.datasets,
+        require_evaluation=entry.require_evaluation,
     )
     host = urlsplit(where.spec.endpoint).netloc
     return PushResult(

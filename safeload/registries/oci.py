@@ -21,8 +21,10 @@ fails the whole layer. The unpacked files are then pinned and hashed one by one 
 
 A model-signing bundle attached to the manifest (OCI 1.1 referrers API, or the referrers tag schema
 ``sha256-<hex>`` where the registry lacks it) is delivered as the entry's signature file, so it is
-verified exactly as for the other registries. An attached CycloneDX BOM is fetched the same way and,
-once its schema validates, kept in the store beside the model as its upstream BOM.
+verified exactly as for the other registries; attached evaluation attestations
+(``application/vnd.in-toto+json``) are delivered as the entry's ``*.intoto.jsonl``. An attached
+CycloneDX BOM is fetched the same way and, once its schema validates, kept in the store beside the model
+as its upstream BOM.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from safeload.registries._http import JailedRegistry, ca_bundle
 from safeload.registries._oci_auth import auth_file_credentials, bearer_token, parse_challenge
 from sandbox.fetch import Answer, Request
 
-__all__ = ["BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
+__all__ = ["ATTESTATION_TYPES", "BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
 
 _MANIFEST_CAP = 4 << 20
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -64,6 +66,8 @@ _UNPACK = "io.deis.oras.content.unpack"
 SIGNATURE_TYPES = frozenset(
     {"application/vnd.dev.sigstore.bundle.v0.3+json", "application/vnd.dev.sigstore.bundle+json;version=0.3"}
 )
+#: What an evaluation attestation (a Sigstore bundle over an in-toto statement) is attached as.
+ATTESTATION_TYPES = frozenset({"application/vnd.in-toto+json"})
 #: What a CycloneDX BOM is attached as.
 BOM_TYPES = frozenset({"application/vnd.cyclonedx+json", "application/vnd.cyclonedx+json;version=1.6"})
 # A signature bundle or a BOM is metadata: anything this large is not one.
@@ -371,6 +375,15 @@ class OciRegistry(JailedRegistry):
         for rel in [r for r in inside if r.endswith(".sig")]:
             with contextlib.suppress(_NoSignature):
                 paths[rel] = self._signature(repo, revision, work)
+                inside.remove(rel)
+        for rel in [r for r in inside if r.endswith(".intoto.jsonl")]:
+            found = self._attached(repo, revision, ATTESTATION_TYPES, work, _ATTACHMENT_CAP)
+            if found:  # every attached attestation, one bundle per line, as the file form holds them
+                joined = work / "attestations.intoto.jsonl"
+                with open(joined, "xb") as out:
+                    for blob in found:
+                        out.write(blob.read_bytes().rstrip(b"\n") + b"\n")
+                paths[rel] = joined
                 inside.remove(rel)
         tars = [layer for layer in layers if layer.tar] if inside else []
         label = f"{self.name}:{repo}@{revision[:19]}"

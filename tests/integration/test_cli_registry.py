@@ -202,7 +202,9 @@ def test_prefetch_then_load_offline_verify_and_bom(own_hub: HubServer, tmp_path:
     assert recorded == {rel: sha(data) for rel, data in files.items()}
     params = model["modelCard"]["modelParameters"]
     assert params["modelArchitecture"] == "BertModel" and params["task"] == "feature-extraction"
-    assert [d["name"] for d in params["datasets"]] == ["wikipedia", "bookcorpus"]
+    data = {c["bom-ref"]: c for c in doc["components"] if c["type"] == "data"}
+    assert [data[d["ref"]]["name"] for d in params["datasets"]] == ["acme/wikipedia", "acme/bookcorpus"]
+    assert all(c["components"][0]["name"] == "train.txt" for c in data.values())
 
     ok = run(["verify", "--json"], env)
     assert ok.returncode == 0, ok.stdout + ok.stderr

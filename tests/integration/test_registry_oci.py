@@ -761,3 +761,70 @@ def test_a_poisoned_bin_model_from_oci_loads_through_the_dropins_and_commands(
     assert {p["name"]: p["value"] for p in component["properties"]}["safeload:registry:kind"] == "oci"
     assert not canary.exists()
     assert component["purl"] == (f"pkg:oci/bert-bin@{digest}?repository_url={registry.host}/tiny/bert-bin")
+
+
+def test_push_attaches_the_evaluation_and_a_pull_requires_it(
+    tmp_path: Path, registry: OciRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safeload.cli import main
+
+    source = tmp_path / "source"
+    model = write_tiny_model(source / "acme" / "evaluated")
+    key = generate_key(tmp_path / "keys", "eval")
+    (tmp_path / "metrics.json").write_text('{"f1": 0.94}')
+    assert (
+        main(["attest", str(model), "--metrics", str(tmp_path / "metrics.json"), "--key", str(key.private)])
+        == 0
+    )
+    files = {
+        p.relative_to(model).as_posix(): _sha(p.read_bytes())
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "evaluation.intoto.jsonl"
+    }
+    signers = {"eval-pipeline": {"kind": "key", "public_key": str(key.public)}}
+    requirement = {"signer": "eval-pipeline", "metrics": {"f1": ">= 0.9"}}
+    policy = write_policy(
+        tmp_path / "trust.toml",
+        store=tmp_path / "store",
+        signers=signers,
+        registries={
+            "local": {"kind": "directory", "path": str(source)},
+            "oci": {"kind": "oci", "endpoint": registry.endpoint},
+        },
+        models={
+            "acme/evaluated": {
+                "registry": "local",
+                "repo": "acme/evaluated",
+                "files": files,
+                "require_evaluation": requirement,
+            }
+        },
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "push",
+                "acme/evaluated",
+                f"oci://{registry.host}/evaluated/m:v1",
+                "--policy",
+                str(policy),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert "application/vnd.in-toto+json" in out["attached"]
+    assert "require_evaluation" in out["entry"]
+
+    puller = write_policy(
+        tmp_path / "pull.toml",
+        store=tmp_path / "pull-store",
+        signers=signers,
+        registries={"oci": {"kind": "oci", "endpoint": registry.endpoint}},
+    )
+    puller.write_text(puller.read_text() + "\n" + out["entry"])
+    pulled = fetch_model("acme/evaluated", policy=load_policy(puller), progress=False)
+    assert pulled.evaluation is not None and pulled.evaluation.metric("f1") is not None
+    assert pulled.evaluation.metric("f1").value == 0.94  # type: ignore[union-attr]
