@@ -20,9 +20,11 @@ from typing import Any
 
 __all__ = [
     "Listener",
+    "Payload",
     "SignalCounter",
     "find_secret",
     "leftover_processes",
+    "poisoned_pickle",
     "process_table",
     "secret_in_tree",
     "stubs_in",
@@ -218,3 +220,26 @@ def leftover_processes(before: dict[int, Proc], marker: str) -> list[Proc]:
                 if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                     left.append(proc)
     return left
+
+
+class Payload:
+    """Appends to ``canary`` if a real unpickler ever runs it: the trace a pickle leaves on the host."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = canary
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import builtins
+
+        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
+
+
+def poisoned_pickle(tensors: dict[str, Any], canary: Path) -> bytes:
+    """``torch.save`` of ``tensors`` plus an ``evil`` entry that would run if unpickled in the host."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({**tensors, "evil": Payload(canary)}, buf)
+    return buf.getvalue()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dump_toml", "pins", "sha256_of", "write_policy"]
+__all__ = ["dump_toml", "folder_pins", "pins", "sha256_of", "write_policy"]
 
 
 def sha256_of(content: bytes | Path) -> str:
@@ -26,6 +26,11 @@ def sha256_of(content: bytes | Path) -> str:
 def pins(files: Mapping[str, bytes | Path]) -> dict[str, str]:
     """``{relpath: "sha256:<hex>"}`` for a files mapping as given to ``HubServer.add_repo``."""
     return {rel: sha256_of(content) for rel, content in files.items()}
+
+
+def folder_pins(folder: Path) -> dict[str, str]:
+    """``{relpath: "sha256:<hex>"}`` of every file under ``folder`` (what ``safeload pin dir://`` writes)."""
+    return {p.relative_to(folder).as_posix(): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _value(v: Any) -> str:

@@ -6,8 +6,6 @@ test server, denoised with a fixed seed; a model class with ``subfolder=``; a po
 
 from __future__ import annotations
 
-import builtins
-import hashlib
 import io
 import json
 import shutil
@@ -19,26 +17,11 @@ import pytest
 import torch
 
 from safeload.errors import UntrustedSourceError
-from tests.helpers.trust import write_policy
+from tests.helpers.canary import Payload
+from tests.helpers.trust import folder_pins, write_policy
 from tests.integration.conftest import SessionHub
 
 REPO = "acme/tiny-ddpm"
-
-
-class _Payload:
-    def __init__(self, canary: Path) -> None:
-        self.canary = canary
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
-
-
-def _pins(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +57,10 @@ def _policy(
 ) -> None:
     if hub is not None:
         registries = {"hub": {"kind": "huggingface", "endpoint": hub.endpoint}}
-        entry = {"registry": "hub", "repo": REPO, "revision": commit, "files": _pins(registry / REPO)}
+        entry = {"registry": "hub", "repo": REPO, "revision": commit, "files": folder_pins(registry / REPO)}
     else:
         registries = {"local": {"kind": "directory", "path": str(registry)}}
-        entry = {"registry": "local", "repo": REPO, "files": _pins(registry / REPO)}
+        entry = {"registry": "local", "repo": REPO, "files": folder_pins(registry / REPO)}
     policy = write_policy(
         tmp_path / "trust.toml", store=tmp_path / "store", registries=registries, models={REPO: entry}
     )
@@ -122,7 +105,7 @@ def test_a_poisoned_unet_bin_loads_its_weights_and_runs_nothing(
     shutil.copytree(registry, poisoned)
     unet = poisoned / REPO / "unet"
     state: dict[str, object] = dict(load_file(unet / "diffusion_pytorch_model.safetensors"))
-    state["evil"] = _Payload(canary)
+    state["evil"] = Payload(canary)
     buf = io.BytesIO()
     torch.save(state, buf)
     (unet / "diffusion_pytorch_model.bin").write_bytes(buf.getvalue())
@@ -220,7 +203,7 @@ def _to_bin(path: Path, canary: Path, bin_name: str) -> None:
     from safetensors.torch import load_file
 
     state: dict[str, object] = dict(load_file(path))
-    state["evil"] = _Payload(canary)
+    state["evil"] = Payload(canary)
     buf = io.BytesIO()
     torch.save(state, buf)
     (path.parent / bin_name).write_bytes(buf.getvalue())
@@ -245,7 +228,7 @@ def test_a_stable_diffusion_pipeline_with_pickled_components_generates_as_plain(
         tmp_path / "trust.toml",
         store=tmp_path / "store",
         registries={"local": {"kind": "directory", "path": str(registry)}},
-        models={"acme/tiny-sd": {"registry": "local", "repo": "acme/tiny-sd", "files": _pins(sd)}},
+        models={"acme/tiny-sd": {"registry": "local", "repo": "acme/tiny-sd", "files": folder_pins(sd)}},
     )
     monkeypatch.setenv("SAFELOAD_POLICY", str(policy))
 

@@ -6,8 +6,6 @@ policy does not know.
 
 from __future__ import annotations
 
-import builtins
-import hashlib
 import io
 import json
 import shutil
@@ -19,27 +17,12 @@ import torch
 import transformers
 
 from safeload.errors import UntrustedSourceError
+from tests.helpers.canary import Payload
 from tests.helpers.hubserver import tiny_bert_files
-from tests.helpers.trust import write_policy
+from tests.helpers.trust import folder_pins, write_policy
 from tests.integration.conftest import SessionHub
 
 IDS = torch.tensor([[101, 7592, 2088, 2003, 102]])
-
-
-class _Payload:
-    def __init__(self, canary: Path) -> None:
-        self.canary = canary
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
-
-
-def _pins(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +47,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _policy(tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch, **hub: object) -> None:
     models = {
-        repo: {"registry": "local", "repo": repo, "files": _pins(registry / repo)}
+        repo: {"registry": "local", "repo": repo, "files": folder_pins(registry / repo)}
         for repo in ("acme/tiny-bert", "acme/tiny-lora")
     }
     registries: dict[str, object] = {"local": {"kind": "directory", "path": str(registry)}}
@@ -74,7 +57,7 @@ def _policy(tmp_path: Path, registry: Path, monkeypatch: pytest.MonkeyPatch, **h
             "registry": "hub",
             "repo": "acme/tiny-lora",
             "revision": hub["commit"],
-            "files": _pins(registry / "acme" / "tiny-lora"),
+            "files": folder_pins(registry / "acme" / "tiny-lora"),
         }
     policy = write_policy(
         tmp_path / "trust.toml", store=tmp_path / "store", registries=registries, models=models
@@ -130,7 +113,7 @@ def test_a_poisoned_adapter_bin_loads_its_weights_and_runs_nothing(
     shutil.copytree(registry, poisoned)
     lora = poisoned / "acme" / "tiny-lora"
     state: dict[str, object] = dict(load_file(lora / "adapter_model.safetensors"))
-    state["evil"] = _Payload(canary)
+    state["evil"] = Payload(canary)
     buf = io.BytesIO()
     torch.save(state, buf)
     (lora / "adapter_model.bin").write_bytes(buf.getvalue())

@@ -23,6 +23,7 @@ from safeload.errors import IntegrityError, PolicyError, SignatureError, Untrust
 from safeload.pinning import pin_model
 from safeload.policy import load_policy, parse_policy
 from safeload.resolve import fetch_model
+from tests.helpers.canary import Payload
 from tests.helpers.ociregistry import OciRegistry, oras_push
 from tests.helpers.signing import generate_key, sign_with_key, write_tiny_model
 from tests.helpers.trust import write_policy
@@ -695,18 +696,6 @@ def test_a_redirect_to_a_port_not_allowed_is_refused_unfollowed(
 # --- one code path: the drop-ins and the commands --------------------------------------------------
 
 
-class _Payload:
-    """Appends to a canary file if a real unpickler ever runs it."""
-
-    def __init__(self, canary: Path) -> None:
-        self.canary = canary
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        import builtins
-
-        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
-
-
 def test_a_poisoned_bin_model_from_oci_loads_through_the_dropins_and_commands(
     tmp_path: Path, registry: OciRegistry, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -726,7 +715,7 @@ def test_a_poisoned_bin_model_from_oci_loads_through_the_dropins_and_commands(
         (local / name).write_bytes(data)
     plain = transformers.AutoModel.from_pretrained(local).eval()
     state = dict(plain.state_dict())
-    state["evil"] = _Payload(canary)  # a pickle that would run code if unpickled in the host
+    state["evil"] = Payload(canary)  # a pickle that would run code if unpickled in the host
     buf = io.BytesIO()
     torch.save(state, buf)
     shipped = {k: v for k, v in files.items() if k != "model.safetensors"}

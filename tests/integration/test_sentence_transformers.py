@@ -6,7 +6,6 @@ Dense layer ships as a poisoned ``pytorch_model.bin``.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import io
 from pathlib import Path
@@ -16,27 +15,12 @@ import pytest
 import sentence_transformers as st
 import torch
 
+from tests.helpers.canary import Payload
 from tests.helpers.hubserver import minilm_files, tiny_bert_files
-from tests.helpers.trust import write_policy
+from tests.helpers.trust import folder_pins, write_policy
 from tests.integration.conftest import MINILM, SessionHub
 
 SENTENCES = ["A man is eating food.", "The weights were verified before they were loaded."]
-
-
-class _Payload:
-    def __init__(self, canary: Path) -> None:
-        self.canary = canary
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (builtins.exec, (f"open({str(self.canary)!r}, 'a').write('ran')",))
-
-
-def _pins(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in folder.rglob("*")
-        if p.is_file()
-    }
 
 
 def test_the_real_minilm_from_the_hub_embeds_as_plain_sentence_transformers(
@@ -82,7 +66,7 @@ def _dir_policy(tmp_path: Path, registry: Path, repo: str) -> Path:
         tmp_path / "trust.toml",
         store=tmp_path / "store",
         registries={"local": {"kind": "directory", "path": str(registry)}},
-        models={repo: {"registry": "local", "repo": repo, "files": _pins(registry / repo)}},
+        models={repo: {"registry": "local", "repo": repo, "files": folder_pins(registry / repo)}},
     )
 
 
@@ -111,7 +95,7 @@ def test_a_poisoned_dense_bin_loads_its_weights_and_runs_nothing(
     shutil.copytree(tiny, registry)
     dense = registry / "acme" / "tiny-st" / "2_Dense"
     state: dict[str, object] = dict(load_file(dense / "model.safetensors"))
-    state["evil"] = _Payload(canary)  # runs if anything unpickles this file in the host
+    state["evil"] = Payload(canary)  # runs if anything unpickles this file in the host
     buf = io.BytesIO()
     torch.save(state, buf)
     (dense / "pytorch_model.bin").write_bytes(buf.getvalue())
