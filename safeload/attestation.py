@@ -189,13 +189,17 @@ def statement(
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign_statement(payload: bytes, private_key_pem: bytes) -> bytes:
+def sign_statement(payload: bytes, private_key_pem: bytes, certificates: Sequence[bytes] = ()) -> bytes:
     """A Sigstore bundle (one JSON line) holding ``payload`` in a DSSE envelope signed with an ECDSA key,
-    the form model-signing writes for ``kind = "key"`` signers.
+    the form model-signing writes for ``kind = "key"`` signers; with ``certificates`` (PEM, the signing
+    certificate first, then its intermediates) the bundle carries that chain, as model-signing's
+    certificate method writes it, for ``kind = "certificate"`` signers.
 
     Raises:
-        SignatureError: the key is not an ECDSA P-256/P-384/P-521 private key in PEM.
+        SignatureError: the key is not an ECDSA P-256/P-384/P-521 private key in PEM, a certificate is
+            not PEM, or the first certificate is not the key's.
     """
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -211,9 +215,25 @@ def sign_statement(payload: bytes, private_key_pem: bytes) -> bytes:
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    material: dict[str, Any] = {"publicKey": {"hint": hashlib.sha256(pem).hexdigest()}}
+    if certificates:
+        try:
+            chain = [x509.load_pem_x509_certificate(c) for c in certificates]
+        except ValueError as exc:
+            raise SignatureError(f"a certificate of the chain is not PEM ({exc})") from exc
+        if chain[0].public_key() != key.public_key():
+            raise SignatureError("the first certificate of the chain is not the signing key's certificate")
+        material = {
+            "x509CertificateChain": {
+                "certificates": [
+                    {"rawBytes": base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()}
+                    for c in chain
+                ]
+            }
+        }
     bundle = {
         "mediaType": _BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {"publicKey": {"hint": hashlib.sha256(pem).hexdigest()}},
+        "verificationMaterial": material,
         "dsseEnvelope": {
             "payload": base64.b64encode(payload).decode(),
             "payloadType": _PAYLOAD_TYPE,

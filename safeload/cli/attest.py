@@ -23,7 +23,8 @@ _DESCRIPTION = """\
 Write an evaluation attestation: an in-toto statement whose subjects are every file of the model with
 its sha256 and whose predicate carries the metrics (and optionally the dataset evaluated on and the
 evaluation code's revision), signed with an ECDSA private key into a Sigstore bundle, the envelope
-model-signing uses. A model entry with require_evaluation = { signer = ..., metrics = { "f1" = ">= 0.9" } }
+model-signing uses (with --certificate-chain, the bundle carries the key's certificate chain, for a
+certificate signer). A model entry with require_evaluation = { signer = ..., metrics = { "f1" = ">= 0.9" } }
 then loads only when such an attestation from that signer covers the very bytes being loaded and every
 metric holds.
 
@@ -54,6 +55,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("model", metavar="MODEL", help="a model folder, or a name from [models]")
     parser.add_argument("--metrics", metavar="METRICS", type=Path, required=True, help="the results (JSON)")
     parser.add_argument("--key", metavar="KEY", type=Path, required=True, help="ECDSA private key (PEM)")
+    parser.add_argument(
+        "--certificate-chain",
+        metavar="PEM",
+        type=Path,
+        nargs="+",
+        help="sign as a certificate signer: the key's certificate, then its intermediates",
+    )
     parser.add_argument("--dataset", metavar="NAME", help="the [datasets] entry evaluated on")
     parser.add_argument("--evaluator-revision", metavar="REV", help="the evaluation code's commit")
     parser.add_argument("-o", "--output", metavar="FILE", type=Path, help="the .intoto.jsonl to append to")
@@ -129,7 +137,13 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     except OSError as exc:
         raise PolicyError(f"{args.key}: cannot read the signing key ({exc.strerror})") from None
     payload = statement(files, metrics, dataset=args.dataset, evaluator_revision=args.evaluator_revision)
-    line = sign_statement(payload, key)
+    chain = []
+    for pem in args.certificate_chain or ():
+        try:
+            chain.append(pem.read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"{pem}: cannot read the certificate ({exc.strerror})") from None
+    line = sign_statement(payload, key, chain)
     with open(output, "ab") as fh:
         fh.write(line)
     data = {"output": str(output), "files": len(files), "metrics": {m.name: m.value for m in metrics}}

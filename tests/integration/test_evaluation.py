@@ -226,3 +226,56 @@ def test_the_bom_reports_only_attested_metrics(world: dict[str, Path]) -> None:
         "lowerBound": "0.91",
         "upperBound": "0.95",
     }
+
+
+def test_a_certificate_signed_attestation_verifies_against_the_pinned_chain(world: dict[str, Path]) -> None:
+    from tests.helpers.signing import make_chain
+
+    chain = make_chain(world["root"] / "pki", leaf_cn="acme evaluation pipeline")
+    other = make_chain(world["root"] / "other-pki", leaf_cn="acme evaluation pipeline")
+    assert (
+        main(
+            [
+                "attest",
+                str(world["model"]),
+                "--metrics",
+                str(world["root"] / "metrics.json"),
+                "--key",
+                str(chain.leaf_key),
+                "--certificate-chain",
+                str(chain.leaf),
+                str(chain.intermediate),
+            ]
+        )
+        == 0
+    )
+    files = {
+        p.name: _sha(p.read_bytes()) for p in world["model"].iterdir() if p.name != "evaluation.intoto.jsonl"
+    }
+
+    def policy(root: Path) -> Path:
+        return write_policy(
+            world["root"] / "cert.toml",
+            store=world["root"] / f"store-{root.parent.name}",
+            registries={"local": {"kind": "directory", "path": str(world["root"] / "registry")}},
+            signers={
+                "eval-pipeline": {
+                    "kind": "certificate",
+                    "chain": [str(root)],
+                    "leaf_subject": chain.leaf_subject,
+                }
+            },
+            models={
+                "acme/clf": {
+                    "registry": "local",
+                    "repo": "acme/clf",
+                    "files": files,
+                    "require_evaluation": {"signer": "eval-pipeline", "metrics": {"f1": ">= 0.9"}},
+                }
+            },
+        )
+
+    fetched = fetch_model("acme/clf", policy=load_policy(policy(chain.root)), progress=False)
+    assert fetched.evaluation is not None and fetched.evaluation.identity == chain.leaf_subject
+    with pytest.raises(SignatureError, match="does not chain to the CA pinned"):
+        fetch_model("acme/clf", policy=load_policy(policy(other.root)), progress=False)
