@@ -262,14 +262,31 @@ def _purl(model: BomModel) -> Any:
     return PackageURL(type=kind, namespace=org or None, name=name, version=model.revision.lower())
 
 
-def _hex_digest(model: BomModel, path: str, digest: str) -> str:
+def _hex_digest(owner: str, path: str, digest: str) -> str:
+    """The hex of a ``sha256:<hex>`` pin; ``owner`` ("model 'x'", "dataset 'y'") names it in the error."""
     match = _SHA256.match(digest)
     if match is None:
         raise BomError(
-            f"model {model.name!r}: file {path!r} has digest {digest!r}; expected 'sha256:' and 64 lowercase "
-            "hex digits (re-pin the model with `safeload pin`)"
+            f"{owner}: file {path!r} has digest {digest!r}; expected 'sha256:' and 64 lowercase hex digits "
+            "(re-pin it with `safeload pin`)"
         )
     return match.group(1)
+
+
+def _file_components(owner: str, ref: str, files: Mapping[str, str]) -> list[Any]:
+    """One nested ``file`` component per pinned file, with its SHA-256."""
+    from cyclonedx.model import HashAlgorithm, HashType
+    from cyclonedx.model.component import Component, ComponentType
+
+    return [
+        Component(
+            type=ComponentType.FILE,
+            name=path,
+            bom_ref=f"{ref}/{path}",
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=_hex_digest(owner, path, digest))],
+        )
+        for path, digest in sorted(files.items())
+    ]
 
 
 def _read_config(model: BomModel) -> Mapping[str, Any]:
@@ -411,15 +428,7 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
     for model in models:
         purl = _purl(model)
         ref = f"model:{model.name}@{model.revision.lower()}"
-        files = [
-            Component(
-                type=ComponentType.FILE,
-                name=path,
-                bom_ref=f"{ref}/{path}",
-                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=_hex_digest(model, path, digest))],
-            )
-            for path, digest in sorted(model.files.items())
-        ]
+        files = _file_components(f"model {model.name!r}", ref, model.files)
         props = {
             "safeload:name": model.name,
             "safeload:registry": model.registry,
@@ -448,7 +457,10 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
                     url=XsUri(up.link or f"urn:sha256:{up.digest.removeprefix('sha256:')}"),
                     comment="the BOM its publisher attached to the model (unsigned upstream claims)",
                     hashes=[
-                        HashType(alg=HashAlgorithm.SHA_256, content=_hex_digest(model, "BOM", up.digest))
+                        HashType(
+                            alg=HashAlgorithm.SHA_256,
+                            content=_hex_digest(f"model {model.name!r}", "BOM", up.digest),
+                        )
                     ],
                 )
             )
@@ -490,24 +502,10 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
 
 
 def _data_component(data: BomDataset) -> Any:
-    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model import Property
     from cyclonedx.model.component import Component, ComponentType
 
-    def hex_of(path: str, digest: str) -> str:
-        match = _SHA256.match(digest)
-        if match is None:
-            raise BomError(f"dataset {data.name!r}: file {path!r} has digest {digest!r}; re-pin it")
-        return match.group(1)
-
-    files = [
-        Component(
-            type=ComponentType.FILE,
-            name=path,
-            bom_ref=f"{data.ref}/{path}",
-            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=hex_of(path, digest))],
-        )
-        for path, digest in sorted(data.files.items())
-    ]
+    files = _file_components(f"dataset {data.name!r}", data.ref, data.files)
     props = {
         "safeload:name": data.name,
         "safeload:registry": data.registry,
