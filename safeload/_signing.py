@@ -64,6 +64,8 @@ __all__ = [
     "Signer",
     "SigstoreSigner",
     "VerifiedSignature",
+    "dsse_signature",
+    "in_toto_statement",
     "verify_envelope",
     "verify_model_signature",
     "verify_signature",
@@ -518,12 +520,15 @@ def _verify_sigstore_bundle(signer: SigstoreSigner, raw: bytes) -> tuple[str, by
 # --- the signed manifest --------------------------------------------------------------------------
 
 
-def _signed_digests(signer_name: str, payload_type: str, payload: bytes) -> dict[str, str]:
-    """Read ``relative path -> "sha256:<hex>"`` from a verified in-toto statement, strictly."""
+def in_toto_statement(
+    payload_type: str, payload: bytes, refuse: Callable[[str], SignatureError]
+) -> dict[str, Any]:
+    """The in-toto Statement v1 a verified DSSE payload holds (its predicate type is the caller's to
+    check); ``refuse`` makes the error for what is wrong.
 
-    def refuse(reason: str) -> SignatureError:
-        return SignatureError(f"the statement signed by signer {signer_name!r} is unusable: {reason}")
-
+    Raises:
+        SignatureError: from ``refuse``: another payload type, not JSON, not an in-toto statement.
+    """
     if payload_type != _IN_TOTO_PAYLOAD_TYPE:
         raise refuse(f"payload type {payload_type!r}, expected {_IN_TOTO_PAYLOAD_TYPE!r}")
     try:
@@ -532,6 +537,29 @@ def _signed_digests(signer_name: str, payload_type: str, payload: bytes) -> dict
         raise refuse(f"not JSON ({exc})") from exc
     if not isinstance(statement, dict) or statement.get("_type") != _IN_TOTO_STATEMENT_TYPE:
         raise refuse(f"not an in-toto {_IN_TOTO_STATEMENT_TYPE} statement")
+    return statement
+
+
+def dsse_signature(payload_type: str, payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The ECDSA signature over DSSE's pre-authentication encoding, with the curve's hash, as
+    :func:`verify_envelope` checks it.
+
+    Raises:
+        SignatureError: the key is not on P-256, P-384 or P-521.
+    """
+    algorithm = _SUPPORTED_CURVES.get(key.curve.name)
+    if algorithm is None:
+        raise SignatureError("the signing key must be an ECDSA P-256, P-384 or P-521 private key")
+    return key.sign(_pae(payload_type, payload), ec.ECDSA(algorithm))
+
+
+def _signed_digests(signer_name: str, payload_type: str, payload: bytes) -> dict[str, str]:
+    """Read ``relative path -> "sha256:<hex>"`` from a verified in-toto statement, strictly."""
+
+    def refuse(reason: str) -> SignatureError:
+        return SignatureError(f"the statement signed by signer {signer_name!r} is unusable: {reason}")
+
+    statement = in_toto_statement(payload_type, payload, refuse)
     if statement.get("predicateType") != _PREDICATE_TYPE:
         raise refuse(
             f"predicate type {statement.get('predicateType')!r}, expected {_PREDICATE_TYPE!r} "

@@ -72,6 +72,12 @@ class Metric:
     value: float
     confidence_interval: tuple[float, float] | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "value": self.value}
+        if self.confidence_interval is not None:
+            out["confidence_interval"] = list(self.confidence_interval)
+        return out
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -117,14 +123,7 @@ class Evaluation:
             "identity": self.identity,
             "dataset": self.dataset,
             "evaluator_revision": self.evaluator_revision,
-            "metrics": [
-                {
-                    "name": m.name,
-                    "value": m.value,
-                    **({"confidence_interval": list(m.confidence_interval)} if m.confidence_interval else {}),
-                }
-                for m in self.metrics
-            ],
+            "metrics": [m.to_json() for m in self.metrics],
         }
 
 
@@ -163,16 +162,7 @@ def statement(
     evaluator_revision: str | None = None,
 ) -> bytes:
     """The in-toto statement (JSON bytes) of an evaluation of ``files`` (path -> ``"sha256:<hex>"``)."""
-    predicate: dict[str, Any] = {
-        "metrics": [
-            {
-                "name": m.name,
-                "value": m.value,
-                **({"confidence_interval": list(m.confidence_interval)} if m.confidence_interval else {}),
-            }
-            for m in metrics
-        ]
-    }
+    predicate: dict[str, Any] = {"metrics": [m.to_json() for m in metrics]}
     if dataset is not None:
         predicate["dataset"] = dataset
     if evaluator_revision is not None:
@@ -200,18 +190,18 @@ def sign_statement(payload: bytes, private_key_pem: bytes, certificates: Sequenc
             not PEM, or the first certificate is not the key's.
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from safeload._signing import dsse_signature
 
     try:
         key = serialization.load_pem_private_key(private_key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"the signing key is not a PEM private key without a password ({exc})") from exc
-    algorithms = {"secp256r1": hashes.SHA256(), "secp384r1": hashes.SHA384(), "secp521r1": hashes.SHA512()}
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name not in algorithms:
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise SignatureError("the signing key must be an ECDSA P-256, P-384 or P-521 private key")
-    pae = b"DSSEv1 %d %s %d %s" % (len(_PAYLOAD_TYPE), _PAYLOAD_TYPE.encode(), len(payload), payload)
-    signature = key.sign(pae, ec.ECDSA(algorithms[key.curve.name]))
+    signature = dsse_signature(_PAYLOAD_TYPE, payload, key)
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -244,17 +234,12 @@ def sign_statement(payload: bytes, private_key_pem: bytes, certificates: Sequenc
 
 
 def _parse_statement(payload_type: str, payload: bytes, where: str) -> tuple[dict[str, str], dict[str, Any]]:
+    from safeload._signing import in_toto_statement
+
     def refuse(reason: str) -> SignatureError:
         return SignatureError(f"{where}: the attestation is unusable: {reason}")
 
-    if payload_type != _PAYLOAD_TYPE:
-        raise refuse(f"payload type {payload_type!r}, expected {_PAYLOAD_TYPE!r}")
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        raise refuse(f"not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("_type") != _STATEMENT_TYPE:
-        raise refuse(f"not an in-toto {_STATEMENT_TYPE} statement")
+    doc = in_toto_statement(payload_type, payload, refuse)
     if doc.get("predicateType") != PREDICATE_TYPE:
         raise refuse(f"predicate type {doc.get('predicateType')!r}, expected {PREDICATE_TYPE!r}")
     subjects: dict[str, str] = {}
@@ -325,17 +310,15 @@ def _check_one(
             f"{where}: the evaluation does not cover {', '.join(uncovered)}; weights nobody evaluated "
             "will not be loaded (attest the model as it is deployed)"
         )
-    metrics = _metrics(predicate, where)
+    dataset, evaluator = predicate.get("dataset"), predicate.get("evaluator")
+    revision = evaluator.get("revision") if isinstance(evaluator, dict) else None
     evaluation = Evaluation(
         signer=signer.name,
         identity=identity,
         subjects=MappingProxyType(subjects),
-        metrics=metrics,
-        dataset=predicate.get("dataset") if isinstance(predicate.get("dataset"), str) else None,
-        evaluator_revision=(predicate.get("evaluator") or {}).get("revision")
-        if isinstance(predicate.get("evaluator"), dict)
-        and isinstance(predicate["evaluator"].get("revision"), str)
-        else None,
+        metrics=_metrics(predicate, where),
+        dataset=dataset if isinstance(dataset, str) else None,
+        evaluator_revision=revision if isinstance(revision, str) else None,
     )
     for name, (op, limit) in sorted(thresholds.items()):
         metric = evaluation.metric(name)
