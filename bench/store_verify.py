@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._fetchbench import read_all
+from bench._fetchbench import read_all, write_random_files
 from safeload._hashing import parallel
 from safeload.policy import parse_policy
 from safeload.resolve import fetch_model
@@ -72,23 +72,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="safeload-bench-", dir=args.dir))
     try:
         model = root / "registry" / "bench" / "model"
-        model.mkdir(parents=True)
-        per = (args.size_mib << 20) // args.files
-        block = os.urandom(64 << 20)
-        paths = []
-        pins = {}
-        for i in range(args.files):
-            p = model / f"model-{i:05d}-of-{args.files:05d}.safetensors"
-            with open(p, "wb") as fh:
-                h = hashlib.sha256()
-                for j in range(per // len(block)):
-                    k = (i * 8 + j) % 61  # every chunk of every file distinct: no two files share a blob
-                    chunk = block[k:] + block[:k]
-                    fh.write(chunk)
-                    h.update(chunk)
-            pins[p.name] = "sha256:" + h.hexdigest()
-            paths.append(p)
-        total = per * args.files
+        # every chunk of every file distinct: no two files share a blob
+        pins = write_random_files(model, args.size_mib << 20, args.files)
+        paths = [model / name for name in pins]
+        total = sum(p.stat().st_size for p in paths)
         cores = min(args.files, os.cpu_count() or 1)
 
         speeds = [_hashlib_speed() for _ in range(3)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from dataclasses import replace
@@ -13,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from safeload._hashing import hash_fd
 from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_OK, UI
 from safeload.errors import PolicyError
@@ -103,11 +103,11 @@ def _folder_files(folder: Path) -> dict[str, str]:
             rel = path.relative_to(folder).as_posix()
             if rel in _SKIP or path.is_symlink():
                 continue
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            files[rel] = "sha256:" + h.hexdigest()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                files[rel], _ = hash_fd(fd, mapped=False)  # someone else's files: read, never mapped
+            finally:
+                os.close(fd)
     return files
 
 
