@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from safeload.errors import SandboxLimitError
 
+from ._tiers import Tier
+
 __all__ = ["Limits", "limit_error", "output_error", "prlimit_args"]
 
 _MiB = 1 << 20
@@ -58,6 +60,8 @@ class Limits:
     processes: int = 512
     tmp_bytes: int = 256 * _MiB
     max_output_files: int = 10_000
+    # The weakest jail tier a run accepts (sandbox._tiers): "full", "namespaces" or "landlock".
+    weakest_jail: Tier = "landlock"
 
 
 def prlimit_args(limits: Limits, *, execute: bool, mapped_bytes: int = 0) -> list[str]:

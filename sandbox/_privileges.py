@@ -48,6 +48,7 @@ Without root, bubblewrap maps the sandbox uid to the caller's own uid, which hol
 from __future__ import annotations
 
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -72,6 +73,7 @@ __all__ = [
     "claim_staging",
     "drop_privileges",
     "fresh_jail_ids",
+    "jail_id_range",
     "jail_interpreter",
     "probe_bwrap",
     "reachable",
@@ -119,8 +121,53 @@ _issued: set[int] = set()
 _issued_lock = threading.Lock()
 
 
+def _id_map(path: str) -> list[tuple[int, int]]:
+    """The (first id, count) ranges ``/proc/self/uid_map`` or ``gid_map`` maps in this user namespace."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            rows = [line.split() for line in fh]
+    except OSError:
+        return [(0, 1 << 32)]  # no user namespaces in this kernel: every id is the host's
+    return [(int(r[0]), int(r[2])) for r in rows if len(r) == 3 and r[0].isdigit() and r[2].isdigit()]
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[range]:
+    out = []
+    for a0, an in a:
+        for b0, bn in b:
+            lo, hi = max(a0, b0), min(a0 + an, b0 + bn)
+            if lo < hi:
+                out.append(range(lo, hi))
+    return out
+
+
+@functools.cache
+def jail_id_range() -> range:
+    """The ids the jail draws from: :data:`JAIL_ID_RANGE` where this user namespace maps all of it, else
+    the upper half of the largest range it maps for both uids and gids (a container with a 65536-id map
+    gets 32768-65533), since setting an unmapped id fails with EINVAL.
+
+    Raises:
+        SandboxUnavailableError: the namespace maps too few ids to spare one for the jail.
+    """
+    mapped = _intersect(_id_map("/proc/self/uid_map"), _id_map("/proc/self/gid_map"))
+    if any(r.start <= JAIL_ID_RANGE.start and JAIL_ID_RANGE.stop <= r.stop for r in mapped):
+        return JAIL_ID_RANGE
+    largest = max(mapped, key=len, default=range(0))
+    # 65534 and 65535 are nobody's and the kernel's overflow id; ids below 1000 belong to the system.
+    stop = min(largest.stop, 65534) if largest.start < 65534 else largest.stop
+    start = max(largest.start + (stop - largest.start) // 2, 1000)
+    if stop - start < 16:
+        raise SandboxUnavailableError(
+            f"this user namespace maps too few ids ({', '.join(f'{r.start}-{r.stop - 1}' for r in mapped)}) "
+            "to give the jail a uid of its own; map at least 65536 (e.g. podman --uidmap 0:100000:65536)"
+        )
+    return range(start, stop)
+
+
 def _candidate() -> int:
-    return JAIL_ID_RANGE.start + secrets.randbelow(len(JAIL_ID_RANGE))
+    ids = jail_id_range()
+    return ids.start + secrets.randbelow(len(ids))
 
 
 def _reserve() -> int:
@@ -220,8 +267,9 @@ def fresh_jail_ids(base: str | None = None) -> JailIds:
             taken = _process_ids() | _owner_ids(base)
         if n not in taken:
             return JailIds(n, n)
+    ids = jail_id_range()
     raise SandboxUnavailableError(
-        f"found no unused uid for the jail in {JAIL_ID_RANGE.start}-{JAIL_ID_RANGE.stop - 1} after "
+        f"found no unused uid for the jail in {ids.start}-{ids.stop - 1} after "
         f"{_CLAIM_ATTEMPTS} draws; free that range of users, groups, subordinate ids and processes"
     )
 
@@ -327,7 +375,7 @@ def sweep_stale_staging(base: str, *, now: float | None = None) -> int:
         if not name.startswith(_STAGE_PREFIX) or not suffix.isascii() or not suffix.isdigit():
             continue
         uid = int(suffix)
-        if uid not in JAIL_ID_RANGE:
+        if uid not in jail_id_range():
             continue
         path = os.path.join(base, name)
         try:

@@ -95,6 +95,11 @@ _COMMON_DENY = (
     "vhangup", "syslog",
 )
 _X86_64_ONLY_DENY = ("iopl", "ioperm", "uselib", "nfsservctl")
+# A jail without a pid namespace (sandbox.worker._confine) is one process: nothing may outlive the process
+# the launcher kills, or signal a process outside it (Landlock scopes signals only from ABI 6).
+_SOLO_DENY = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
+_SOLO_X86_64_ONLY_DENY = ("fork", "vfork")
+CLONE_THREAD = 0x00010000
 _ENOSYS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
 
 _X86_64 = Arch(
@@ -102,7 +107,9 @@ _X86_64 = Arch(
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     x32_bit=True,
     syscalls={
-        "ioctl": 16, "socket": 41, "connect": 42, "clone": 56, "ptrace": 101, "syslog": 103, "uselib": 134,
+        "ioctl": 16, "socket": 41, "connect": 42, "clone": 56, "fork": 57, "vfork": 58, "kill": 62,
+        "ptrace": 101, "rt_sigqueueinfo": 129, "tkill": 200, "tgkill": 234, "rt_tgsigqueueinfo": 297,
+        "pidfd_send_signal": 424, "syslog": 103, "uselib": 134,
         "personality": 135, "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163,
         "settimeofday": 164, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
         "iopl": 172, "ioperm": 173, "init_module": 175, "delete_module": 176, "quotactl": 179,
@@ -123,7 +130,9 @@ _AARCH64 = Arch(
     audit_arch=0xC00000B7,  # AUDIT_ARCH_AARCH64
     syscalls={
         "lookup_dcookie": 18, "ioctl": 29, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51,
-        "vhangup": 58, "quotactl": 60, "acct": 89, "personality": 92, "unshare": 97, "kexec_load": 104,
+        "vhangup": 58, "quotactl": 60, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138,
+        "rt_tgsigqueueinfo": 240, "pidfd_send_signal": 424, "acct": 89, "personality": 92, "unshare": 97,
+        "kexec_load": 104,
         "init_module": 105, "delete_module": 106, "clock_settime": 112, "syslog": 116, "ptrace": 117,
         "reboot": 142, "settimeofday": 170, "adjtimex": 171, "socket": 198, "connect": 203, "add_key": 217,
         "request_key": 218, "keyctl": 219, "clone": 220, "swapon": 224, "swapoff": 225,
@@ -200,8 +209,13 @@ class _Assembler:
         return bytes(out)
 
 
-def build_filter(arch: Arch) -> bytes:
-    """The filter program for ``arch`` as ``struct sock_filter`` records, ready for ``--seccomp``."""
+def build_filter(arch: Arch, *, solo: bool = False) -> bytes:
+    """The filter program for ``arch`` as ``struct sock_filter`` records, ready for ``--seccomp``.
+
+    ``solo`` adds the rules of the jail without namespaces: no new processes (``clone`` only with
+    ``CLONE_THREAD``, no ``fork``/``vfork``), no signals (the ``kill`` family), and no ``socket()`` of any
+    family (the fetch worker's connections are handed in; a unix socket could reach a host daemon's).
+    """
     nr = arch.syscalls
     asm = _Assembler()
     asm.load(_OFF_ARCH)
@@ -211,7 +225,10 @@ def build_filter(arch: Arch) -> bytes:
     if arch.x32_bit:
         asm.jump(BPF_JMP_JGE_K, _X32_SYSCALL_BIT, "enosys", 0)
 
-    denied = [*_COMMON_DENY, *(_X86_64_ONLY_DENY if arch.name == "x86_64" else ())]
+    x86 = arch.name == "x86_64"
+    denied = [*_COMMON_DENY, *(_X86_64_ONLY_DENY if x86 else ())]
+    if solo:
+        denied += [*_SOLO_DENY, *(_SOLO_X86_64_ONLY_DENY if x86 else ())]
     for name in denied:
         asm.jump(BPF_JMP_JEQ_K, nr[name], "eperm", 0)
     for name in _ENOSYS:
@@ -224,8 +241,9 @@ def build_filter(arch: Arch) -> bytes:
 
     # socket(domain, ...): int domain, so the low word decides.
     asm.label("socket")
-    asm.load(_arg_lo(0))
-    asm.jump(BPF_JMP_JEQ_K, AF_UNIX, "allow", 0)
+    if not solo:
+        asm.load(_arg_lo(0))
+        asm.jump(BPF_JMP_JEQ_K, AF_UNIX, "allow", 0)
     asm.ret(_errno(errno.EAFNOSUPPORT))
 
     # ioctl(fd, request, ...): the kernel compares request as an unsigned int.
@@ -237,6 +255,8 @@ def build_filter(arch: Arch) -> bytes:
     # clone(flags, ...) on both ABIs; namespace flags all live in the low word.
     asm.label("clone")
     asm.load(_arg_lo(0))
+    if solo:
+        asm.jump(BPF_JMP_JSET_K, CLONE_THREAD, 0, "eperm")
     asm.jump(BPF_JMP_JSET_K, CLONE_NAMESPACE_FLAGS, "eperm", "allow")
 
     asm.label("personality")

@@ -49,6 +49,7 @@ from typing import Literal
 
 from safeload.errors import SandboxError, SandboxTimeoutError, SandboxUnavailableError
 
+from . import _tiers
 from ._limits import TIMEOUT_KEY, Limits, limit_error, output_error, prlimit_args
 from ._privileges import (
     JAIL_USER,
@@ -56,13 +57,17 @@ from ._privileges import (
     claim_staging,
     drop_privileges,
     jail_interpreter,
-    probe_bwrap,
     reachable,
     readable_input,
 )
 from ._seccomp import build_filter, native_arch, seccomp_memfd
+from ._tiers import TIERS, Tier
+from .worker._confine import EXIT_CONFINE
 
-__all__ = ["Limits", "WorkerRun", "prepare", "run_worker"]
+__all__ = ["Limits", "Tier", "WorkerRun", "jail_tier", "prepare", "run_worker"]
+
+# Picks one tier for tests and benchmarks; never one weaker than the policy's floor.
+_TIER_ENV = "SAFELOAD_JAIL"
 
 _WORKER_SRC = Path(__file__).resolve().parent / "worker"
 _JAIL_WORKER_ROOT = "/opt/safeload"
@@ -82,11 +87,40 @@ class WorkerRun:
     stderr: str
     elapsed_s: float
     stdout: str = ""
+    tier: Tier = "full"
 
 
 @functools.cache
-def _filter_program() -> bytes:
-    return build_filter(native_arch())
+def _filter_program(solo: bool = False) -> bytes:
+    return build_filter(native_arch(), solo=solo)
+
+
+def jail_tier(floor: Tier = "landlock") -> Tier:
+    """The jail tier runs get here: the strongest this host offers at or above ``floor``
+    (``$SAFELOAD_JAIL`` may name a weaker one than the strongest, never one below ``floor``).
+
+    Raises:
+        SandboxUnavailableError: no tier at or above ``floor`` runs here, or ``$SAFELOAD_JAIL`` names
+            one that does not run or is below ``floor``.
+    """
+    support = _tiers.support()
+    chosen = support.choose(floor)
+    wanted = os.environ.get(_TIER_ENV, "")
+    if not wanted:
+        return chosen
+    tier = next((t for t in TIERS if t == wanted), None)
+    if tier is None:
+        raise SandboxUnavailableError(
+            f"${_TIER_ENV}={wanted!r} names no jail tier; use one of {', '.join(TIERS)}"
+        )
+    if TIERS.index(tier) > TIERS.index(floor):
+        raise SandboxUnavailableError(
+            f"${_TIER_ENV}={tier!r} is weaker than the policy accepts ([sandbox] weakest_jail = {floor!r})"
+        )
+    check = support.check(tier)
+    if not check.available:
+        raise SandboxUnavailableError(f"${_TIER_ENV}={tier!r} cannot run here: {check.detail} ({check.fix})")
+    return tier
 
 
 @functools.cache
@@ -131,17 +165,13 @@ def run_worker(
         SandboxLimitError: the worker hit its memory, CPU, file size or output limit.
         SandboxError: bubblewrap could not set up the jail or could not be started.
     """
-    boot = f"import sys; sys.path[:0] = [{_JAIL_WORKER_ROOT!r}]"
-    if mode == "execute":
-        for site in _site_dirs():
-            boot += f"; sys.path.append({site!r})"
-    # A direct call rather than runpy, whose own imports (importlib.util, contextlib, ...) add several
-    # milliseconds to every start.
-    boot += "; from worker.__main__ import main; sys.exit(main(sys.argv[1:]))"
     _compile_worker()
     jail: Literal["inert", "execute"] = "execute" if mode == "execute" else "inert"
+    # A direct call rather than runpy, whose own imports (importlib.util, contextlib, ...) add several
+    # milliseconds to every start.
+    entry = "from worker.__main__ import main; sys.exit(main(argv))"
     return _launch(
-        ["-c", boot, "--mode", mode, *args], input_fd, output_dir, jail, limits,
+        entry, ["--mode", mode, *args], input_fd, output_dir, jail, limits,
         capture=False, inherit=inherit, on_output=on_output,
     )
 
@@ -157,14 +187,14 @@ def _run_python_in_jail(
 ) -> WorkerRun:
     """Run ``code`` with the jail's interpreter in the very jail :func:`run_worker` builds (tests only).
 
-    Its standard output comes back in ``WorkerRun.stdout``.
+    Its standard output comes back in ``WorkerRun.stdout``; the artifact is at ``os.environ["SAFELOAD_IN"]``
+    (a path, or ``fd:N``) and the output folder at ``os.environ["SAFELOAD_OUT"]``.
     """
-    if mode == "execute":
-        code = f"import sys; sys.path.extend({_site_dirs()!r})\n{code}"
+    entry = f"del argv; exec(compile({code!r}, '<jail>', 'exec'), {{'__name__': '__main__'}})"
     with contextlib.ExitStack() as stack:
         if output_dir is None:
             output_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safeload-test-")))
-        return _launch(["-c", code], input_fd, output_dir, mode, limits, capture=True, inherit=inherit)
+        return _launch(entry, [], input_fd, output_dir, mode, limits, capture=True, inherit=inherit)
 
 
 def _site_dirs() -> list[str]:
@@ -203,8 +233,8 @@ def prepare(mode: Literal["inert", "execute"] = "inert") -> None:
         SandboxUnavailableError: as :func:`run_worker` would on its first call.
     """
     _compile_worker()
-    _filter_program()
-    probe_bwrap()
+    tier = jail_tier()
+    _filter_program(tier == "landlock")
     _util_linux("prlimit")
     drop = drop_privileges()
     if drop:
@@ -232,7 +262,8 @@ def _checked_binds(mode: str, drop: bool) -> tuple[str, str]:
 
 
 def _launch(
-    python_args: list[str],
+    entry: str,
+    worker_args: list[str],
     input_fd: int | None,
     output_dir: Path,
     mode: Literal["inert", "execute"],
@@ -242,8 +273,10 @@ def _launch(
     inherit: Sequence[int] = (),
     on_output: Callable[[int], None] | None = None,
 ) -> WorkerRun:
-    program = _filter_program()
-    bwrap = probe_bwrap()
+    """Start ``entry`` (Python run after the jail's ``sys.path`` is set, with the worker's arguments in
+    ``argv``) in the tier this host offers, and supervise it to the end."""
+    tier = jail_tier(limits.weakest_jail)
+    program = _filter_program(tier == "landlock")
     prlimit = _util_linux("prlimit")
     drop = drop_privileges()
     python, prefix = _checked_binds(mode, drop)
@@ -271,61 +304,54 @@ def _launch(
         else:
             jail_out = Path(os.path.realpath(output_dir))
         mapped = os.fstat(input_fd).st_size if input_fd is not None else 0
-        cmd += [
-            prlimit, *prlimit_args(limits, execute=mode == "execute", mapped_bytes=mapped), "--",
-            bwrap,
-            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--clearenv",
-        ]
-        for key, value in _JAIL_ENV.items():
-            cmd += ["--setenv", key, value]
-        cmd += [
-            "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",  # noqa: S108 - the jail's own tmpfs
-            "--ro-bind", "/usr", "/usr",
-            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-            "--symlink", "usr/bin", "/bin",
-        ]
-        if prefix != "/usr":
-            cmd += ["--ro-bind", prefix, prefix]
-        cmd += ["--ro-bind", str(_WORKER_SRC), f"{_JAIL_WORKER_ROOT}/worker"]
-        if mode == "execute":
-            for site in _site_dirs():
-                cmd += ["--ro-bind", site, site]
-        if input_fd is not None:
-            cmd += ["--dir", "/in"]
-            if not drop and _has_path(input_fd):
-                fd = own(os.dup(input_fd))
-                cmd += ["--ro-bind-fd", str(fd), "/in/artifact"]
-            else:
-                # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
-                # inherited descriptor reopened through /proc needs no path, only access to the inode.
-                fd = own(_jail_readable_copy(input_fd, ids))
-                cmd += ["--symlink", f"/proc/self/fd/{fd}", "/in/artifact"]
-        # A path, not a descriptor: a directory descriptor inherited into the jail would let the worker
-        # walk out of it with openat(fd, "..").
-        cmd += ["--bind", str(jail_out), "/out"]
-        cmd += [
-            "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys",
-            "--dev", "/dev", "--remount-ro", "/dev",
-            "--chdir", "/",
-            "--remount-ro", "/",
-            "--as-pid-1",
-        ]
+        cmd += [prlimit, *prlimit_args(limits, execute=mode == "execute", mapped_bytes=mapped), "--"]
         seccomp_fd = own(seccomp_memfd(program))
         info_r, info_w = os.pipe()
         stack.callback(_close_quietly, info_r)
-        cmd += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_w)]
-        cmd += ["--", python, "-I", "-S", "-B", *python_args]
+        source = ""
+        if input_fd is not None and tier != "full":
+            # No /proc in these jails to reopen a descriptor through: the worker reads the one it
+            # inherits, which is read-only whatever the file's mode.
+            source = f"fd:{own(_jail_readable_copy(input_fd, ids))}"
+        elif input_fd is not None:
+            source = "/in/artifact"
+        out_path = str(jail_out) if tier == "landlock" else "/out"
+        args = [*worker_args, "--out", out_path] + (["--in", source] if source else [])
+        program_args = ["-c", _boot(tier, mode, entry)]
+        if tier == "landlock":
+            confine = _confine_options(prefix, mode, out_path, seccomp_fd)
+            cmd += [python, "-I", "-S", "-B", *program_args, *confine]
+        else:
+            binds: list[str] = []
+            if source:
+                binds += ["--dir", "/in"]
+                if not drop and _has_path(input_fd):  # type: ignore[arg-type]
+                    fd = own(os.dup(input_fd))  # type: ignore[arg-type]
+                    binds += ["--ro-bind-fd", str(fd), source]
+                else:
+                    # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
+                    # inherited descriptor reopened through /proc needs no path, only access to the inode.
+                    fd = own(_jail_readable_copy(input_fd, ids))  # type: ignore[arg-type]
+                    binds += ["--symlink", f"/proc/self/fd/{fd}", source]
+            cmd += _bubblewrap(tier, prefix, mode, jail_out, limits, binds)
+            cmd += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_w)]
+            for key, value in {**_JAIL_ENV, "SAFELOAD_IN": source, "SAFELOAD_OUT": out_path}.items():
+                cmd += ["--setenv", key, value]
+            cmd += ["--", python, "-I", "-S", "-B", *program_args]
+        cmd += args
+        env = {"LC_ALL": "C"}
+        if tier == "landlock":
+            env = {**_JAIL_ENV, "HOME": "/nonexistent", "SAFELOAD_IN": source, "SAFELOAD_OUT": out_path}
 
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
-                pass_fds=(*fds, *inherit, info_w), start_new_session=True, env={"LC_ALL": "C"},
+                pass_fds=(*fds, *inherit, info_w), start_new_session=True, env=env, cwd="/",
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+            raise SandboxError(f"could not start the {tier} jail: {exc}") from exc
         finally:
             os.close(info_w)
         with proc:
@@ -346,11 +372,75 @@ def _launch(
         if error is not None:
             raise error
         if returncode != 0 and stderr.startswith("bwrap: "):
-            raise SandboxError(f"bubblewrap could not set up the jail: {stderr.strip()[:2000]}")
+            raise SandboxError(f"bubblewrap could not set up the {tier} jail: {stderr.strip()[:2000]}")
+        if returncode == EXIT_CONFINE and stderr.startswith("safeload-confine: "):
+            raise SandboxUnavailableError(
+                f"the landlock jail could not confine itself: {stderr.strip()[:2000]}; `safeload doctor` "
+                "explains what this host offers"
+            )
         if ids is not None:
             _move_entries(jail_out, stage_fd, ids, output_dir, limits.max_output_files)
-        return WorkerRun(returncode, stderr[-8000:], elapsed, out.decode("utf-8", "replace"))
+        return WorkerRun(returncode, stderr[-8000:], elapsed, out.decode("utf-8", "replace"), tier)
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def _boot(tier: Tier, mode: str, entry: str) -> str:
+    """The jail interpreter's ``-c`` program: set ``sys.path``, confine (landlock tier), run ``entry``."""
+    root = str(_WORKER_SRC.parent) if tier == "landlock" else _JAIL_WORKER_ROOT
+    boot = f"import sys; sys.path[:0] = [{root!r}]; argv = sys.argv[1:]"
+    if tier == "landlock":
+        # Imported before confinement (the worker's own code, no artifact byte read yet), so the
+        # import system's listing of the source folder is done while it may still read it.
+        boot += "; import worker.__main__; from worker._confine import enter; argv = enter(argv)"
+    if mode == "execute":
+        boot += f"; sys.path.extend({_site_dirs()!r})"
+    return f"{boot}; {entry}"
+
+
+def _bubblewrap(
+    tier: Tier, prefix: str, mode: str, jail_out: Path, limits: Limits, binds: Sequence[str]
+) -> list[str]:
+    """bubblewrap's options for the ``full`` and ``namespaces`` tiers, with the input's ``binds``."""
+    cmd = [_tiers.support().bwrap or "bwrap", "--unshare-all", "--unshare-user"]
+    if tier == "full":
+        cmd += ["--disable-userns"]
+    cmd += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    cmd += [
+        "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",  # noqa: S108 - the jail's own tmpfs
+        "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        "--symlink", "usr/bin", "/bin",
+    ]
+    if prefix != "/usr":
+        cmd += ["--ro-bind", prefix, prefix]
+    cmd += ["--ro-bind", str(_WORKER_SRC), f"{_JAIL_WORKER_ROOT}/worker"]
+    if mode == "execute":
+        for site in _site_dirs():
+            cmd += ["--ro-bind", site, site]
+    # A path, not a descriptor: a directory descriptor inherited into the jail would let the worker
+    # walk out of it with openat(fd, "..").
+    cmd += ["--bind", str(jail_out), "/out", *binds]
+    if tier == "full":
+        cmd += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    cmd += [
+        "--dev", "/dev", "--remount-ro", "/dev",
+        "--chdir", "/",
+        "--remount-ro", "/",
+        "--as-pid-1",
+    ]
+    return cmd
+
+
+def _confine_options(prefix: str, mode: str, out: str, seccomp_fd: int) -> list[str]:
+    """:mod:`worker._confine`'s options for the landlock tier: read-only what the full jail binds,
+    read-write the output folder."""
+    read_only = ["/usr", prefix, str(_WORKER_SRC.parent)]
+    if mode == "execute":
+        read_only += _site_dirs()
+    options = ["--seccomp", str(seccomp_fd), "--abi", "1", "--parent", str(os.getpid())]
+    for path in dict.fromkeys(read_only):
+        options += ["--ro", path]
+    return [*options, "--rw", out, "--"]
 
 
 def _has_path(fd: int) -> bool:

@@ -14,7 +14,7 @@ import mmap
 import os
 import sys
 
-from ._common import Budgets, FormatError, LimitError, dumps
+from ._common import Budgets, FormatError, LimitError, dumps, open_input
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _inert(path: str, out_dir: str, budgets: Budgets) -> None:
     from ._emit import build_manifest, write_outputs
     from ._formats import parse
 
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_input(path)
     try:
         size = os.fstat(fd).st_size
         if size == 0:

@@ -22,7 +22,20 @@ __all__ = [
     "is_attribute",
     "is_location",
     "is_np_dtype",
+    "open_input",
 ]
+
+def open_input(spec: str) -> int:
+    """A new descriptor for the artifact, at offset 0: ``fd:N`` names one the launcher handed in (the
+    jails without a fresh ``/proc`` have no path to it), anything else is a path."""
+    import os
+
+    if spec.startswith("fd:"):
+        fd = os.dup(int(spec[3:]))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+    return os.open(spec, os.O_RDONLY | os.O_CLOEXEC)
+
 
 # Nesting depth of the object tree a checkpoint may describe; the host rebuilds it recursively, so this
 # stays well under Python's default recursion limit.

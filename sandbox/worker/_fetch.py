@@ -28,6 +28,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+from ._common import open_input
 from ._http_rules import (
     MAX_REDIRECTS,
     RedirectRefused,
@@ -337,7 +338,7 @@ def _run_one(job: _Job, req: dict[str, Any]) -> dict[str, object]:
 
 
 def main(job_path: str, out_dir: str) -> int:
-    with open(job_path, "rb") as fh:
+    with os.fdopen(open_input(job_path), "rb") as fh:
         spec = json.loads(fh.read())
     job = _Job(spec, out_dir)
     requests: list[dict[str, Any]] = list(spec["requests"])

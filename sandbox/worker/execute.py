@@ -74,7 +74,7 @@ def _detect(head: bytes, path: str) -> str:
     """Name the container format from content (never from a file name)."""
     if head.startswith(_ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
         try:
-            with zipfile.ZipFile(path) as zf:
+            with _open(path) as fh, zipfile.ZipFile(fh) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             # torch's own reader is more lenient than zipfile; let it decide.
@@ -98,8 +98,15 @@ def _detect(head: bytes, path: str) -> str:
     raise _FormatError("execute mode opens torch, numpy, joblib and pickle files; this is none of them")
 
 
+def _open(src: str) -> BinaryIO:
+    """The artifact as a file object at offset 0 (``fd:N``: a descriptor the launcher handed in)."""
+    from ._common import open_input
+
+    return os.fdopen(open_input(src), "rb")
+
+
 def _looks_like_joblib(path: str) -> bool:
-    with open(path, "rb") as fh:
+    with _open(path) as fh:
         return b"joblib.numpy_pickle" in fh.read(1 << 20)
 
 
@@ -108,23 +115,25 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
     if fmt in ("npy", "npz"):
         import numpy
 
-        loaded = numpy.load(path, allow_pickle=True)
-        if isinstance(loaded, numpy.lib.npyio.NpzFile):
-            with loaded:
-                return {name: loaded[name] for name in loaded.files}
-        return loaded
+        with _open(path) as fh:
+            loaded = numpy.load(fh, allow_pickle=True)
+            if isinstance(loaded, numpy.lib.npyio.NpzFile):
+                with loaded:
+                    return {name: loaded[name] for name in loaded.files}
+            return loaded
     if fmt == "joblib":
         try:
             import joblib  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
             fmt = "pickle"
         else:
-            return joblib.load(path)
+            with _open(path) as fh:
+                return joblib.load(fh)
     if fmt == "pickle":
         # No torch import up front: the stream imports what it names, and most raw pickles name no torch.
         import pickle
 
-        with open(path, "rb") as fh:
+        with _open(path) as fh:
             return pickle.load(fh)
     import torch
 
@@ -134,9 +143,10 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
             locations[int(storage.data_ptr())] = str(location)
         return storage
 
-    if fmt == "torchscript":
-        return _script_module(torch.jit.load(path, map_location="cpu"))  # type: ignore[no-untyped-call]
-    return torch.load(path, map_location=remember, weights_only=False)
+    with _open(path) as fh:
+        if fmt == "torchscript":
+            return _script_module(torch.jit.load(fh, map_location="cpu"))  # type: ignore[no-untyped-call]
+        return torch.load(fh, map_location=remember, weights_only=False)
 
 
 class _ScriptStub:
@@ -444,7 +454,7 @@ def _stream_globals(path: str) -> list[dict[str, Any]] | None:
         from ._formats import parse
         from ._unpickle import DATA_GLOBALS
 
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with _open(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             parsed, _table = parse(data, Budgets())
     except Exception:  # the inert reader refusing a file is not an execute-mode failure
         return None
@@ -524,7 +534,7 @@ def main(argv: list[str]) -> int:
     """
     src, out_dir, max_output = _parse_args(argv)
     try:
-        with open(src, "rb") as fh:
+        with _open(src) as fh:
             head = _read_head(fh)
         fmt = _detect(head, src)
     except _FormatError as exc:
