@@ -3,7 +3,9 @@
 Each line is a JSON object with at least ``time`` (UTC, ISO 8601), ``mode`` and ``decision``
 (``"allow"``, ``"refuse"``, or ``"allow-unpinned"`` for what audit mode let through that enforce mode
 would refuse), plus what the caller knows: ``name``, ``registry``, ``repo``, ``revision``, ``files``
-(path -> ``"sha256:<hex>"``), ``signer`` / ``signer_identity``, ``source`` (a local path), ``reason``.
+(path -> ``"sha256:<hex>"``), ``signer`` / ``signer_identity``, ``source`` (a local path), ``reason``,
+and ``jail``: the jail tier this process's jailed work runs in (``full``, ``namespaces`` or ``landlock``;
+``none`` where no tier at or above ``[sandbox] weakest_jail`` runs, so every jailed step fails closed).
 
 The line is written with one ``write`` on a descriptor opened with ``O_APPEND``, so lines from several
 processes never interleave. If the log cannot be written the load fails (a serving container promises an
@@ -25,6 +27,16 @@ __all__ = ["record"]
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+def _jail(policy: Policy) -> str:
+    from safeload.errors import SandboxUnavailableError
+    from sandbox.launcher import jail_tier
+
+    try:
+        return jail_tier(policy.sandbox.weakest_jail)
+    except SandboxUnavailableError:
+        return "none"
+
+
 def record(policy: Policy, **fields: object) -> dict[str, object] | None:
     """Append one decision to ``policy.audit_log`` (if set); return the object written.
 
@@ -36,6 +48,7 @@ def record(policy: Policy, **fields: object) -> dict[str, object] | None:
     entry: dict[str, object] = {
         "time": datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "mode": policy.mode,
+        "jail": _jail(policy),
         **fields,
     }
     line = (json.dumps(entry, sort_keys=True, default=str, ensure_ascii=False) + "\n").encode()

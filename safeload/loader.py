@@ -134,7 +134,10 @@ def _sandbox_limits(policy: Policy) -> Any:
     from sandbox.launcher import Limits
 
     s = policy.sandbox
-    return Limits(timeout_s=s.timeout_s, memory_bytes=s.memory_bytes, max_output_bytes=s.max_output_bytes)
+    return Limits(
+        timeout_s=s.timeout_s, memory_bytes=s.memory_bytes, max_output_bytes=s.max_output_bytes,
+        weakest_jail=s.weakest_jail,
+    )
 
 
 def _open_output(dir_fd: int, name: str, cap: int) -> int | None:

@@ -161,7 +161,7 @@ def hash_repo(
         UntrustedSourceError: the registry does not have the repo or revision.
         IntegrityError: a file's bytes differ from the sha256 the server declares for it.
     """
-    registry = open_registry(spec)
+    registry = open_registry(spec, jail=policy.sandbox.weakest_jail)
     names = registry.list_files(repo, revision)
     if not names:
         raise UntrustedSourceError(f"{spec.name}: {repo}@{revision} has no files")
@@ -237,7 +237,7 @@ def pin_model(
         if ref is not None and _COMMIT.match(ref):
             revision = ref
         elif resolve:
-            revision = open_registry(spec).resolve_revision(fetch_repo, ref)
+            revision = open_registry(spec, jail=policy.sandbox.weakest_jail).resolve_revision(fetch_repo, ref)
             if revision is None or not _COMMIT.match(revision):
                 raise UntrustedSourceError(f"{spec.name}: {repo}@{ref} did not resolve to a commit id")
         else:
@@ -341,7 +341,7 @@ def _pin_oci(
                 f"{url}: {tag or 'latest'!r} is a tag, and tags move; give the manifest digest "
                 "(oci://HOST/REPO@sha256:...), or pass --resolve to pin the digest it points at now"
             )
-        digest = open_registry(spec).resolve_revision(repo, tag)
+        digest = open_registry(spec, jail=policy.sandbox.weakest_jail).resolve_revision(repo, tag)
     digests = hash_repo(policy, spec, repo, digest)
     old = policy.models.get(name or repo)
     sig_rel = (old.signature or "model.sig") if old is not None and old.signer else None

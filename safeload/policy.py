@@ -66,6 +66,8 @@ class SandboxSettings:
     """``[sandbox]``: how the jail runs pickle-family artifacts."""
 
     unpickler: Literal["inert", "execute"] = "inert"
+    # The weakest jail tier accepted (sandbox._tiers): "full", "namespaces" or "landlock" (any).
+    weakest_jail: Literal["full", "namespaces", "landlock"] = "landlock"
     timeout_s: float = 120.0
     memory_bytes: int = 8 * _GiB
     max_output_bytes: int = 64 * _GiB
@@ -279,9 +281,10 @@ def _digest(t: _Table, key: str, value: object) -> str:
 
 
 def _parse_sandbox(t: _Table) -> SandboxSettings:
-    t.check_keys({"unpickler", "timeout", "memory", "max_output"})
+    t.check_keys({"unpickler", "weakest_jail", "timeout", "memory", "max_output"})
     kw: dict[str, object] = {}
     kw["unpickler"] = t.choice("unpickler", ("inert", "execute"), "inert")
+    kw["weakest_jail"] = t.choice("weakest_jail", ("full", "namespaces", "landlock"), "landlock")
     for key, attr, parse in (
         ("timeout", "timeout_s", parse_duration),
         ("memory", "memory_bytes", parse_size),

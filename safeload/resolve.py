@@ -146,7 +146,7 @@ def _unpinned_entry(policy: Policy, name: str) -> tuple[ModelEntry, str | None]:
     if requested is not None and _COMMIT.match(requested):
         commit = requested
     else:
-        commit = open_registry(spec).resolve_revision(repo, requested) or ""
+        commit = open_registry(spec, jail=policy.sandbox.weakest_jail).resolve_revision(repo, requested) or ""
         if not _COMMIT.match(commit):
             raise UntrustedSourceError(f"{spec.name}: {repo}@{requested} did not resolve to a commit id")
     entry = ModelEntry(name=name, registry=spec.name, repo=repo, revision=commit)
@@ -346,7 +346,7 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
         hit = warm()  # another process may have finished it while we waited
         if hit is not None:
             return hit
-        registry = open_registry(spec)
+        registry = open_registry(spec, jail=pol.sandbox.weakest_jail)
         repo = _registry_repo(entry, spec.kind)
         evaluator = pol.signers[entry.require_evaluation.signer] if entry.require_evaluation else None
         return _cold(

@@ -29,7 +29,7 @@ from safeload.errors import SandboxError
 
 from ._broker import Broker
 from ._limits import Limits
-from .launcher import run_worker
+from .launcher import Tier, run_worker
 from .worker._http_rules import origin_of
 
 __all__ = ["Answer", "Request", "Site", "fetch"]
@@ -70,6 +70,7 @@ class Site:
     auth: str | None = None
     commit: str | None = None
     cadata: str | None = None
+    weakest_jail: Tier = "landlock"
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def fetch(
         memory_bytes=_FETCH_MEMORY,
         max_output_bytes=max(total_cap, 1) + _RESULT_CAP,
         max_output_files=len(requests) + 2,
+        weakest_jail=site.weakest_jail,
     )
     allowed = _allowed_hosts(site)
     with Broker(allowed) as broker:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from safeload.policy import DirectoryRegistrySpec, HuggingFaceRegistrySpec, OciRegistrySpec, RegistrySpec
+from sandbox.launcher import Tier
 
 __all__ = ["Delivered", "Registry", "open_registry"]
 
@@ -61,12 +62,13 @@ class Registry(Protocol):
         ...
 
 
-def open_registry(spec: RegistrySpec) -> Registry:
-    """The registry client for a ``[registries.NAME]`` table."""
+def open_registry(spec: RegistrySpec, *, jail: Tier = "landlock") -> Registry:
+    """The registry client for a ``[registries.NAME]`` table; ``jail`` is the weakest jail tier its
+    downloads may run in (``[sandbox] weakest_jail``)."""
     if isinstance(spec, HuggingFaceRegistrySpec):
         from safeload.registries.huggingface import HuggingFaceRegistry
 
-        return HuggingFaceRegistry(spec)
+        return HuggingFaceRegistry(spec, jail=jail)
     if isinstance(spec, DirectoryRegistrySpec):
         from safeload.registries.directory import DirectoryRegistry
 
@@ -74,5 +76,5 @@ def open_registry(spec: RegistrySpec) -> Registry:
     if isinstance(spec, OciRegistrySpec):
         from safeload.registries.oci import OciRegistry
 
-        return OciRegistry(spec)
+        return OciRegistry(spec, jail=jail)
     raise AssertionError(f"unknown registry spec {spec!r}")

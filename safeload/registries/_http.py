@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 from sandbox.fetch import Answer, Request, Site, fetch
+from sandbox.launcher import Tier
 
 __all__ = ["JailedRegistry", "ca_bundle"]
 
@@ -33,9 +34,11 @@ class JailedRegistry:
     credentials_hint = "set token_env in trust.toml to a variable holding a token with access"
 
     def __init__(
-        self, name: str, endpoint: str, redirect_hosts: tuple[str, ...], max_file_bytes: int
+        self, name: str, endpoint: str, redirect_hosts: tuple[str, ...], max_file_bytes: int, *,
+        jail: Tier = "landlock",
     ) -> None:
         self.name = name
+        self._jail = jail
         self.endpoint = endpoint
         self._redirect_hosts = redirect_hosts
         self._max_file_bytes = max_file_bytes
@@ -55,6 +58,7 @@ class JailedRegistry:
             auth=self._auth(),
             commit=commit,
             cadata=ca_bundle() if tls else None,
+            weakest_jail=self._jail,
         )
 
     def _run(

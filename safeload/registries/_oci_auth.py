@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 from sandbox.fetch import Request, Site, fetch
+from sandbox.launcher import Tier
 from sandbox.worker._http_rules import host_allowed
 
 __all__ = ["Challenge", "auth_file_credentials", "bearer_token", "parse_challenge"]
@@ -120,6 +121,7 @@ def bearer_token(
     credentials: str | None,
     scope: str | None,
     cadata: str | None,
+    jail: Tier = "landlock",
 ) -> str:
     """Ask the challenge's realm for a token (``credentials``, a ``Basic`` value, sent to the realm only
     when it passes the realm rule); returns the token.
@@ -145,6 +147,7 @@ def bearer_token(
         endpoint=f"{parts.scheme}://{parts.netloc}",
         auth=credentials if credentials is not None and credentials.startswith("Basic ") else None,
         cadata=cadata,
+        weakest_jail=jail,
     )
     with tempfile.TemporaryDirectory(prefix="safeload-token-") as tmp:
         req = Request(id="t", url=url, max_bytes=_TOKEN_ANSWER_CAP, headers={"Accept": "application/json"})

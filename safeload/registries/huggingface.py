@@ -35,6 +35,7 @@ from safeload.policy import HuggingFaceRegistrySpec
 from safeload.registries import Delivered
 from safeload.registries._http import API_CAP, JailedRegistry
 from sandbox.fetch import Answer, Request
+from sandbox.launcher import Tier
 
 __all__ = ["HuggingFaceRegistry"]
 
@@ -46,8 +47,8 @@ class HuggingFaceRegistry(JailedRegistry):
     kind = "huggingface"
     credentials_hint = "set HF_TOKEN (or token_env) to a token with access"
 
-    def __init__(self, spec: HuggingFaceRegistrySpec) -> None:
-        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes)
+    def __init__(self, spec: HuggingFaceRegistrySpec, *, jail: Tier = "landlock") -> None:
+        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes, jail=jail)
         self._token_env = spec.token_env
 
     def _auth(self) -> str | None:

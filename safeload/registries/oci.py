@@ -50,6 +50,7 @@ from safeload.registries import Delivered
 from safeload.registries._http import JailedRegistry, ca_bundle
 from safeload.registries._oci_auth import auth_file_credentials, bearer_token, parse_challenge
 from sandbox.fetch import Answer, Request
+from sandbox.launcher import Tier
 
 __all__ = ["ATTESTATION_TYPES", "BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
 
@@ -174,8 +175,8 @@ class OciRegistry(JailedRegistry):
         "token_env in trust.toml"
     )
 
-    def __init__(self, spec: OciRegistrySpec) -> None:
-        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes)
+    def __init__(self, spec: OciRegistrySpec, *, jail: Tier = "landlock") -> None:
+        super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes, jail=jail)
         self._namespace = spec.namespace
         self._token_env = spec.token_env
         self._bearer: str | None = None  # from the registry's token service, once it asked for one
@@ -220,6 +221,7 @@ class OciRegistry(JailedRegistry):
             credentials=self._credentials(),
             scope=scope,
             cadata=ca_bundle() if tls else None,
+            jail=self._jail,
         )
         return True
 
