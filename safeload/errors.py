@@ -17,7 +17,9 @@ __all__ = [
     "SandboxTimeoutError",
     "SandboxUnavailableError",
     "SignatureError",
+    "StoreAccessError",
     "UnsafeContentError",
+    "UnsafeStoreError",
     "UnsupportedFormatError",
     "UntrustedSourceError",
 ]
@@ -45,6 +47,17 @@ class SignatureError(SafeloadError):
 
 class EvaluationError(SafeloadError):
     """The model's evaluation attestation is missing, or a metric the policy requires does not hold."""
+
+
+class UnsafeStoreError(SafeloadError):
+    """The store, a folder above it, or a folder or file in it can be changed by a user other than the
+    caller and root, so its bytes could be swapped after they were verified; nothing is read from it.
+    The message names the path and the ``chmod``/``chown`` that fixes it."""
+
+
+class StoreAccessError(SafeloadError):
+    """A load needs to write into the store (a first fetch, a conversion, a lock) and this process may
+    not; the message names the path and says to run ``safeload prefetch`` as the store's owner."""
 
 
 class UnsupportedFormatError(SafeloadError):

@@ -164,6 +164,8 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
         IntegrityError: a file's bytes differ from its pin, or the store was tampered with.
         SignatureError: the entry names a signer and the signature is missing, invalid, or disagrees.
         PolicyError: the policy is malformed, or the audit log cannot be written.
+        UnsafeStoreError: a user other than the caller and root could change the store's files.
+        StoreAccessError: the model is not in the store yet and this process may not write the store.
     """
     pol = load_policy(policy)
     entry = pol.models.get(name)
@@ -638,21 +640,15 @@ def open_verified_local(path: str | os.PathLike[str], policy: Policy) -> Verifie
         return None
     pinned = policy.files[key]
     store = Store(policy.store)
+    # Warm: nothing is written and no lock taken, so a store this process may only read serves it.
+    hit = _local_warm(store, key, pinned)
+    if hit is not None:
+        return hit
     with store.lock(f"local:{key}"):
-        try:
-            st = os.stat(key)
-        except OSError as e:
-            raise IntegrityError(f"[files] {key}: cannot read the pinned file ({e})") from None
-        fp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        seen = store.read_local(key)
-        if seen is not None and seen.get("digest") == pinned and seen.get("source_stat") == fp:
-            blob = seen.get("blob")
-            if isinstance(blob, dict):
-                try:
-                    rec = store.check_blob(BlobRecord(**blob))
-                    return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
-                except (IntegrityError, TypeError):
-                    pass  # fall through to a fresh copy
+        hit = _local_warm(store, key, pinned)  # another process may have copied it while we waited
+        if hit is not None:
+            return hit
+        fp = _source_fingerprint(key)
         with store.staging() as staging:  # held until the record exists, so gc cannot take the blob
             rec = store.ingest_copy(Path(key), staging, expected=pinned, what=f"[files] {key}")
             store.write_local(
@@ -670,6 +666,30 @@ def open_verified_local(path: str | os.PathLike[str], policy: Policy) -> Verifie
                 },
             )
         return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
+
+
+def _source_fingerprint(key: str) -> list[int]:
+    try:
+        st = os.stat(key)
+    except OSError as e:
+        raise IntegrityError(f"[files] {key}: cannot read the pinned file ({e})") from None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _local_warm(store: Store, key: str, pinned: str) -> VerifiedFile | None:
+    """The store copy of the pinned file ``key`` if it was copied before and neither has changed."""
+    fp = _source_fingerprint(key)
+    seen = store.read_local(key)
+    if seen is None or seen.get("digest") != pinned or seen.get("source_stat") != fp:
+        return None
+    blob = seen.get("blob")
+    if not isinstance(blob, dict):
+        return None
+    try:
+        rec = store.check_blob(BlobRecord(**blob))
+    except (IntegrityError, TypeError):
+        return None  # a fresh copy replaces it
+    return VerifiedFile(path=store.blob_path(rec.digest), digest=rec.digest, source=key)
 
 
 def local_load_path(path: str | os.PathLike[str], policy: Policy) -> str:

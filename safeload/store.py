@@ -23,6 +23,27 @@ Warm loads do not re-hash: each blob's size, inode, mtime and ctime are recorded
 a warm load compares them with one ``stat`` per file. Any difference means the bytes may have changed: the
 blob is re-hashed and a mismatch raises :class:`~safeload.errors.IntegrityError`. :meth:`Store.verify`
 re-hashes everything on demand.
+
+Who may write, who may read. A warm load writes nothing into the store and takes no lock: it needs only
+to read, so a store on a read-only volume, or one that root prepared (``safeload prefetch`` at image build
+time) and another user reads, serves warm loads. Only adding to the store (a first fetch, a conversion, a
+re-publish) takes a lock under ``locks/`` and works in ``staging/``; where this process may not write
+them, that raises :class:`~safeload.errors.StoreAccessError` naming the path (run ``safeload prefetch``
+as the store's owner). Re-recording a blob's changed fingerprint after a successful re-hash is skipped
+when the store cannot be written (the blob is then re-hashed on each load until its owner loads it). What
+may write instead lives outside the store: the audit log (``audit_log``) and the jail's own folders.
+Folders the store makes inside itself are 0755 and its files 0444 (blobs) or 0644 (manifests, records)
+whatever the umask, so whoever may enter the store root may read all of it; the root itself is made
+0755 minus the umask, and its owner decides who enters.
+
+Ownership rule (as ssh's ``StrictModes``): bytes are served only from paths no one but the caller and
+root can change. The store root and every folder above it must be owned by the caller or root and not
+writable by group or others (a folder above it may be, with the sticky bit, as ``/tmp``); each folder
+and file inside the store that a load reads (the top folders, a model folder and its manifest with the
+folders that lead to them, each blob) must be owned by the caller or root and not writable by group or
+others, checked with the ``stat`` the load makes anyway or one more per folder. Anything else raises
+:class:`~safeload.errors.UnsafeStoreError` naming the path and the ``chown``/``chmod`` that fixes it,
+before any byte is returned. A root-owned store that the caller can only read is accepted.
 """
 
 from __future__ import annotations
@@ -45,13 +66,26 @@ from types import MappingProxyType
 
 from safeload._hashing import Advance, copy_and_hash, hash_fd
 from safeload._relpath import is_safe_relpath
-from safeload.errors import IntegrityError, SafeloadError
+from safeload.errors import IntegrityError, SafeloadError, StoreAccessError, UnsafeStoreError
 
-__all__ = ["BlobRecord", "GcReport", "ModelRecord", "Store", "VerifyReport"]
+__all__ = [
+    "BlobRecord",
+    "GcReport",
+    "ModelRecord",
+    "Store",
+    "VerifyReport",
+    "makedirs_shared",
+    "unsafe_reason",
+    "write_shared",
+]
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Errors that mean "this process may not write here" (permissions, a read-only mount), not a broken store.
+_ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_DIR_MODE = 0o755
+_FILE_MODE = 0o644
 
 
 def _noop(_: int) -> None:
@@ -127,6 +161,80 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def unsafe_reason(path: str | os.PathLike[str], st: os.stat_result, *, sticky_ok: bool = False) -> str | None:
+    """Why ``path`` (whose ``lstat`` is ``st``) could be changed by a user other than this one and root.
+
+    None when it cannot: owned by the caller or root and not writable by group or others (with
+    ``sticky_ok``, a folder with the sticky bit may be, as ``/tmp``: others may not rename what is not
+    theirs in it). The reason ends with the command that fixes it.
+    """
+    uid = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            f"{path} is a symbolic link where the store keeps plain folders and files; remove it and check "
+            "who can write to the folder holding it"
+        )
+    if st.st_uid not in (uid, 0):
+        return (
+            f"{path} is owned by uid {st.st_uid}, neither this user (uid {uid}) nor root, so that user "
+            f"could swap the store's bytes after they were verified. Fix: `chown -R {uid} {path}` (as "
+            "root), or set `store =` in trust.toml to a folder only you and root can write"
+        )
+    if st.st_mode & 0o022 and not (sticky_ok and st.st_mode & stat.S_ISVTX):
+        who = " and ".join(w for bit, w in ((0o020, "group"), (0o002, "others")) if st.st_mode & bit)
+        return (
+            f"{path} is writable by {who} (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), so another user could swap the store's bytes after they were "
+            f"verified. Fix: `chmod go-w {path}`"
+        )
+    return None
+
+
+def _refuse_unsafe(path: str | os.PathLike[str], st: os.stat_result, *, sticky_ok: bool = False) -> None:
+    reason = unsafe_reason(path, st, sticky_ok=sticky_ok)
+    if reason is not None:
+        raise UnsafeStoreError(reason + "; nothing was loaded from the store")
+
+
+def _is_access_error(e: OSError) -> bool:
+    return e.errno in _ACCESS_ERRNOS
+
+
+def makedirs_shared(path: Path, mode: int = _DIR_MODE) -> None:
+    """Make ``path`` and its missing parents with exactly ``mode`` (not ``mode`` minus the umask)."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
+
+
+def write_shared(path: Path, data: bytes, mode: int = _FILE_MODE) -> None:
+    """Write ``data`` to the store file ``path`` atomically, with exactly ``mode`` (missing parents 0755).
+
+    Store files are for every user who may enter the store, whatever this process's umask.
+    """
+    makedirs_shared(path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+
+
 def _make_writable_tree(path: Path) -> None:
     for dirpath, dirnames, _ in os.walk(path):
         os.chmod(dirpath, 0o700)
@@ -155,13 +263,128 @@ class Store:
         self.local = self.root / "local"
         self.staging_root = self.root / "staging"
         self.locks = self.root / "locks"
-        for d in (self.blobs, self.models, self.manifests, self.local, self.locks):
-            d.mkdir(parents=True, exist_ok=True)
-        self.staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._check_root()
+        for d, mode in (
+            (self.blobs.parent, _DIR_MODE),
+            (self.blobs, _DIR_MODE),
+            (self.models, _DIR_MODE),
+            (self.manifests, _DIR_MODE),
+            (self.local, _DIR_MODE),
+            (self.locks, _DIR_MODE),
+            (self.staging_root, 0o700),
+        ):
+            self._top_folder(d, mode)
         # Downloads already turned into blobs, by real path: a Hub cache links every file with the same
         # bytes to one object, which the first ingest consumes.
         self._owned: dict[str, BlobRecord] = {}
         self._owned_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ ownership
+
+    def _check_root(self) -> None:
+        """Refuse a store root that a user other than this one and root could change (creating it if
+        missing, 0755 minus the umask, and any missing parents the same way)."""
+        real = Path(os.path.realpath(self.root))
+        if not os.path.lexists(real):
+            try:
+                real.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            except OSError as e:
+                if not _is_access_error(e):
+                    raise
+                raise self.access_error(real, e) from None
+        path, sticky_ok = real, False
+        while True:
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                raise StoreAccessError(f"cannot reach the store {self.root}: {path}: {e.strerror}") from None
+            _refuse_unsafe(path, st, sticky_ok=sticky_ok)
+            if path.parent == path:
+                return
+            path, sticky_ok = path.parent, True
+
+    def _top_folder(self, path: Path, mode: int) -> None:
+        """Make one of the store's own folders if this process may, and refuse it if someone else could
+        change it. A folder that cannot be made here stays missing: reads then find nothing in it."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                os.mkdir(path, mode)
+                os.chmod(path, mode)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                if _is_access_error(e):
+                    return
+                raise
+            st = os.lstat(path)
+        _refuse_unsafe(path, st)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeStoreError(f"{path} is not a folder; remove it (the store makes it again)")
+
+    def lstat_inside(self, path: Path) -> os.stat_result | None:
+        """``lstat`` of ``path`` inside the store, after refusing it or any folder between the store root
+        and it that someone else could change; None if it (or a folder on the way) is missing.
+
+        Raises:
+            UnsafeStoreError: a component could be changed by a user other than the caller and root.
+        """
+        rel = Path(path).relative_to(self.root)
+        current = self.root
+        st: os.stat_result | None = None
+        for part in rel.parts:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            _refuse_unsafe(current, st)
+        return st
+
+    def access_error(self, path: Path, e: OSError) -> StoreAccessError:
+        """The error for a write into the store that this process may not make (``e``, at ``path``)."""
+        try:
+            owner = f"uid {os.lstat(self.root).st_uid}"
+        except OSError:
+            owner = "its owner"
+        if e.errno == errno.EROFS:
+            where = (
+                f"the store {self.root} is on a read-only file system; run `safeload prefetch` (as {owner}) "
+                "where it is writable, such as at image build time"
+            )
+        else:
+            where = (
+                f"uid {os.geteuid()} may not write into the store {self.root}; run `safeload prefetch` as "
+                f"the store's owner ({owner}) so that loads find everything in place, or set `store =` in "
+                "trust.toml to a folder this user owns"
+            )
+        return StoreAccessError(
+            f"{path}: {e.strerror}. This load must add to the store (a first fetch, a conversion or a "
+            f"repair), but {where}"
+        )
+
+    def _read_record(self, path: Path) -> object:
+        """The JSON in the store file ``path`` (refused if someone else could change it); None if absent
+        or not JSON."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                _refuse_unsafe(path, os.lstat(path))
+            raise
+        try:
+            _refuse_unsafe(path, os.fstat(fd))
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read()
+        finally:
+            os.close(fd)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
 
     # ------------------------------------------------------------------------------------ locks, staging
 
@@ -177,6 +400,8 @@ class Store:
                     f"{path} is a symbolic link; the store's lock files are plain files. Remove it and check "
                     f"who can write to {self.root}"
                 ) from None
+            if _is_access_error(e) or e.errno == errno.ENOENT:  # ENOENT: locks/ could not be made
+                raise self.access_error(path, e) from None
             raise
         try:
             fcntl.flock(fd, mode)
@@ -196,7 +421,12 @@ class Store:
         """A private work folder, removed on exit; ``gc`` never removes it while it is in use."""
         with self._flock("store.lock", fcntl.LOCK_SH):
             path = self.staging_root / f"{os.getpid()}-{secrets.token_hex(8)}"
-            path.mkdir(mode=0o700)
+            try:
+                path.mkdir(mode=0o700)
+            except OSError as e:
+                if _is_access_error(e) or e.errno == errno.ENOENT:
+                    raise self.access_error(path, e) from None
+                raise
             try:
                 yield path
             finally:
@@ -215,6 +445,7 @@ class Store:
             return None
         if not stat.S_ISREG(st.st_mode):
             raise IntegrityError(f"{self.blob_path(digest)} is not a regular file: remove it and fetch again")
+        _refuse_unsafe(self.blob_path(digest), st)
         return BlobRecord.from_stat(digest, st)
 
     def _commit_blob(self, tmp: Path, fd: int, digest: str) -> BlobRecord:
@@ -352,6 +583,7 @@ class Store:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise IntegrityError(f"{path} is not a regular file: remove it and fetch again")
+            _refuse_unsafe(path, st)
             actual, _ = hash_fd(fd, mapped=False)  # someone may be tampering with it right now
         finally:
             os.close(fd)
@@ -374,6 +606,7 @@ class Store:
             raise IntegrityError(
                 f"blob {record.digest} vanished from the store {self.root}; fetch again"
             ) from None
+        _refuse_unsafe(self.blob_path(record.digest), st)
         if stat.S_ISREG(st.st_mode) and record.matches(st):
             return record
         return self.rehash_blob(record.digest)
@@ -387,13 +620,21 @@ class Store:
         return self.manifests / registry / repo / f"{revision}.json"
 
     def read_model(self, registry: str, repo: str, revision: str) -> ModelRecord | None:
-        """The published record for a model revision, or None if there is no complete folder."""
+        """The published record for a model revision, or None if there is no complete folder.
+
+        Raises:
+            UnsafeStoreError: the manifest, the folder or a folder leading to them could be changed by a
+                user other than the caller and root.
+        """
         folder = self.model_folder(registry, repo, revision)
-        try:
-            data = json.loads(self._manifest_path(registry, repo, revision).read_text())
-        except (FileNotFoundError, ValueError):
+        manifest = self._manifest_path(registry, repo, revision)
+        if self.lstat_inside(manifest.parent) is None:
             return None
-        if not folder.is_dir():
+        data = self._read_record(manifest)
+        if not isinstance(data, dict):
+            return None
+        st = self.lstat_inside(folder)
+        if st is None or not stat.S_ISDIR(st.st_mode):
             return None
         try:
             files = {rel: BlobRecord(**rec) for rel, rec in data["files"].items()}
@@ -419,7 +660,9 @@ class Store:
         """
         folder = record.folder
         found: set[str] = set()
-        for dirpath, _dirnames, filenames in os.walk(folder):
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in dirnames:  # the folder itself was checked by read_model
+                _refuse_unsafe(Path(dirpath, name), os.lstat(Path(dirpath, name)))
             for name in filenames:
                 found.add(Path(dirpath, name).relative_to(folder).as_posix())
         if found != set(record.files):
@@ -449,7 +692,13 @@ class Store:
         if not changed:
             return record
         updated = replace(record, files=MappingProxyType(fresh))
-        self._write_manifest(updated)
+        try:
+            self._write_manifest(updated)
+        except OSError as e:
+            if not _is_access_error(e):
+                raise
+            # A reader of a store it may not write: the bytes were re-hashed and match; the owner's next
+            # load records the new fingerprints.
         return updated
 
     def build_folder(self, staging: Path, files: Mapping[str, BlobRecord]) -> Path:
@@ -460,7 +709,7 @@ class Store:
                 already; the store does not rely on it).
         """
         folder = staging / f"folder-{secrets.token_hex(8)}"
-        folder.mkdir(mode=0o755)
+        folder.mkdir(mode=0o700)
         for rel in files:
             if not is_safe_relpath(rel):
                 raise IntegrityError(
@@ -468,7 +717,7 @@ class Store:
                 )
         for rel, rec in files.items():
             dest = folder / rel
-            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             blob = self.blob_path(rec.digest)
             try:
                 os.link(blob, dest)
@@ -492,17 +741,22 @@ class Store:
         """Make ``built`` the read-only folder for the model revision (replacing a stale one) atomically.
 
         The caller holds the model's :meth:`lock`. Fingerprints are taken after linking, because adding
-        a hard link changes a blob's ctime.
+        a hard link changes a blob's ctime. The folder's own top stays writable by its owner until it is
+        in place: moving a folder to another parent rewrites its ``..`` entry, which needs write permission
+        on the folder itself (root does not need it, anyone else does).
         """
         final = self.model_folder(registry, repo, revision)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
+        makedirs_shared(final.parent)
+        if os.path.lexists(final):
             # Removed before fingerprints are taken: unlinking changes the ctime of shared blobs.
             trash = built.parent / f"old-{secrets.token_hex(8)}"
+            with contextlib.suppress(OSError):
+                os.chmod(final, 0o700)
             os.rename(final, trash)
             _rmtree(trash)
         for dirpath, _dirs, _files in os.walk(built, topdown=False):
-            os.chmod(dirpath, 0o555)  # noqa: S103 - read-only for everyone is the point
+            # Read-only for everyone is the point; the top is made so once it is in place.
+            os.chmod(dirpath, 0o555 if dirpath != str(built) else 0o755)
         fresh = {
             rel: BlobRecord.from_stat(rec.digest, os.lstat(self.blob_path(rec.digest)))
             for rel, rec in files.items()
@@ -522,12 +776,12 @@ class Store:
         # folder is ignored, so every crash point leaves either the old state or the new one.
         self._write_manifest(record)
         os.rename(built, final)
+        os.chmod(final, 0o555)  # noqa: S103
         _fsync_dir(final.parent)
         return record
 
     def _write_manifest(self, record: ModelRecord) -> None:
         path = self._manifest_path(record.registry, record.repo, record.revision)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "files": {rel: asdict(rec) for rel, rec in record.files.items()},
             "signer": record.signer,
@@ -535,7 +789,7 @@ class Store:
             "signature_digest": record.signature_digest,
             "extra": dict(record.extra),
         }
-        _atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
+        write_shared(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
     # ----------------------------------------------------------------------------------------- local pins
 
@@ -543,14 +797,16 @@ class Store:
         return self.local / (hashlib.sha256(source.encode()).hexdigest() + ".json")
 
     def read_local(self, source: str) -> dict[str, object] | None:
-        try:
-            data = json.loads(self.local_record_path(source).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        """The ``[files]`` record for ``source``, or None.
+
+        Raises:
+            UnsafeStoreError: the record could be changed by a user other than the caller and root.
+        """
+        data = self._read_record(self.local_record_path(source))
         return data if isinstance(data, dict) else None
 
     def write_local(self, source: str, data: Mapping[str, object]) -> None:
-        _atomic_write(self.local_record_path(source), json.dumps(dict(data), sort_keys=True).encode())
+        write_shared(self.local_record_path(source), json.dumps(dict(data), sort_keys=True).encode())
 
     # ------------------------------------------------------------------------------------- maintenance
 
@@ -605,14 +861,3 @@ class Store:
                 bad.append("sha256:" + blob.name)
         return VerifyReport(checked, tuple(bad))
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)

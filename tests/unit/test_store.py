@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from safeload.errors import IntegrityError
+from safeload.errors import IntegrityError, UnsafeStoreError
 from safeload.store import BlobRecord, Store
 
 
@@ -149,3 +153,201 @@ def test_build_folder_refuses_names_outside_the_folder(store: Store, tmp_path: P
         with pytest.raises(IntegrityError, match="not a relative path"):
             store.build_folder(staging, {rel: rec})
     assert not (tmp_path / "escape").exists()
+
+
+# ------------------------------------------------------------------------------ other users, ownership
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder other users can reach (pytest's own folders are private to their owner)."""
+    path = Path(tempfile.mkdtemp(prefix="safeload-store-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for dirpath, dirs, _ in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_user(uid: int, fn: Callable[[], object]) -> str:
+    """Run ``fn`` in a forked child as ``uid`` (no groups); its result or error, as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            msg = f"ok: {fn()}"
+        except BaseException as e:  # reported to the parent
+            msg = f"{type(e).__name__}: {e}"
+        os.write(w, msg.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for n in [*dirs, *files]:
+            st = os.lstat(os.path.join(dirpath, n))
+            out[os.path.join(dirpath, n)] = (st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    return out
+
+
+@needs_root
+def test_an_ordinary_user_publishes_a_model(shared: Path) -> None:
+    """Moving the built folder into models/ rewrites its '..': its owner needs write permission on it."""
+    root = shared / "store"
+    root.mkdir()
+    os.chown(root, NOBODY, NOBODY)
+    (shared / "w.bin").write_bytes(b"weights")
+
+    def publish() -> str:
+        store = Store(root)
+        return str(_publish(store, shared, {"w.bin": b"weights"}))
+
+    (shared / "src").mkdir(mode=0o777)
+    os.chmod(shared / "src", 0o777)
+    got = as_user(NOBODY, publish)
+    assert got.startswith("ok: "), got
+    folder = Path(got[4:])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o555 and (folder / "w.bin").read_bytes() == b"weights"
+
+
+@needs_root
+def test_a_reader_of_a_root_store_loads_and_writes_nothing(shared: Path) -> None:
+    store = Store(shared / "store")
+    folder = _publish(store, shared, {"config.json": b"{}", "w.bin": b"x" * 100})
+    before = _listing(store.root)
+
+    def warm() -> str:
+        reader = Store(shared / "store")
+        record = reader.read_model("reg", "org/name", "r" * 40)
+        assert record is not None
+        reader.check_model(record)
+        return (folder / "w.bin").read_text()
+
+    assert as_user(NOBODY, warm) == "ok: " + "x" * 100
+    assert _listing(store.root) == before
+
+    def cold() -> None:
+        with Store(shared / "store").lock("model:x"):
+            pass
+
+    got = as_user(NOBODY, cold)
+    assert got.startswith("StoreAccessError: ") and str(store.locks) in got, got
+    assert "safeload prefetch" in got and "uid 0" in got
+    assert _listing(store.root) == before
+
+
+def test_store_folders_and_records_ignore_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        store = Store(tmp_path / "store")
+        folder = _publish(store, tmp_path, {"sub/w.bin": b"w"})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(os.lstat(p).st_mode)  # noqa: E731
+    assert mode(store.root) == 0o700  # the root's owner decides who enters
+    for d in (store.blobs, store.models, store.manifests, store.locks, store.models / "reg" / "org"):
+        assert mode(d) == 0o755, d
+    assert mode(folder) == mode(folder / "sub") == 0o555
+    assert mode(store.blob_path(digest(b"w"))) == 0o444
+    assert mode(store.manifests / "reg" / "org" / "name" / ("r" * 40 + ".json")) == 0o644
+
+
+@pytest.mark.parametrize("where", ["root", "parent", "models/reg", "manifest", "blobs"])
+def test_a_store_others_could_write_is_refused(tmp_path: Path, where: str) -> None:
+    parent = tmp_path / "p"
+    store = Store(parent / "store")
+    _publish(store, tmp_path, {"w.bin": b"w"})
+    path = {
+        "root": store.root,
+        "parent": parent,
+        "models/reg": store.models / "reg",
+        "manifest": store.manifests / "reg" / "org" / "name" / ("r" * 40 + ".json"),
+        "blobs": store.blobs,
+    }[where]
+    os.chmod(path, stat.S_IMODE(path.stat().st_mode) | 0o020)
+    with pytest.raises(UnsafeStoreError, match=rf"{path} is writable by group .*chmod go-w {path}"):
+        Store(parent / "store").read_model("reg", "org/name", "r" * 40)
+
+
+def test_a_sticky_world_writable_parent_is_accepted(tmp_path: Path) -> None:
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    Store(parent / "store")
+    parent.chmod(0o777)
+    with pytest.raises(UnsafeStoreError, match="writable by group and others"):
+        Store(parent / "store")
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["root", "blob", "model folder", "top folder"])
+def test_a_store_path_owned_by_another_user_is_refused(tmp_path: Path, where: str) -> None:
+    store = Store(tmp_path / "store")
+    _publish(store, tmp_path, {"w.bin": b"w"})
+    path = {
+        "root": store.root,
+        "blob": store.blob_path(digest(b"w")),
+        "model folder": store.model_folder("reg", "org/name", "r" * 40),
+        "top folder": store.manifests,
+    }[where]
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(UnsafeStoreError, match=rf"{path} is owned by uid {NOBODY}.*chown -R 0 {path}"):
+        reader = Store(tmp_path / "store")
+        record = reader.read_model("reg", "org/name", "r" * 40)
+        assert record is not None
+        reader.check_model(record)
+
+
+def test_a_symlinked_store_folder_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    elsewhere = tmp_path / "elsewhere"
+    store.models.rename(elsewhere)
+    store.models.symlink_to(elsewhere)
+    with pytest.raises(UnsafeStoreError, match="symbolic link"):
+        Store(tmp_path / "store")
+
+
+@needs_root
+def test_a_store_in_another_users_folder_cannot_be_forged(shared: Path) -> None:
+    """The owner of the store's folder swaps its sub-folders for forged ones with matching fingerprints."""
+    root = shared / "store"
+    victim = Store(root)
+    _publish(victim, shared, {"w.bin": b"genuine"})
+    os.chown(root, NOBODY, NOBODY)  # the folder is another user's, as when they made it for "sharing"
+
+    def forge() -> None:
+        for name in ("blobs", "models", "manifests"):
+            os.rename(root / name, root / f"old-{name}")
+        blob = root / "blobs" / "sha256" / digest(b"genuine")[7:]
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(b"planted")
+        folder = root / "models" / "reg" / "org" / "name" / ("r" * 40)
+        folder.mkdir(parents=True)
+        os.link(blob, folder / "w.bin")
+        st = os.lstat(blob)
+        rec = {"digest": digest(b"genuine"), "size": st.st_size, "ino": st.st_ino,
+               "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+        manifest = root / "manifests" / "reg" / "org" / "name" / ("r" * 40 + ".json")
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text(json.dumps({"files": {"w.bin": rec}}))
+
+    got = as_user(NOBODY, forge)
+    assert got == "ok: None", got
+    with pytest.raises(UnsafeStoreError, match=rf"{root} is owned by uid {NOBODY}"):
+        reader = Store(root)
+        record = reader.read_model("reg", "org/name", "r" * 40)
+        assert record is not None and reader.check_model(record)
