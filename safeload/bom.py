@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safeload._files import create_beside
 from safeload.errors import IntegrityError, SafeloadError
 
 if TYPE_CHECKING:
@@ -543,22 +543,22 @@ def render_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT
 
 
 def write_bom(document: Mapping[str, Any], path: Path) -> None:
-    """Validate ``document`` and write it to ``path`` atomically (a reader never sees a partial file).
+    """Validate ``document`` and write it to ``path`` atomically (a reader never sees a partial file),
+    with the permissions the caller's umask gives a new file.
 
     Raises:
         BomError: the document does not validate (nothing is written), or ``path`` cannot be written.
     """
     _validate(document)
     text = json.dumps(document, indent=2) + "\n"
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = create_beside(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
     except OSError as exc:
         raise BomError(f"cannot write the BOM to {path}: {exc.strerror or exc}") from exc

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from safeload._files import create_beside
 from safeload.errors import IntegrityError, UnsafeContentError, UnsupportedFormatError
+from safeload.store import Store, makedirs_shared, write_shared
 
 if TYPE_CHECKING:
     import torch
@@ -212,7 +214,7 @@ def _snapshot(src: Path, pol: Policy, memo_dir: Path) -> tuple[int, str, str]:
     from safeload.resolve import local_load_path
 
     staging = memo_dir.parent
-    staging.mkdir(parents=True, exist_ok=True)
+    makedirs_shared(staging)  # converted/ holds what every user of the store reads
     h = hashlib.sha256()
     opened = local_load_path(src, pol)  # a [files]-pinned path reads its verified store copy
     with open(opened, "rb") as f, tempfile.TemporaryFile(dir=staging) as tmp:
@@ -345,19 +347,27 @@ def _write_safetensors(
 
 
 def _atomic_save(
-    tensors: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str], src: _Mapped | None = None
+    tensors: Mapping[str, torch.Tensor],
+    dst: Path,
+    metadata: Mapping[str, str],
+    src: _Mapped | None = None,
+    *,
+    mode: int | None = None,
 ) -> None:
+    """Write ``dst`` under a temporary name and rename it into place: with exactly ``mode`` (the store's
+    read-only copies), or, when None, with the permissions the caller's umask gives a new file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=dst.parent)
+    fd, tmp = create_beside(dst)
     try:
         try:
             _write_safetensors(tensors, fd, metadata, src)
+            if mode is not None:
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o444)
         os.replace(tmp, dst)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -375,8 +385,8 @@ def convert_file(
     unpickler, so nothing in it runs anywhere; a state dict wrapped under
     ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped, and entries that are not
     tensors (stubs of code a payload tried to call, counters, ...) are left out and logged. With
-    ``weights_only=True`` any code-bearing global refuses the file instead. ``dst`` is written atomically
-    (read-only). Returns ``dst``.
+    ``weights_only=True`` any code-bearing global refuses the file instead. ``dst`` is written atomically,
+    with the permissions the caller's umask gives a new file. Returns ``dst``.
 
     Raises:
         UnsafeContentError: ``weights_only=True`` and the checkpoint references code-bearing globals.
@@ -394,10 +404,11 @@ def _convert(
     metadata: Mapping[str, str] | None,
     weights_only: bool,
     opened: tuple[int, str] | None,
+    mode: int | None = None,
 ) -> Path:
     meta = {"format": "pt", **(metadata or {})}
     with _load_mapped(src, policy, weights_only, opened) as (obj, mapped):
-        _atomic_save(_state_dict(obj, str(src)), dst, meta, mapped)
+        _atomic_save(_state_dict(obj, str(src)), dst, meta, mapped, mode=mode)
     return dst
 
 
@@ -471,12 +482,27 @@ def cached_conversion(
     The result lives at ``<store>/converted/sha256/<hex>.safetensors`` where ``<hex>`` is the source's
     sha256 (``sha256`` when the caller already verified it, as the store does; else that of a private
     copy of the file, which is what gets converted, remembered while the file's stat is unchanged). A
-    second call for the same bytes returns the existing file without opening the checkpoint.
+    second call for the same bytes returns the existing file without opening the checkpoint, and without
+    writing anything: a store prepared by its owner (``safeload prefetch``) serves users who may only
+    read it. The converted file is read-only and readable by every user who may enter the store.
 
     Raises:
+        UnsafeStoreError: the converted file, its record or a folder leading to them could be changed by
+            a user other than the caller and root.
+        StoreAccessError: the checkpoint must be converted and this process may not write the store.
         The errors of :func:`convert_file`.
     """
-    converted = Path(policy.store).expanduser() / "converted"
+    store = Store(Path(policy.store))
+    try:
+        return _cached_conversion(Path(src), policy, sha256, store)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise store.access_error(Path(e.filename or store.root / "converted"), e) from None
+        raise
+
+
+def _cached_conversion(src: Path, policy: Policy, sha256: str | None, store: Store) -> Path:
+    converted = store.root / "converted"
     opened: tuple[int, str] | None = None
     if sha256 is not None:
         m = _SHA_RE.match(sha256)
@@ -484,25 +510,24 @@ def cached_conversion(
             raise UnsupportedFormatError(f"{sha256!r} is not a sha256 digest ('sha256:<64 hex>')")
         digest = m.group(2)
     else:
-        remembered = _remembered(Path(src), converted / "by-path")
-        if remembered is not None and _fingerprint_matches(*_cache_paths(converted, remembered)):
+        remembered = _remembered(src, converted / "by-path")
+        if remembered is not None and _fingerprint_matches(store, *_cache_paths(converted, remembered)):
             return _cache_paths(converted, remembered)[0]
-        fd, name, digest = _snapshot(Path(src), policy, converted / "by-path")
+        fd, name, digest = _snapshot(src, policy, converted / "by-path")
         opened = (fd, name)
     try:
         target, record = _cache_paths(converted, digest)
-        if _fingerprint_matches(target, record):
+        if _fingerprint_matches(store, target, record):
             return target
-        from safeload.store import Store
-
         # One process converts; another one asking for the same bytes waits and then reuses its result.
-        with Store(Path(policy.store)).lock("convert:" + digest):
-            if _fingerprint_matches(target, record):
+        with store.lock("convert:" + digest):
+            if _fingerprint_matches(store, target, record):
                 return target
             handed, opened = opened, None  # _convert closes it
-            _convert(Path(src), target, policy, {"safeload.source_sha256": digest}, False, handed)
+            makedirs_shared(target.parent)
+            _convert(src, target, policy, {"safeload.source_sha256": digest}, False, handed, 0o444)
             st = os.lstat(target)
-            record.write_text(json.dumps(_fingerprint(st)), encoding="utf-8")
+            write_shared(record, json.dumps(_fingerprint(st)).encode())
         return target
     finally:
         if opened is not None:
@@ -524,16 +549,19 @@ def _fingerprint(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "mode": st.st_mode}
 
 
-def _fingerprint_matches(target: Path, record: Path) -> bool:
+def _fingerprint_matches(store: Store, target: Path, record: Path) -> bool:
     """Whether the cached file is still the one this process family wrote (else it is converted again).
 
     A converted file that was replaced, touched or turned into a symlink after it was written is not
     trusted: converting again costs one jail run, loading a swapped file would load foreign weights.
+
+    Raises:
+        UnsafeStoreError: someone other than the caller and root could change the file or its record.
     """
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
+    st = store.lstat_inside(target)
+    if st is None:
         return False
+    store.lstat_inside(record)
     try:
         expected = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -12,17 +12,23 @@ checked. The folder is then inspected before transformers sees it:
 
 When anything was converted or left out, transformers reads a derived folder in the store made of
 symlinks to the verified files plus the converted weights; otherwise it reads the verified folder itself.
+A derived folder is built once, by a process that may write the store (``safeload prefetch`` as the
+store's owner, or the first load), readable by every user who may enter the store; a reader finding it
+intact writes nothing, and a reader that would have to build it but may not write the store gets
+:class:`~safeload.errors.StoreAccessError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import stat
 import threading
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -37,9 +43,10 @@ from safeload.convert import (
     safetensors_name,
     sha256_file,
 )
-from safeload.errors import IntegrityError, UnsafeContentError, UntrustedSourceError
+from safeload.errors import IntegrityError, UnsafeContentError, UnsafeStoreError, UntrustedSourceError
 from safeload.policy import Policy
 from safeload.resolve import fetch_model, open_verified_local
+from safeload.store import Store, unsafe_reason, write_shared
 
 __all__ = ["Prepared", "prepare"]
 
@@ -417,29 +424,60 @@ def _build_derived(
     converted: Mapping[str, Path],
     index_docs: Mapping[str, Mapping[str, Any]],
 ) -> Path:
-    root = store / "derived"
+    """The derived folder ``derived/<key>`` in the store, built unless an intact one is there.
+
+    Raises:
+        UnsafeStoreError: the folder, or one leading to it, could be changed by another user.
+        StoreAccessError: the folder must be built (or rebuilt) and this process may not write the store.
+    """
+    owner = Store(store)
+    root = owner.root / "derived"
     final = root / key
     expected: dict[str, str | None] = {rel: os.path.abspath(src.folder / rel) for rel in kept}
     expected.update({rel: os.path.abspath(path) for rel, path in converted.items()})
     expected.update({rel: None for rel in index_docs})
-    if final.is_dir():
-        if _derived_intact(final, expected, index_docs):
-            return final
+    st = owner.lstat_inside(final)
+    if st is not None and stat.S_ISDIR(st.st_mode) and _derived_intact(final, expected, index_docs):
+        return final
+    try:
+        return _write_derived(root, final, src, kept, converted, index_docs, stale=st is not None)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise owner.access_error(Path(e.filename or final), e) from None
+        raise
+
+
+def _write_derived(
+    root: Path,
+    final: Path,
+    src: _Source,
+    kept: Mapping[str, str | None],
+    converted: Mapping[str, Path],
+    index_docs: Mapping[str, Mapping[str, Any]],
+    *,
+    stale: bool,
+) -> Path:
+    if not root.is_dir():
+        root.mkdir(mode=0o755)
+        root.chmod(0o755)
+    if stale:
         # Someone changed the folder after it was built: set it aside and build it again.
-        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
+        aside = root / f".stale-{secrets.token_hex(8)}"
         with contextlib.suppress(FileNotFoundError):  # another process set it aside first
-            os.rename(final, stale / "folder")
-        shutil.rmtree(stale, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+            os.rename(final, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    tmp = root / f".build-{secrets.token_hex(8)}"
+    tmp.mkdir(mode=0o700)
     try:
         for rel in kept:
             _link(src.folder / rel, tmp / rel)
         for rel, path in converted.items():
             _link(path, tmp / rel)
         for rel, doc in index_docs.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+            write_shared(tmp / rel, json.dumps(doc, indent=2, sort_keys=True).encode())
+        # Readable by every user who may enter the store, whatever the umask; built private until done.
+        for dirpath, _dirs, _names in os.walk(tmp):
+            os.chmod(dirpath, 0o755)  # noqa: S103 - readable, not writable, by others
         try:
             os.rename(tmp, final)
         except OSError:
@@ -455,10 +493,16 @@ def _build_derived(
 def _derived_intact(
     folder: Path, expected: Mapping[str, str | None], index_docs: Mapping[str, Mapping[str, Any]]
 ) -> bool:
-    """Whether a derived folder still holds exactly the links and indexes it was built with."""
+    """Whether a derived folder still holds exactly the links and indexes it was built with.
+
+    Raises:
+        UnsafeStoreError: a folder or index in it could be changed by a user other than the caller and root.
+    """
     try:
         present: set[str] = set()
-        for dirpath, _dirs, names in os.walk(folder):
+        for dirpath, dirs, names in os.walk(folder):
+            for d in dirs:
+                _refuse(Path(dirpath) / d)
             for n in names:
                 present.add((Path(dirpath) / n).relative_to(folder).as_posix())
         if present != set(expected):
@@ -469,11 +513,19 @@ def _derived_intact(
                     return False
             elif not (folder / rel).is_file() or (folder / rel).is_symlink():
                 return False
-            elif json.loads((folder / rel).read_text(encoding="utf-8")) != index_docs[rel]:
-                return False
+            else:
+                _refuse(folder / rel)
+                if json.loads((folder / rel).read_text(encoding="utf-8")) != index_docs[rel]:
+                    return False
     except (OSError, ValueError):
         return False
     return True
+
+
+def _refuse(path: Path) -> None:
+    reason = unsafe_reason(path, os.lstat(path))
+    if reason is not None:
+        raise UnsafeStoreError(reason + "; nothing was loaded from the store")
 
 
 def _link(target: Path, at: Path) -> None:

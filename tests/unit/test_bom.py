@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,18 @@ def test_an_invalid_document_is_never_written(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     with pytest.raises(BomError, match=r"CycloneDX 1\.6"):
         write_bom(doc, bad)
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_the_bom_file_follows_the_umask(tmp_path: Path, umask: int) -> None:
+    out = tmp_path / "bom.json"
+    old = os.umask(umask)
+    try:
+        write_bom(build_bom([_model()]), out)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     assert list(tmp_path.iterdir()) == [out]
 
 

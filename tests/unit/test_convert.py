@@ -58,7 +58,9 @@ def test_tied_weights_convert_with_every_name(tmp_path: Path, policy: Policy) ->
         assert torch.equal(got[k], v), k
     with safe_open(str(out), framework="pt") as f:
         assert f.metadata()["format"] == "pt"
-    assert not out.stat().st_mode & 0o222  # written read-only
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a file for people: the umask decides
 
 
 def test_views_and_non_contiguous_tensors(tmp_path: Path, policy: Policy) -> None:
@@ -124,6 +126,19 @@ def test_cached_by_source_sha256(tmp_path: Path, policy: Policy) -> None:
     src.unlink()
     again = cached_conversion(src, policy=policy, sha256=digest)
     assert again == first and again.stat().st_ino == inode
+
+
+def test_cached_conversions_are_readable_by_every_user_of_the_store(tmp_path: Path, policy: Policy) -> None:
+    src = tmp_path / "w.pt"
+    torch.save({"w": torch.randn(4)}, src)
+    old = os.umask(0o077)
+    try:
+        out = cached_conversion(src, policy=policy)
+    finally:
+        os.umask(old)
+    mode = lambda p: p.lstat().st_mode & 0o777  # noqa: E731
+    assert mode(out) == 0o444 and mode(out.with_name(out.name + ".stat.json")) == 0o644
+    assert mode(out.parent) == mode(out.parent.parent) == 0o755
 
 
 def test_dtypes_shapes_and_empty_tensors(tmp_path: Path, policy: Policy) -> None:
