@@ -109,6 +109,9 @@ CONFIGS: tuple[ContainerConfig, ...] = (
     ContainerConfig(name="read-only-root", read_only=True),
     # rootless podman, Docker's userns-remap, Kubernetes hostUsers: false
     ContainerConfig(name="uid-mapped", uidmap="0:200000:65536"),
+    # nothing masked or filtered (docker --security-opt seccomp=unconfined --security-opt
+    # systempaths=unconfined, as for nested containers): the one where a fresh /proc can be mounted
+    ContainerConfig(name="unmasked-unconfined", seccomp="unconfined", extra=("--security-opt", "unmask=ALL")),
 )
 
 
@@ -325,8 +328,10 @@ class Podman:
             argv += ["--uidmap", config.uidmap, "--gidmap", config.uidmap]
         for host, inside, read_only in mounts:
             argv += ["-v", f"{host}:{inside}:{'ro' if read_only else 'rw'}"]
+        # PYTHONPATH: this checkout's safeload, even when the virtual environment's editable install
+        # points at another one
         base_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/user", "LANG": "C.UTF-8",
-                    "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+                    "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
         for key, value in {**base_env, **env}.items():
             argv += ["--env", f"{key}={value}"]
         argv += [*config.extra, "--rootfs", str(rootfs), *command]

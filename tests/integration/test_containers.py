@@ -37,21 +37,26 @@ EPERM = "Operation not permitted"
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Expected:
     """What the container's process sees: its ids, its uid map (the host's "0 0 4294967295" when not
-    remapped), whether ``unshare -U`` fails and how (None: it works), and how writing /etc fails."""
+    remapped), whether ``unshare -U`` fails and with what message, the errno of ``clone`` asking for a new
+    user namespace, how writing /etc fails (None: each works), and whether the runtime covers parts of
+    /proc (masked files, read-only /proc/sys)."""
 
     uid: int = 0
     gid: int = 0
     uid_map: tuple[int, int, int] = (0, 0, 4294967295)
     unshare_error: str | None = None
+    clone_newuser_error: str | None = None
     etc_error: str | None = None
+    proc_masked: bool = True
 
 
 EXPECTED: dict[str, Expected] = {
     "podman-default": Expected(),
-    "docker-seccomp": Expected(unshare_error=EPERM),
+    "docker-seccomp": Expected(unshare_error=EPERM, clone_newuser_error="EPERM"),
     "user-nobody": Expected(uid=65534, gid=65534, etc_error="EACCES"),
     "read-only-root": Expected(etc_error="EROFS"),
     "uid-mapped": Expected(uid_map=(0, 200000, 65536)),
+    "unmasked-unconfined": Expected(proc_masked=False),
 }
 
 # Runs in the container: ``step`` records each step's value or its error, and the last line of output
@@ -139,6 +144,20 @@ def unshare():
     done = subprocess.run(["unshare", "-U", "true"], capture_output=True, text=True)
     return [done.returncode, done.stderr.strip()]
 step("unshare", unshare)
+def clone_newuser():
+    import ctypes, platform
+    number = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+    if number is None:
+        return "unknown"
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.syscall(number, 0x10000000 | 17, 0, 0, 0, 0)  # CLONE_NEWUSER | SIGCHLD, no new stack: a fork
+    if pid == 0:
+        libc._exit(0)
+    if pid < 0:
+        return errno.errorcode[ctypes.get_errno()]
+    os.waitpid(pid, 0)
+    return None
+step("clone_newuser", clone_newuser)
 def write(path):
     try:
         Path(path).write_text("probe")
@@ -150,6 +169,8 @@ step("tmp", lambda: write("/tmp/safeload-probe"))
 step("home", lambda: write(os.path.expanduser("~/safeload-probe")))
 step("shared", lambda: write("/hostshared/reachable"))
 step("network", lambda: sorted(os.listdir("/sys/class/net")))
+step("proc_mounts", lambda: sorted(l.split()[4] for l in Path("/proc/self/mountinfo").read_text().splitlines()
+                                   if l.split()[4].startswith("/proc/")))
 """
     results = _steps(podman, config, body, exchange)
     assert _value(results, "uid", config) == [expected.uid, expected.gid]
@@ -161,12 +182,14 @@ step("network", lambda: sorted(os.listdir("/sys/class/net")))
         assert status == 0, message
     else:
         assert status != 0 and expected.unshare_error in message, message
+    assert _value(results, "clone_newuser", config) in (expected.clone_newuser_error, "unknown")
     assert _value(results, "etc", config) == expected.etc_error
     assert _value(results, "tmp", config) is None
     assert _value(results, "home", config) is None
     assert _value(results, "shared", config) is None
     assert (exchange / "shared" / "reachable").read_text() == "probe"
     assert _value(results, "network", config) == ["lo"]
+    assert bool(_value(results, "proc_mounts", config)) == expected.proc_masked, results["proc_mounts"]
 
 
 def test_a_pickle_checkpoint_loads(podman: Podman, config: ContainerConfig, exchange: Path) -> None:
