@@ -116,7 +116,9 @@ CONFIGS: tuple[ContainerConfig, ...] = (
 
 
 def podman_unavailable() -> str | None:
-    """Why containers cannot run on this machine, or None when podman and runc are both installed."""
+    """Why containers cannot run here, or None when podman and runc are installed and this is root."""
+    if os.geteuid() != 0:
+        return "not root (the tests run podman as root: explicit uid maps, runc's state under /run/runc)"
     missing = [tool for tool in ("podman", "runc") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed (scripts/run setup installs them with apt-get)"
@@ -379,7 +381,7 @@ def podman_session() -> Iterator[Podman]:
     if reason is not None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(f"container tests cannot run in CI: {reason}", pytrace=False)
-        pytest.skip(f"container tests need podman and runc: {reason}")
+        pytest.skip(f"container tests cannot run here: {reason}")
     podman = Podman.create()
     try:
         yield podman
