@@ -34,19 +34,72 @@ from typing import Literal
 
 from safeload.errors import SandboxUnavailableError
 
-__all__ = ["TIERS", "JailSupport", "Tier", "TierCheck", "forget", "support"]
+__all__ = [
+    "FULL_JAIL_FLAGS",
+    "TIERS",
+    "JailSupport",
+    "RuntimeFlags",
+    "Tier",
+    "TierCheck",
+    "forget",
+    "in_container",
+    "seccomp_filtered",
+    "support",
+    "userns_sysctls",
+]
 
 Tier = Literal["full", "namespaces", "landlock"]
 TIERS: tuple[Tier, ...] = ("full", "namespaces", "landlock")
 
 _FIX_BWRAP = "install bubblewrap: apt-get install -y bubblewrap (dnf install bubblewrap, apk add bubblewrap)"
+
+
+@dataclass(frozen=True)
+class RuntimeFlags:
+    """How one container runtime is told to let the full jail run: a seccomp profile that lets it create
+    namespaces (``seccomp``) and a ``/proc`` the runtime does not mask (``proc``)."""
+
+    runtime: str
+    seccomp: str
+    proc: str
+    note: str = ""
+
+
+# PROFILE.json: the runtime's default profile plus unshare, clone with namespace flags, mount, umount2 and
+# pivot_root. `safeload doctor` prints this table; the fixes below are written from it.
+FULL_JAIL_FLAGS: tuple[RuntimeFlags, ...] = (
+    RuntimeFlags("docker", "--security-opt seccomp=PROFILE.json", "--security-opt systempaths=unconfined"),
+    RuntimeFlags("podman", "--security-opt seccomp=PROFILE.json", "--security-opt unmask=/proc/*"),
+    RuntimeFlags(
+        "Kubernetes",
+        "securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
+        "securityContext.procMount: Unmasked",
+        "with hostUsers: false in the Pod spec",
+    ),
+    RuntimeFlags(
+        "BuildKit RUN",
+        "RUN --security=insecure",
+        "RUN --security=insecure",
+        "a privileged step: docker buildx build --allow security.insecure, on a builder that allows the "
+        "security.insecure entitlement",
+    ),
+)
+_PROFILE_NEEDS = (
+    "a seccomp profile that allows unshare, clone with namespace flags, mount, umount2 and pivot_root"
+)
+
+
+def _flags(f: RuntimeFlags, *parts: str) -> str:
+    text = " ".join(dict.fromkeys(parts))  # BuildKit's one flag does both
+    return f"{f.runtime}: {text}" + (f" ({f.note})" if f.note else "")
+
+
 _FIX_SECCOMP = (
     "the container's seccomp profile refuses new user namespaces (Docker's default profile, a BuildKit RUN "
-    "step and Kubernetes RuntimeDefault do). For the full jail run it with a seccomp profile that allows "
-    "unshare, clone with namespace flags, mount, umount2 and pivot_root (docker/podman --security-opt "
-    "seccomp=PROFILE.json) plus an unmasked /proc (docker --security-opt systempaths=unconfined, podman "
-    "--security-opt unmask=/proc/*; Kubernetes: securityContext.procMount: Unmasked with hostUsers: false "
-    "and a Localhost seccomp profile). The landlock tier needs none of this"
+    f"step and Kubernetes RuntimeDefault do). For the full jail run it with {_PROFILE_NEEDS} (PROFILE.json) "
+    "plus an unmasked /proc: "
+    + "; ".join(_flags(f, f.seccomp, f.proc) for f in FULL_JAIL_FLAGS)
+    + ". The landlock tier needs none of this"
 )
 _FIX_SYSCTL = (
     "the kernel refuses unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 (Debian), "
@@ -54,9 +107,8 @@ _FIX_SYSCTL = (
     "(Ubuntu 24.04+)"
 )
 _FIX_PROC = (
-    "the container runtime masks parts of /proc, so no fresh /proc can be mounted: podman --security-opt "
-    "unmask=/proc/*, docker --security-opt systempaths=unconfined, Kubernetes securityContext.procMount: "
-    "Unmasked (with hostUsers: false)"
+    "the container runtime masks parts of /proc, so no fresh /proc can be mounted: "
+    + "; ".join(_flags(f, f.proc) for f in FULL_JAIL_FLAGS)
 )
 _FIX_LANDLOCK = (
     "the kernel offers no Landlock: it needs Linux 5.13 or later with landlock in its lsm= boot list "
@@ -194,14 +246,14 @@ def _classify(tier: Tier, stderr: str) -> TierCheck:
     if "proc" in stderr.lower() and tier == "full":
         return TierCheck(tier, False, "proc-masked", seen, _FIX_PROC)
     if "namespace" in stderr or "Operation not permitted" in stderr:
-        if _seccomp_filtered():
+        if seccomp_filtered():
             return TierCheck(tier, False, "seccomp-userns", seen, _FIX_SECCOMP)
         return TierCheck(tier, False, "sysctl-userns", seen, _FIX_SYSCTL)
     return TierCheck(tier, False, "failed", seen, "see bubblewrap's message")
 
 
 @functools.cache
-def _seccomp_filtered() -> bool:
+def seccomp_filtered() -> bool:
     """Whether a seccomp filter (a container runtime's profile) is on this process."""
     return _status_field("Seccomp") == "2"
 

@@ -66,9 +66,9 @@ _FINDINGS: tuple[type[SafeloadError], ...] = (
 
 
 def _commands() -> tuple[ModuleType, ...]:
-    from safeload.cli import attest, bom, convert, gc, inspect, pin, policy, prefetch, push, verify
+    from safeload.cli import attest, bom, convert, doctor, gc, inspect, pin, policy, prefetch, push, verify
 
-    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push, attest)
+    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push, attest, doctor)
 
 
 def _version() -> str:
