@@ -68,6 +68,14 @@ def no_host_unpickling(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureR
     yield
 
 
+@pytest.fixture(params=["full", "namespaces", "landlock"])
+def every_jail_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once in each jail tier (``$SAFELOAD_JAIL``): every tier must contain every attack."""
+    tier: str = request.param
+    monkeypatch.setenv("SAFELOAD_JAIL", tier)
+    return tier
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allow_host_unpickling: the test does not load artifacts and may unpickle its own data"

@@ -64,6 +64,13 @@ class Attack:
 # payload text
 
 
+def at_output(code: str) -> str:
+    """``code`` with the jail's output folder read from ``$SAFELOAD_OUT`` instead of spelled ``/out``:
+    the jail without namespaces has no ``/out``, only the real folder it may write."""
+    code = code.replace("f'/out/", "f'{_OUT}/").replace("'/out/", "_OUT + '/").replace("'/out'", "_OUT")
+    return "_OUT = __import__('os').environ.get('SAFELOAD_OUT', '/out')\n" + code
+
+
 def payload_source(trace: Trace, extra: str = "") -> str:
     """Python source that leaves every trace; it sets ``leak`` to whatever secret it could read.
 
@@ -72,7 +79,7 @@ def payload_source(trace: Trace, extra: str = "") -> str:
 
     Each step tolerates failure, so inside the jail the payload goes on to whatever comes after it.
     """
-    return (
+    return at_output(
         "import os, socket\n"
         "try:\n"
         f"    open({str(trace.canary)!r}, 'a').write('payload ran\\n')\n"
@@ -518,7 +525,7 @@ def _dos_disk(t: Trace) -> bytes:
         "while True:\n"
         "    pass\n"
     )
-    return _exec_call(t, code)
+    return _exec_call(t, at_output(code))
 
 
 # pickle-structure bombs: no global at all, only the shape of the data
@@ -569,7 +576,7 @@ atexit.register(_after_output)
 def _tamper(action: str) -> Callable[[Trace], bytes]:
     def build(t: Trace) -> bytes:
         body = action.replace("SECRET", repr(str(t.secret_file)))
-        hook = _TAMPER_HOOK.replace("TAMPER", body.replace("\n", "\n        "))
+        hook = at_output(_TAMPER_HOOK.replace("TAMPER", body.replace("\n", "\n        ")))
         # The payload evaluates to a numpy array, so the worker writes a safetensors file for it to attack
         # (a raw pickle and numpy rather than a torch zip: no torch import, a fast load in the jail).
         src = payload_source(t) + hook

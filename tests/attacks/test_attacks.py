@@ -21,7 +21,7 @@ from tests.attacks.conftest import AttackEnv, run_load
 from tests.attacks.generate import ATTACKS, Attack
 
 # A load that hangs (a host blocked on a planted FIFO, a timeout that never fires) fails its test, not CI.
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("every_jail_tier")]
 
 _MiB = 1 << 20
 _GiB = 1 << 30

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from safeload.errors import SandboxLimitError, SandboxTimeoutError, SandboxUnavailableError
-from sandbox import _privileges, _seccomp, launcher
+from sandbox import _privileges, _seccomp, _tiers, launcher
 from sandbox.launcher import Limits, WorkerRun, run_worker
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap jails need Linux")
@@ -610,35 +610,38 @@ def test_each_jail_runs_as_a_uid_of_its_own() -> None:
 # --- availability and speed ------------------------------------------------------------------------------
 
 
-def test_missing_bwrap_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    _privileges._forget_probe()
-    try:
-        for _ in range(2):  # the second call answers from the cached verdict
-            with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
-                jail("print(1)")
-    finally:
-        monkeypatch.undo()
-        _privileges._forget_probe()
-    assert jail("print(1)").stdout == "1\n"
-
-
-def test_prepare_runs_the_first_call_checks_and_reports_a_missing_bwrap(
+def test_missing_bwrap_falls_to_the_landlock_jail_unless_the_policy_demands_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sandbox import launcher
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("SAFELOAD_JAIL", raising=False)
+    _tiers.forget()
+    try:
+        run = jail("import os; print(os.getpid() != 1)")
+        assert (run.tier, run.stdout) == ("landlock", "True\n")
+        for _ in range(2):  # the second call answers from the cached verdict
+            with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
+                jail("print(1)", limits=Limits(weakest_jail="namespaces"))
+    finally:
+        monkeypatch.undo()
+        _tiers.forget()
+    run = jail("print(1)", limits=Limits(weakest_jail="full"))
+    assert (run.tier, run.stdout) == ("full", "1\n")
 
+
+def test_prepare_runs_the_first_call_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     launcher.prepare()
     launcher.prepare()  # idempotent
     assert jail("print(2)").stdout == "2\n"
     monkeypatch.setenv("PATH", str(tmp_path))
-    _privileges._forget_probe()
+    monkeypatch.setenv("SAFELOAD_JAIL", "full")
+    _tiers.forget()
     try:
         with pytest.raises(SandboxUnavailableError, match="apt-get install -y bubblewrap"):
             launcher.prepare()
     finally:
         monkeypatch.undo()
-        _privileges._forget_probe()
+        _tiers.forget()
     launcher.prepare()
 
 
