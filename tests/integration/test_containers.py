@@ -1,11 +1,11 @@
 """safeload inside real podman containers, in the configurations users run it in.
 
-Each configuration (``tests.helpers.containers.CONFIGS``) takes something the full jail needs: a fresh
-``/proc``, new user namespaces, root, a writable root filesystem, the host's ids. Whatever jail safeload
-can build there, the same three promises must hold: a pickle checkpoint loads, a safetensors file loads,
-and a pickle payload (inert and in execute mode) leaves no trace in a host folder the container can write.
-A fourth test per configuration checks the container is the one intended, so a pass elsewhere means
-something.
+Each configuration (``tests.helpers.containers.CONFIGS``) but the last takes something the full jail
+needs: a fresh ``/proc``, new user namespaces, root, a writable root filesystem, the host's ids; the last
+takes nothing. Whatever jail safeload can build there, the same three promises must hold: a pickle
+checkpoint loads, a safetensors file loads, and a pickle payload (inert and in execute mode) leaves no
+trace in a host folder the container can write. A fourth test per configuration checks the container is
+the one intended, so a pass elsewhere means something.
 
 The facts expected of each configuration live in ``EXPECTED``, one line per configuration.
 """
