@@ -35,7 +35,7 @@ from safeload.errors import (
     UntrustedSourceError,
 )
 
-__all__ = ["EXIT_ERROR", "EXIT_FINDING", "EXIT_OK", "build_parser", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_FINDING", "EXIT_OK", "build_parser", "exit_code", "main"]
 
 _DESCRIPTION = """\
 Load models without running code from strangers.
@@ -63,6 +63,11 @@ _FINDINGS: tuple[type[SafeloadError], ...] = (
     UntrustedSourceError,
     UnsafeContentError,
 )
+
+
+def exit_code(exc: SafeloadError) -> int:
+    """The exit code for a command stopped by ``exc``: 1 for a refusal, 2 for a malfunction."""
+    return EXIT_FINDING if isinstance(exc, _FINDINGS) else EXIT_ERROR
 
 
 def _commands() -> tuple[ModuleType, ...]:
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SafeloadError as exc:
         print(f"safeload: error: {exc}", file=sys.stderr)
-        return EXIT_FINDING if isinstance(exc, _FINDINGS) else EXIT_ERROR
+        return exit_code(exc)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"safeload: error: {exc.strerror or exc}{where}", file=sys.stderr)
