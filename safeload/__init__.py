@@ -27,6 +27,7 @@ from safeload.errors import (
 )
 
 if TYPE_CHECKING:
+    from safeload._jail import jail_tier
     from safeload.loader import load, state_dict
     from safeload.patching import patch, unpatch
 
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 # Imported on first use: the loader needs torch (about a second to import), and the command line's
 # policy, store and BOM commands should not pay for it.
 _LAZY = {
+    "jail_tier": "safeload._jail",
     "load": "safeload.loader",
     "state_dict": "safeload.loader",
     "patch": "safeload.patching",
@@ -68,6 +70,7 @@ __all__ = [
     "UnsupportedFormatError",
     "UntrustedSourceError",
     "__version__",
+    "jail_tier",
     "load",
     "patch",
     "state_dict",

@@ -155,8 +155,8 @@ def jail_id_range() -> range:
         return JAIL_ID_RANGE
     largest = max(mapped, key=len, default=range(0))
     # 65534 and 65535 are nobody's and the kernel's overflow id; ids below 1000 belong to the system.
-    stop = min(largest.stop, 65534) if largest.start < 65534 else largest.stop
-    start = max(largest.start + (stop - largest.start) // 2, 1000)
+    start = max(largest.start + len(largest) // 2, 1000)
+    stop = min(largest.stop, 65534) if start < 65534 else largest.stop
     if stop - start < 16:
         raise SandboxUnavailableError(
             f"this user namespace maps too few ids ({', '.join(f'{r.start}-{r.stop - 1}' for r in mapped)}) "

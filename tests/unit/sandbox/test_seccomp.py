@@ -169,3 +169,29 @@ def test_memfd_holds_the_program_sealed() -> None:
             os.pwrite(fd, b"\0" * 8, 0)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("arch", sorted(sc.ARCHES))
+def test_solo_verdicts(arch: str) -> None:
+    """The jail without namespaces: one process, no signals, no sockets, on top of every common rule."""
+    a = sc.ARCHES[arch]
+    solo, common = sc.build_filter(a, solo=True), sc.build_filter(a)
+    nr = a.syscalls
+
+    def verdict(prog: bytes, name: str, *args: int) -> int:
+        return run(prog, arch=a.audit_arch, nr=nr[name], args=args)
+
+    sigchld = 17
+    thread_flags = 0x3D0F00
+    assert verdict(solo, "clone", thread_flags) == ALLOW
+    assert verdict(solo, "clone", sigchld) == eperm()  # fork() through clone
+    assert verdict(solo, "clone", 0x4111) == eperm()  # CLONE_VM|CLONE_VFORK|SIGCHLD: posix_spawn
+    assert verdict(solo, "clone", thread_flags | 0x10000000) == eperm()  # a thread in a new user ns
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal",
+                 *(("fork", "vfork") if arch == "x86_64" else ())):
+        assert verdict(solo, name) == eperm(), name
+        assert verdict(common, name) == ALLOW, name
+    for family in (1, 2, 10, 16):
+        assert verdict(solo, "socket", family) == sc.SECCOMP_RET_ERRNO | errno.EAFNOSUPPORT
+    for name in ("ptrace", "mount", "unshare", "connect", "bpf"):
+        assert verdict(solo, name) == eperm(), name
