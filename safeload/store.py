@@ -285,13 +285,20 @@ class Store:
         """Refuse a store root that a user other than this one and root could change (creating it if
         missing, 0755 minus the umask, and any missing parents the same way)."""
         real = Path(os.path.realpath(self.root))
-        if not os.path.lexists(real):
+        missing: list[Path] = []
+        p = real
+        while not os.path.lexists(p):
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):  # not Path.mkdir(parents=True): it makes parents 0777 minus the umask
             try:
-                real.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                os.mkdir(d, _DIR_MODE)
+            except FileExistsError:
+                pass
             except OSError as e:
                 if not _is_access_error(e):
                     raise
-                raise self.access_error(real, e) from None
+                raise self.access_error(d, e) from None
         path, sticky_ok = real, False
         while True:
             try:
@@ -374,6 +381,11 @@ class Store:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 _refuse_unsafe(path, os.lstat(path))
+            if _is_access_error(e):
+                raise StoreAccessError(
+                    f"cannot read {path} ({e.strerror}); the store's owner can make it readable with "
+                    f"`chmod -R a+rX {self.root}`, or set `store =` in trust.toml to a folder this user owns"
+                ) from None
             raise
         try:
             _refuse_unsafe(path, os.fstat(fd))

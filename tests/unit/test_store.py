@@ -351,3 +351,25 @@ def test_a_store_in_another_users_folder_cannot_be_forged(shared: Path) -> None:
         reader = Store(root)
         record = reader.read_model("reg", "org/name", "r" * 40)
         assert record is not None and reader.check_model(record)
+
+
+def test_a_new_store_and_its_missing_parents_are_made_without_group_write(tmp_path: Path) -> None:
+    old = os.umask(0o002)  # a user-private-group umask: new folders would be group-writable
+    try:
+        store = Store(tmp_path / "cache" / "deep" / "store")
+        store = Store(tmp_path / "cache" / "deep" / "store")  # and it is accepted the next time
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "cache", tmp_path / "cache" / "deep", store.root):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o755, p
+
+
+@needs_root
+def test_a_record_the_reader_cannot_read_names_the_fix(shared: Path) -> None:
+    store = Store(shared / "store")
+    _publish(store, shared, {"w.bin": b"w"})
+    manifest = store.manifests / "reg" / "org" / "name" / ("r" * 40 + ".json")
+    manifest.chmod(0o600)  # as an older version wrote it under a private umask
+    got = as_user(NOBODY, lambda: Store(shared / "store").read_model("reg", "org/name", "r" * 40))
+    assert got.startswith(f"StoreAccessError: cannot read {manifest}"), got
+    assert f"chmod -R a+rX {store.root}" in got
