@@ -146,10 +146,12 @@ class HubServer:
             "[accessibility]\n"
             "offline = true\n"
         )
-        olah = Path(sys.executable).with_name("olah-cli")
+        # olah's own entry point, through this interpreter: its console script names the venv's, which
+        # an unprivileged test user may not reach.
+        olah = "import sys; from olah.server import cli; sys.argv[0] = 'olah-cli'; sys.exit(cli())"
         log = open(root / "olah.log", "wb")
         proc = subprocess.Popen(
-            [str(olah), "-c", str(config)],
+            [sys.executable, "-c", olah, "-c", str(config)],
             cwd=root,
             stdout=log,
             stderr=subprocess.STDOUT,

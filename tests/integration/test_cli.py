@@ -25,13 +25,15 @@ import safeload
 from tests.helpers.models import save_model, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
-SAFELOAD = ROOT / ".venv" / "bin" / "safeload"
+# The installed console script; the unprivileged test leg runs another interpreter, which has none.
+SAFELOAD = Path(sys.executable).with_name("safeload")
+SAFELOAD_CMD = [str(SAFELOAD)] if SAFELOAD.exists() else [sys.executable, "-m", "safeload"]
 
 
 def cli(
     *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, module: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    base = [sys.executable, "-m", "safeload"] if module else [str(SAFELOAD)]
+    base = [sys.executable, "-m", "safeload"] if module else SAFELOAD_CMD
     full_env = {k: v for k, v in os.environ.items() if k != "SAFELOAD_POLICY"}
     full_env.update(env or {})
     return subprocess.run(

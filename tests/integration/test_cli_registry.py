@@ -31,13 +31,15 @@ from tests.helpers.hubserver import HubServer, tiny_bert_files
 from tests.integration.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
-SAFELOAD = ROOT / ".venv" / "bin" / "safeload"
+# The installed console script; the unprivileged test leg runs another interpreter, which has none.
+SAFELOAD = Path(sys.executable).with_name("safeload")
+SAFELOAD_CMD = [str(SAFELOAD)] if SAFELOAD.exists() else [sys.executable, "-m", "safeload"]
 
 
 def run(
     args: list[str | Path], env: dict[str, str], *, python: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    base = [sys.executable] if python else [str(SAFELOAD)]
+    base = [sys.executable] if python else SAFELOAD_CMD
     return subprocess.run(
         [*base, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=180
     )

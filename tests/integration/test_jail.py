@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import secrets
+import shutil
 import socket
 import stat
 import statistics
@@ -610,10 +611,19 @@ def test_each_jail_runs_as_a_uid_of_its_own() -> None:
 # --- availability and speed ------------------------------------------------------------------------------
 
 
+def _path_without_bwrap(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH with util-linux's prlimit and setpriv, which every tier uses, and no bubblewrap."""
+    for tool in ("prlimit", "setpriv"):
+        found = shutil.which(tool)
+        assert found is not None
+        (folder / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(folder))
+
+
 def test_missing_bwrap_falls_to_the_landlock_jail_unless_the_policy_demands_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
+    _path_without_bwrap(tmp_path, monkeypatch)
     monkeypatch.delenv("SAFELOAD_JAIL", raising=False)
     _tiers.forget()
     try:
@@ -633,7 +643,7 @@ def test_prepare_runs_the_first_call_checks(tmp_path: Path, monkeypatch: pytest.
     launcher.prepare()
     launcher.prepare()  # idempotent
     assert jail("print(2)").stdout == "2\n"
-    monkeypatch.setenv("PATH", str(tmp_path))
+    _path_without_bwrap(tmp_path, monkeypatch)
     monkeypatch.setenv("SAFELOAD_JAIL", "full")
     _tiers.forget()
     try:
