@@ -339,9 +339,10 @@ class Podman:
         return rootfs
 
     def argv(self, config: ContainerConfig, rootfs: Path, name: str, command: list[str], *,
-             mounts: list[tuple[Path, str, bool]], env: Mapping[str, str]) -> list[str]:
+             mounts: list[tuple[Path, str, bool]], env: Mapping[str, str],
+             network: Literal["none", "host"] = "none") -> list[str]:
         """The full ``podman run`` command line."""
-        argv = ["podman", "run", "--rm", "--name", name, "--network=none", *ULIMITS,
+        argv = ["podman", "run", "--rm", "--name", name, f"--network={network}", *ULIMITS,
                 "--tmpfs", "/tmp:rw,mode=1777",
                 "--tmpfs", "/home/user:rw,mode=0700,U"]
         if config.user is not None:
@@ -368,12 +369,15 @@ class Podman:
     def run(self, config: ContainerConfig, script: str, *,
             mounts: Mapping[Path | str, tuple[str, bool]] | None = None,
             env: Mapping[str, str] | None = None, timeout: float = 180,
-            command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+            command: list[str] | None = None,
+            network: Literal["none", "host"] = "none") -> subprocess.CompletedProcess[str]:
         """Run ``python -c script`` (the virtual environment's interpreter) in a container of ``config``.
 
         ``mounts`` maps host paths to ``(path in the container, read_only)``, added to the read-only
         /usr, checkout, virtual environment and Python prefix. ``command``, when given, runs instead of
-        the interpreter. Returns the finished ``podman run`` (the container's exit status, its output);
+        the interpreter. ``network="host"`` shares the host's network namespace (a server the test started
+        on 127.0.0.1 is reachable; no bridge or firewall rule is created). Returns the finished
+        ``podman run`` (the container's exit status, its output);
         a container still running after ``timeout`` seconds is removed and ``TimeoutExpired`` raised.
         """
         all_mounts = [(Path("/usr"), "/usr", True)]
@@ -384,7 +388,7 @@ class Podman:
         folder.mkdir(mode=0o755)
         rootfs = self._rootfs(folder, config, all_mounts)
         cmd = command if command is not None else [str(self.interpreter), "-c", script]
-        argv = self.argv(config, rootfs, name, cmd, mounts=all_mounts, env=env or {})
+        argv = self.argv(config, rootfs, name, cmd, mounts=all_mounts, env=env or {}, network=network)
         start = time.monotonic()
         try:
             return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout,

@@ -5,7 +5,14 @@ needs: a fresh ``/proc``, new user namespaces, root, a writable root filesystem,
 takes nothing. Whatever jail safeload can build there, the same three promises must hold: a pickle
 checkpoint loads, a safetensors file loads, and a pickle payload (inert and in execute mode) leaves no
 trace in a host folder the container can write. A fourth test per configuration checks the container is
-the one intended, so a pass elsewhere means something.
+the one intended, so a pass elsewhere means something; a fifth that the jail is the tier measured there
+and that the audit log names it.
+
+The store works in each configuration too: ``safeload prefetch --all`` from a ``directory`` registry
+(converting a ``pytorch_model.bin`` in the jail) followed by a load through ``safeload.transformers``; a
+prefetch from a Hub-compatible server (olah on the host's loopback, the container sharing the host's
+network) where the fetch jail differs; and the image pattern: root prefetches at build time, then a
+non-root user on a read-only root filesystem loads from the store mounted read-only, changing nothing.
 
 The facts expected of each configuration live in ``EXPECTED``, one line per configuration.
 """
@@ -20,7 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -28,6 +35,9 @@ from safetensors.torch import save_file
 
 from tests.helpers.canary import poisoned_pickle
 from tests.helpers.containers import CONFIGS, ContainerConfig, Podman, podman_session
+from tests.helpers.hubserver import HubServer, tiny_bert_files
+from tests.helpers.models import save_model, tiny_gpt2
+from tests.helpers.trust import folder_pins, pins, sha256_of, write_policy
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +48,8 @@ EPERM = "Operation not permitted"
 class Expected:
     """What the container's process sees: its ids, its uid map (the host's "0 0 4294967295" when not
     remapped), whether ``unshare -U`` fails and with what message, the errno of ``clone`` asking for a new
-    user namespace, how writing /etc fails (None: each works), and whether the runtime covers parts of
-    /proc (masked files, read-only /proc/sys)."""
+    user namespace, how writing /etc fails (None: each works), whether the runtime covers parts of
+    /proc (masked files, read-only /proc/sys), and the jail tier safeload picks there."""
 
     uid: int = 0
     gid: int = 0
@@ -48,15 +58,16 @@ class Expected:
     clone_newuser_error: str | None = None
     etc_error: str | None = None
     proc_masked: bool = True
+    tier: str = "namespaces"
 
 
 EXPECTED: dict[str, Expected] = {
     "podman-default": Expected(),
-    "docker-seccomp": Expected(unshare_error=EPERM, clone_newuser_error="EPERM"),
+    "docker-seccomp": Expected(unshare_error=EPERM, clone_newuser_error="EPERM", tier="landlock"),
     "user-nobody": Expected(uid=65534, gid=65534, etc_error="EACCES"),
     "read-only-root": Expected(etc_error="EROFS"),
     "uid-mapped": Expected(uid_map=(0, 200000, 65536)),
-    "unmasked-unconfined": Expected(proc_masked=False),
+    "unmasked-unconfined": Expected(proc_masked=False, tier="full"),
 }
 
 # Runs in the container: ``step`` records each step's value or its error, and the last line of output
@@ -108,8 +119,11 @@ def _mounts(exchange: Path) -> dict[Path | str, tuple[str, bool]]:
     return {exchange / "artifacts": ("/artifacts", True), exchange / "shared": ("/hostshared", False)}
 
 
-def _steps(podman: Podman, config: ContainerConfig, body: str, exchange: Path) -> dict[str, Any]:
-    done = podman.run(config, _PRELUDE + body + _EPILOGUE, mounts=_mounts(exchange))
+def _steps(podman: Podman, config: ContainerConfig, body: str, exchange: Path, *,
+           mounts: dict[Path | str, tuple[str, bool]] | None = None, env: dict[str, str] | None = None,
+           network: Literal["none", "host"] = "none") -> dict[str, Any]:
+    done = podman.run(config, _PRELUDE + body + _EPILOGUE, mounts={**_mounts(exchange), **(mounts or {})},
+                      env=env, network=network)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
     assert done.returncode == 0 and lines, (
         f"{config.name}: container exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\n"
@@ -271,3 +285,217 @@ step("execute", execute)
                                                        "pwned": False}
     assert _value(results, "execute", config) == {"w": w, "pwned": False}
     assert not pwned.exists(), f"{config.name}: the payload ran: {results}"
+
+
+def test_the_jail_is_the_tier_measured_and_the_audit_log_names_it(
+        podman: Podman, config: ContainerConfig, expected: Expected, exchange: Path) -> None:
+    tensors = {"w": torch.arange(3.0)}
+    save_file(tensors, str(exchange / "artifacts" / "t.safetensors"))
+    (exchange / "artifacts" / "t.safetensors").chmod(0o644)
+    write_policy(exchange / "artifacts" / "trust.toml", store=Path("/tmp/store"),
+                 audit_log=Path("/tmp/audit.jsonl"),
+                 files={"/artifacts/t.safetensors": sha256_of(exchange / "artifacts" / "t.safetensors")})
+    (exchange / "artifacts" / "trust.toml").chmod(0o644)
+    body = r"""
+import json
+from pathlib import Path
+import safeload
+from sandbox.launcher import jail_tier
+step("tier", jail_tier)
+step("load", lambda: safeload.load("/artifacts/t.safetensors", policy="/artifacts/trust.toml")["w"].tolist())
+step("audit", lambda: [json.loads(l)["jail"] for l in Path("/tmp/audit.jsonl").read_text().splitlines()])
+"""
+    results = _steps(podman, config, body, exchange)
+    assert _value(results, "tier", config) == expected.tier
+    assert _value(results, "load", config) == [0.0, 1.0, 2.0]
+    audit = _value(results, "audit", config)
+    assert audit and set(audit) == {expected.tier}, audit
+
+
+# --- the store: prefetch, then loads through safeload.transformers ---------------------------------------
+
+MODEL = "acme/tiny-gpt2"
+
+# Runs in the container: ``safeload prefetch --all --policy /policy/trust.toml`` (the command an image
+# build runs), in the container's process so that the load after it does not import transformers again.
+_PREFETCH = r"""
+import contextlib, io, runpy, sys
+def prefetch():
+    sys.argv = ["safeload", "prefetch", "--all", "--policy", "/policy/trust.toml"]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            runpy.run_module("safeload", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"prefetch exited {exc.code}: {out.getvalue()[-3000:]}") from None
+    return out.getvalue()
+step("prefetch", prefetch)
+"""
+# Loads a model through safeload.transformers and reports each parameter's checksum.
+_LOAD = r"""
+def load(name):
+    from safeload.transformers import AutoModel
+    model = AutoModel.from_pretrained(name)
+    return {k: float(v.detach().double().sum()) for k, v in model.named_parameters()}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Registry:
+    """A ``directory`` registry on the host holding MODEL as ``pytorch_model.bin``, its pins, and each
+    parameter's checksum as the bare model (``AutoModel``) names it."""
+
+    root: Path
+    pins: dict[str, str]
+    sums: dict[str, float]
+
+
+def _world_readable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    root = Path(tempfile.mkdtemp(prefix="safeload-containers-registry-", dir="/tmp"))
+    model = tiny_gpt2()
+    folder = save_model(model, root / MODEL, "bin")
+    assert (folder / "pytorch_model.bin").is_file()
+    _world_readable(root)
+    sums = {k.removeprefix("transformer."): float(v.detach().double().sum())
+            for k, v in model.named_parameters() if k.startswith("transformer.")}
+    try:
+        yield Registry(root=root, pins=folder_pins(folder), sums=sums)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _host_uid(config: ContainerConfig) -> int:
+    """The host uid the container's process runs as."""
+    if config.uidmap is None:
+        return config.uid
+    inside, host, _count = (int(x) for x in config.uidmap.split(":"))
+    return host + config.uid - inside
+
+
+def _store_folder(exchange: Path, config: ContainerConfig) -> Path:
+    """A host folder the container's user owns (the store's ownership rule), for /data."""
+    data = exchange / "data"
+    data.mkdir(mode=0o755)
+    os.chown(data, _host_uid(config), _host_uid(config))
+    return data
+
+
+def _directory_policy(exchange: Path, registry: Registry) -> Path:
+    policy = write_policy(exchange / "policy" / "trust.toml", store=Path("/data/store"),
+                          registries={"local": {"kind": "directory", "path": "/registry"}},
+                          models={MODEL: {"registry": "local", "files": registry.pins}})
+    _world_readable(exchange / "policy")
+    return policy
+
+
+def test_a_prefetch_from_a_directory_registry_then_a_load(
+        podman: Podman, config: ContainerConfig, exchange: Path, registry: Registry) -> None:
+    _directory_policy(exchange, registry)
+    data = _store_folder(exchange, config)
+    mounts: dict[Path | str, tuple[str, bool]] = {
+        registry.root: ("/registry", True), exchange / "policy": ("/policy", True), data: ("/data", False)}
+    body = _PREFETCH + _LOAD + f"step('load', lambda: load({MODEL!r}))\n"
+    results = _steps(podman, config, body, exchange, mounts=mounts,
+                     env={"SAFELOAD_POLICY": "/policy/trust.toml"})
+    report = _value(results, "prefetch", config)
+    assert "prefetched" in report and MODEL in report and "model.safetensors" in report, report
+    assert _value(results, "load", config) == registry.sums
+    converted = [p.name for p in (data / "store").rglob("*.safetensors")]
+    assert converted, f"{config.name}: no converted safetensors in the store"
+
+
+def _listing(root: Path) -> list[tuple[str, int, int, int, int, str]]:
+    """Every entry under ``root``: path, mode, owner, size, mtime and (files) content hash."""
+    out = []
+    for path in sorted([root, *root.rglob("*")]):
+        st = path.lstat()
+        digest = sha256_of(path) if path.is_file() and not path.is_symlink() else ""
+        out.append((path.relative_to(root).as_posix(), st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns,
+                    digest))
+    return out
+
+
+def test_the_image_pattern_root_prefetches_and_nobody_loads_from_a_read_only_store(
+        podman: Podman, exchange: Path, registry: Registry) -> None:
+    build = next(c for c in CONFIGS if c.name == "podman-default")
+    nobody = next(c for c in CONFIGS if c.name == "user-nobody")
+    runtime = dataclasses.replace(nobody, name="user-nobody-read-only", read_only=True)
+    _directory_policy(exchange, registry)
+    data = _store_folder(exchange, build)
+    mounts: dict[Path | str, tuple[str, bool]] = {
+        registry.root: ("/registry", True), exchange / "policy": ("/policy", True), data: ("/data", False)}
+    results = _steps(podman, build, _PREFETCH, exchange, mounts=mounts)
+    report = _value(results, "prefetch", build)
+    assert "prefetched" in report and MODEL in report, report
+    before = _listing(data)
+    # no registry at run time: the store alone must serve the load
+    mounts = {exchange / "policy": ("/policy", True), data: ("/data", True)}
+    body = _LOAD + f"""
+import os
+step("uid", os.getuid)
+step("load", lambda: load({MODEL!r}))
+"""
+    results = _steps(podman, runtime, body, exchange, mounts=mounts,
+                     env={"SAFELOAD_POLICY": "/policy/trust.toml"})
+    assert _value(results, "uid", runtime) == 65534
+    assert _value(results, "load", runtime) == registry.sums
+    assert _listing(data) == before
+
+
+HUB_REPO = "containers/tiny-bert"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hub:
+    server: HubServer
+    sha: str
+    pins: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def container_hub() -> Iterator[Hub]:
+    """olah on the host's loopback with one small repository (safetensors, config, tokenizer)."""
+    root = Path(tempfile.mkdtemp(prefix="safeload-containers-hub-", dir="/tmp"))
+    server = HubServer.start(root)
+    try:
+        files = tiny_bert_files()
+        sha = server.add_repo(HUB_REPO, files)
+        yield Hub(server=server, sha=sha, pins=pins(files))
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("hub_config", [c for c in CONFIGS if c.name in ("podman-default", "docker-seccomp")],
+                         ids=lambda c: c.name)
+def test_a_prefetch_from_a_hub_compatible_server(
+        podman: Podman, hub_config: ContainerConfig, exchange: Path, container_hub: Hub) -> None:
+    config = hub_config
+    policy = write_policy(
+        exchange / "policy" / "trust.toml", store=Path("/data/store"),
+        registries={"hub": {"kind": "huggingface", "endpoint": container_hub.server.endpoint}},
+        models={"acme/tiny-bert": {"registry": "hub", "repo": HUB_REPO, "revision": container_hub.sha,
+                                   "files": container_hub.pins}})
+    _world_readable(policy.parent)
+    data = _store_folder(exchange, config)
+    mounts: dict[Path | str, tuple[str, bool]] = {
+        exchange / "policy": ("/policy", True), data: ("/data", False)}
+    body = _PREFETCH + r"""
+from sandbox.launcher import jail_tier
+step("tier", jail_tier)
+"""
+    results = _steps(podman, config, body, exchange, mounts=mounts, network="host",
+                     env={"HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    report = _value(results, "prefetch", config)
+    assert "prefetched" in report and "acme/tiny-bert" in report, report
+    assert _value(results, "tier", config) == EXPECTED[config.name].tier
+    folder = data / "store" / "models" / "hub" / HUB_REPO / container_hub.sha
+    got = {p.relative_to(folder).as_posix(): sha256_of(p) for p in folder.rglob("*") if p.is_file()}
+    assert got == container_hub.pins
