@@ -13,6 +13,7 @@ converted once per machine however many folders or names point at it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from safeload._files import create_beside
+from safeload._hashing import hash_fd
 from safeload.errors import IntegrityError, UnsafeContentError, UnsupportedFormatError
 from safeload.store import Store, makedirs_shared, write_shared
 
@@ -526,8 +528,15 @@ def _cached_conversion(src: Path, policy: Policy, sha256: str | None, store: Sto
             handed, opened = opened, None  # _convert closes it
             makedirs_shared(target.parent)
             _convert(src, target, policy, {"safeload.source_sha256": digest}, False, handed, 0o444)
-            st = os.lstat(target)
-            write_shared(record, json.dumps(_fingerprint(st)).encode())
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                # The digest lets a store copied elsewhere (an image layer unpacked on pull: new inodes)
+                # be recognised by its bytes instead of converted again by a reader that may not write.
+                produced, _ = hash_fd(fd, mapped=False)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            write_shared(record, json.dumps({**_fingerprint(st), "sha256": produced}).encode())
         return target
     finally:
         if opened is not None:
@@ -553,7 +562,10 @@ def _fingerprint_matches(store: Store, target: Path, record: Path) -> bool:
     """Whether the cached file is still the one this process family wrote (else it is converted again).
 
     A converted file that was replaced, touched or turned into a symlink after it was written is not
-    trusted: converting again costs one jail run, loading a swapped file would load foreign weights.
+    trusted: converting again costs one jail run, loading a swapped file would load foreign weights. A
+    file whose stat differs (the store was copied, or unpacked from an image layer) but whose bytes still
+    hash to the recorded digest is the same file: it is accepted, and its record refreshed where the
+    store may be written.
 
     Raises:
         UnsafeStoreError: someone other than the caller and root could change the file or its record.
@@ -566,10 +578,29 @@ def _fingerprint_matches(store: Store, target: Path, record: Path) -> bool:
         expected = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         expected = None
-    if not stat.S_ISREG(st.st_mode) or expected != _fingerprint(st):
-        _log.warning("%s changed after it was converted; converting the source again", target)
-        return False
+    if not isinstance(expected, dict) or not stat.S_ISREG(st.st_mode):
+        return _changed(target)
+    digest = expected.pop("sha256", None)
+    if expected == _fingerprint(st):
+        return True
+    if not isinstance(digest, str) or expected["mode"] != st.st_mode or expected["size"] != st.st_size:
+        return _changed(target)
+    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        actual, _ = hash_fd(fd, mapped=False)
+        now = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if actual != digest:
+        return _changed(target)
+    with contextlib.suppress(OSError):  # a reader that may not write re-hashes next time too
+        write_shared(record, json.dumps({**_fingerprint(now), "sha256": digest}).encode())
     return True
+
+
+def _changed(target: Path) -> bool:
+    _log.warning("%s changed after it was converted; converting the source again", target)
+    return False
 
 
 def converted_index(index: str | os.PathLike[str]) -> dict[str, Any]:
