@@ -309,12 +309,20 @@ def _launch(
         info_r, info_w = os.pipe()
         stack.callback(_close_quietly, info_r)
         source = ""
+        binds: list[str] = []
         if input_fd is not None and tier != "full":
             # No /proc in these jails to reopen a descriptor through: the worker reads the one it
             # inherits, which is read-only whatever the file's mode.
             source = f"fd:{own(_jail_readable_copy(input_fd, ids))}"
         elif input_fd is not None:
             source = "/in/artifact"
+            binds += ["--dir", "/in"]
+            if not drop and _has_path(input_fd):
+                binds += ["--ro-bind-fd", str(own(os.dup(input_fd))), source]
+            else:
+                # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
+                # inherited descriptor reopened through /proc needs no path, only access to the inode.
+                binds += ["--symlink", f"/proc/self/fd/{own(_jail_readable_copy(input_fd, ids))}", source]
         out_path = str(jail_out) if tier == "landlock" else "/out"
         args = [*worker_args, "--out", out_path] + (["--in", source] if source else [])
         program_args = ["-c", _boot(tier, mode, entry)]
@@ -322,17 +330,6 @@ def _launch(
             confine = _confine_options(prefix, mode, out_path, seccomp_fd)
             cmd += [python, "-I", "-S", "-B", *program_args, *confine]
         else:
-            binds: list[str] = []
-            if source:
-                binds += ["--dir", "/in"]
-                if not drop and _has_path(input_fd):  # type: ignore[arg-type]
-                    fd = own(os.dup(input_fd))  # type: ignore[arg-type]
-                    binds += ["--ro-bind-fd", str(fd), source]
-                else:
-                    # bubblewrap resolves a bound file's path (as the jail's uid), and a memfd has none; an
-                    # inherited descriptor reopened through /proc needs no path, only access to the inode.
-                    fd = own(_jail_readable_copy(input_fd, ids))  # type: ignore[arg-type]
-                    binds += ["--symlink", f"/proc/self/fd/{fd}", source]
             cmd += _bubblewrap(tier, prefix, mode, jail_out, limits, binds)
             cmd += ["--seccomp", str(seccomp_fd), "--info-fd", str(info_w)]
             for key, value in {**_JAIL_ENV, "SAFELOAD_IN": source, "SAFELOAD_OUT": out_path}.items():
