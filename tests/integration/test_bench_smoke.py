@@ -86,3 +86,18 @@ def test_the_dropins_benchmark_prints_every_row(tmp_path: Path) -> None:
         assert figures[f"{lib}_plain_s"] > 0 and figures[f"{lib}_safeload_s"] > 0
     assert proc.stdout.count("safeload, warm:") == 3
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_jail_tiers_benchmark_measures_every_tier(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.jail_tiers", "--size-mib", "16", "--runs", "1", "--dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for tier in ("full", "namespaces", "landlock"):
+        assert f"safeload ({tier})" in proc.stdout
+    for baseline in ("torch.load weights_only", "safetensors", "jail start-up"):
+        assert baseline in proc.stdout
+    assert list(tmp_path.iterdir()) == []
