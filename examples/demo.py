@@ -57,6 +57,7 @@ def act_malicious(work: Path) -> None:
     torch.save({"weights": torch.randn(4, 4), "config": _Payload(marker)}, ckpt)
     console.print(f"wrote {ckpt.name}: a real tensor plus a pickled call to os.system('touch {marker.name}')")
     result = safeload.load(ckpt)
+    console.print(f"opened in the [bold]{safeload.jail_tier()}[/bold] jail (`safeload doctor` says why)")
     shape = tuple(result["weights"].shape)
     console.print(f"safeload.load returned keys {sorted(result)}; weights shape {shape}")
     stub = result["config"]
