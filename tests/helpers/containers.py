@@ -116,6 +116,10 @@ CONFIGS: tuple[ContainerConfig, ...] = (
     ContainerConfig(name="read-only-root", read_only=True),
     # rootless podman, Docker's userns-remap, Kubernetes hostUsers: false
     ContainerConfig(name="uid-mapped", uidmap="0:200000:65536"),
+    # Docker's rules with CAP_SYS_ADMIN, which they need for namespaces and mounts; /proc still masked
+    ContainerConfig(name="docker-seccomp-sys-admin", seccomp="docker", extra=("--cap-add", "SYS_ADMIN")),
+    # what an error message once advised: no syscall filter at all, /proc still masked
+    ContainerConfig(name="seccomp-unconfined", seccomp="unconfined"),
     # nothing masked or filtered (docker --security-opt seccomp=unconfined --security-opt
     # systempaths=unconfined, as for nested containers): the one where a fresh /proc can be mounted
     ContainerConfig(name="unmasked-unconfined", seccomp="unconfined", extra=("--security-opt", "unmask=ALL")),

@@ -67,6 +67,8 @@ EXPECTED: dict[str, Expected] = {
     "user-nobody": Expected(uid=65534, gid=65534, etc_error="EACCES"),
     "read-only-root": Expected(etc_error="EROFS"),
     "uid-mapped": Expected(uid_map=(0, 200000, 65536)),
+    "docker-seccomp-sys-admin": Expected(),
+    "seccomp-unconfined": Expected(),
     "unmasked-unconfined": Expected(proc_masked=False, tier="full"),
 }
 
