@@ -103,13 +103,26 @@ class DirectoryRegistrySpec:
 
 
 @dataclass(frozen=True)
+class UnpackBudgets:
+    """What the tar layers of an OCI artifact may unpack to (``max_unpacked``, ``max_unpacked_files``,
+    ``max_unpack_ratio`` of an oci registry in ``trust.toml``): bytes written over all its layers, entries
+    in one layer, and a layer's tar stream over its compressed size. Each member is also capped at the
+    registry's ``max_file_size``."""
+
+    max_bytes: int = 64 << 30
+    max_members: int = 100_000
+    max_ratio: int = 200
+
+
+@dataclass(frozen=True)
 class OciRegistrySpec:
     """``[registries.NAME] kind = "oci"``: an OCI distribution registry (Harbor, Zot, distribution, ECR...).
 
     Models are pulled by manifest digest from ``endpoint``; ``namespace`` is prefixed to every entry's
     ``repo``. Credentials come from ``token_env`` (a bearer token) or the user's registry auth file
     (``REGISTRY_AUTH_FILE``, ``$DOCKER_CONFIG/config.json``, ``~/.docker/config.json``) and are sent to the
-    endpoint only. ``max_file_bytes`` and ``redirect_hosts`` as for the Hub.
+    endpoint only. ``max_file_bytes`` and ``redirect_hosts`` as for the Hub; ``unpack``: the budgets of
+    its tar layers.
     """
 
     name: str
@@ -119,6 +132,7 @@ class OciRegistrySpec:
     max_file_bytes: int = 64 << 30
     redirect_hosts: tuple[str, ...] = ()
     kind: Literal["oci"] = "oci"
+    unpack: UnpackBudgets = field(default_factory=UnpackBudgets)
 
 
 RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec
@@ -307,17 +321,38 @@ def _max_file_bytes(t: _Table) -> int | None:
         raise t.err("max_file_size", str(e)) from None
 
 
+_UNPACK_KEYS = ("max_unpacked", "max_unpacked_files", "max_unpack_ratio")
+
+
+def _unpack_budgets(t: _Table) -> UnpackBudgets:
+    budgets = UnpackBudgets()
+    if "max_unpacked" in t.data:
+        try:
+            budgets = replace(budgets, max_bytes=parse_size(t.data["max_unpacked"]))
+        except ValueError as e:
+            raise t.err("max_unpacked", str(e)) from None
+    for key, attr in (("max_unpacked_files", "max_members"), ("max_unpack_ratio", "max_ratio")):
+        if key in t.data:
+            value = t.data[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise t.err(key, f"must be a positive integer, got {value!r}")
+            budgets = replace(budgets, **{attr: value})
+    return budgets
+
+
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
     kind = t.choice("kind", ("huggingface", "directory", "oci"), "")
     if kind == "oci":
-        t.check_keys({"kind", "endpoint", "namespace", "token_env", "max_file_size", "redirect_hosts"})
+        t.check_keys(
+            {"kind", "endpoint", "namespace", "token_env", "max_file_size", "redirect_hosts", *_UNPACK_KEYS}
+        )
         endpoint = _endpoint(t)
         namespace = t.str_("namespace")
         if namespace is not None:
             _check_repo(t, "namespace", namespace)
         oci = OciRegistrySpec(
             name=name, endpoint=endpoint, namespace=namespace, token_env=t.str_("token_env"),
-            redirect_hosts=_redirect_hosts(t, endpoint),
+            redirect_hosts=_redirect_hosts(t, endpoint), unpack=_unpack_budgets(t),
         )
         size = _max_file_bytes(t)
         return oci if size is None else replace(oci, max_file_bytes=size)

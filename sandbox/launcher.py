@@ -138,7 +138,7 @@ def run_worker(
     input_fd: int,
     output_dir: Path,
     *,
-    mode: Literal["inert", "execute", "fetch"] = "inert",
+    mode: Literal["inert", "execute", "fetch", "unpack"] = "inert",
     limits: Limits = _DEFAULT_LIMITS,
     args: Sequence[str] = (),
     inherit: Sequence[int] = (),
@@ -146,9 +146,10 @@ def run_worker(
 ) -> WorkerRun:
     """Run the worker on the artifact open at ``input_fd``, writing into ``output_dir``.
 
-    ``mode="fetch"`` runs the download worker (:mod:`sandbox.fetch` prepares its job) in the same jail
-    as the inert one. ``inherit`` are further descriptors the jail keeps under their numbers (the fetch's
-    connection broker); ``on_output`` is called with the output folder's size in bytes about ten times a
+    ``mode="fetch"`` runs the download worker (:mod:`sandbox.fetch` prepares its job) and
+    ``mode="unpack"`` the tar layer unpacker (:mod:`sandbox.unpack`) in the same jail as the inert one.
+    ``inherit`` are further descriptors the jail keeps under their numbers (the fetch's connection broker,
+    the unpack job); ``on_output`` is called with the output folder's size in bytes about ten times a
     second while the worker runs (progress bars).
 
     Inside the jail the artifact is ``/in/artifact`` (read-only; it may be a symlink to the inherited

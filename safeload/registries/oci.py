@@ -15,9 +15,13 @@ Layouts are told apart by the manifest's ``artifactType`` and config media type,
 - plain ORAS artifacts: one file per layer, named by ``org.opencontainers.image.title``; a layer marked
   ``io.deis.oras.content.unpack`` is a tar (ORAS's folder upload).
 
-Tar layers are unpacked inside the store's staging folder under the rule every file name obeys
-(repository-relative, no ``..``, no absolute path); an entry that is a link, a device, a FIFO or sparse
-fails the whole layer. The unpacked files are then pinned and hashed one by one like any other file.
+Tar layers are parsed and unpacked in the jail (:mod:`sandbox.unpack`), never in this process: only
+the members asked for are written (the pinned ones; at pin time every file), each under a number the
+worker chose, taken back by descriptor and named by the rule every file name obeys (repository-relative,
+no ``..``, no absolute path). An entry that is a link, a device, a FIFO or sparse in any of tar's
+flavours fails the whole layer, as does a budget passed (``max_file_size`` per file, and the registry's
+``max_unpacked``, ``max_unpacked_files`` and ``max_unpack_ratio``: :class:`~safeload.policy.UnpackBudgets`).
+The unpacked files are then pinned and hashed one by one like any other file.
 
 A model-signing bundle attached to the manifest (OCI 1.1 referrers API, or the referrers tag schema
 ``sha256-<hex>`` where the registry lacks it) is delivered as the entry's signature file, so it is
@@ -30,14 +34,12 @@ as its upstream BOM.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
 import re
-import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -45,12 +47,13 @@ from urllib.parse import quote, urlsplit
 from safeload._hashing import hash_fd, progress_bar
 from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError, UnsupportedFormatError, UntrustedSourceError
-from safeload.policy import OciRegistrySpec
+from safeload.policy import OciRegistrySpec, UnpackBudgets
 from safeload.registries import Delivered
 from safeload.registries._http import JailedRegistry, ca_bundle
 from safeload.registries._oci_auth import auth_file_credentials, bearer_token, parse_challenge
 from sandbox.fetch import Answer, Request
 from sandbox.launcher import Tier
+from sandbox.unpack import Unpacked, UnpackRefused, unpack
 
 __all__ = ["ATTESTATION_TYPES", "BOM_TYPES", "SIGNATURE_TYPES", "OciRegistry"]
 
@@ -178,6 +181,7 @@ class OciRegistry(JailedRegistry):
     def __init__(self, spec: OciRegistrySpec, *, jail: Tier = "landlock") -> None:
         super().__init__(spec.name, spec.endpoint, spec.redirect_hosts, spec.max_file_bytes, jail=jail)
         self._namespace = spec.namespace
+        self._budgets: UnpackBudgets = spec.unpack
         self._token_env = spec.token_env
         self._bearer: str | None = None  # from the registry's token service, once it asked for one
 
@@ -328,16 +332,69 @@ class OciRegistry(JailedRegistry):
         return paths
 
     def _check_blob(self, path: Path, layer: Layer, repo: str) -> None:
+        os.close(self._open_checked(path, layer, repo))
+
+    def _open_checked(self, path: Path, layer: Layer, repo: str) -> int:
+        """A descriptor on the downloaded blob, once its bytes hash to the layer's digest."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             digest, _ = hash_fd(fd)
+            if digest != layer.digest:
+                raise IntegrityError(
+                    f"{self._where()}: {repo}: layer {layer.digest} arrived as {digest}; the registry served "
+                    "other bytes than its manifest names, and nothing was stored"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _unpack(
+        self, blob: Path, layer: Layer, repo: str, dest: Path, where: str, wanted: Collection[str],
+        *, listing: bool = False, written: int = 0,
+    ) -> Unpacked:
+        """Unpack tar ``layer`` (downloaded to ``blob``) in the jail into ``dest``: the members named in
+        ``wanted``, and with ``listing`` the names of all; ``written`` bytes of the artifact's budget are
+        spent already.
+
+        Raises:
+            IntegrityError: the blob is not the layer's bytes, or the layer holds an unsafe entry or
+                passes a budget (:class:`~sandbox.unpack.UnpackRefused`, naming the budget).
+        """
+        fd = self._open_checked(blob, layer, repo)
+        try:
+            # The jail reads the verified blob through this descriptor; read-only for everyone, it
+            # needs no sealed copy (the blob is in this run's private staging folder).
+            os.fchmod(fd, 0o444)
+            dest.mkdir(mode=0o700)
+            budgets = self._budgets
+            return unpack(
+                fd, dest, gzip=layer.gzip, compressed_size=layer.size, wanted=wanted, listing=listing,
+                max_member_bytes=self._max_file_bytes, max_total_bytes=max(0, budgets.max_bytes - written),
+                max_members=budgets.max_members, max_ratio=budgets.max_ratio, weakest_jail=self._jail,
+            )
+        except UnpackRefused as exc:
+            raise UnpackRefused(
+                f"{where}: tar layer {layer.digest} is refused: {exc}; nothing was stored"
+                + self._budget_hint(exc.budget),
+                exc.budget,
+            ) from None
         finally:
             os.close(fd)
-        if digest != layer.digest:
-            raise IntegrityError(
-                f"{self._where()}: {repo}: layer {layer.digest} arrived as {digest}; the registry served "
-                "other bytes than its manifest names, and nothing was stored"
-            )
+
+    def _budget_hint(self, budget: str | None) -> str:
+        if budget is None:
+            return ""
+        now = {
+            "max_file_size": self._max_file_bytes,
+            "max_unpacked": self._budgets.max_bytes,
+            "max_unpacked_files": self._budgets.max_members,
+            "max_unpack_ratio": self._budgets.max_ratio,
+        }[budget]
+        return (
+            f" (budget {budget} = {now}; if the artifact is trusted to need more, raise {budget} in "
+            f"[registries.{self.name}] of trust.toml)"
+        )
 
     # ---------------------------------------------------------------------------------- Registry API
 
@@ -396,13 +453,15 @@ class OciRegistry(JailedRegistry):
             paths[rel] = blobs[layer.digest]
         if inside:
             unpacked: dict[str, Path] = {}
+            written = 0
             for n, layer in enumerate(tars):
-                self._check_blob(blobs[layer.digest], layer, repo)
-                limit = self._max_file_bytes
-                for rel, path in _unpack(blobs[layer.digest], layer, work / f"unpacked-{n}", where, limit):
+                dest = work / f"unpacked-{n}"
+                got = self._unpack(blobs[layer.digest], layer, repo, dest, where, inside, written=written)
+                for rel, path in got.files.items():
                     if rel in unpacked or rel in raw:
                         raise IntegrityError(f"{where}: {rel!r} is in the artifact twice")
                     unpacked[rel] = path
+                    written += os.lstat(path).st_size
             for rel in inside:
                 if rel not in unpacked:
                     attached = " and no model-signing signature is attached" if rel.endswith(".sig") else ""
@@ -426,13 +485,9 @@ class OciRegistry(JailedRegistry):
             with tempfile.TemporaryDirectory(prefix="safeload-oci-") as tmp:
                 blobs = self._blobs(repo, tars, Path(tmp), f"{self.name}:{repo}@{revision[:19]}")
                 for n, layer in enumerate(tars):
-                    self._check_blob(blobs[layer.digest], layer, repo)
-                    names += [
-                        rel
-                        for rel, _ in _unpack(
-                            blobs[layer.digest], layer, Path(tmp) / f"u{n}", where, self._max_file_bytes
-                        )
-                    ]
+                    dest = Path(tmp) / f"u{n}"
+                    got = self._unpack(blobs[layer.digest], layer, repo, dest, where, (), listing=True)
+                    names += got.names
         if len(set(names)) != len(names):
             raise IntegrityError(f"{where}: a file is in the artifact twice")
         return sorted(names)
@@ -551,57 +606,3 @@ class OciRegistry(JailedRegistry):
 class _NoSignature(UntrustedSourceError):
     """No signature is attached to a manifest (the caller may still find one packed in a layer)."""
 
-
-def _unpack(blob: Path, layer: Layer, dest: Path, where: str, max_bytes: int) -> Iterator[tuple[str, Path]]:
-    """The files of a tar layer, written below ``dest``: (repository-relative name, path).
-
-    Raises:
-        IntegrityError: an entry is not a plain file or folder, or its name is not a safe relative path.
-    """
-    dest.mkdir(mode=0o700)
-    with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(open(blob, "rb"))
-        stream = stack.enter_context(gzip.GzipFile(fileobj=fh)) if layer.gzip else fh
-        try:
-            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if member.isdir():
-                    if name and not is_safe_relpath(name):
-                        raise IntegrityError(
-                            f"{where}: layer {layer.digest} has a folder named {member.name!r}"
-                        )
-                    continue
-                if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                    raise IntegrityError(
-                        f"{where}: layer {layer.digest} holds {member.name!r}, a "
-                        f"{'link' if member.issym() or member.islnk() else 'special file'}; only plain files "
-                        "and folders are unpacked, so the layer is refused"
-                    )
-                if not is_safe_relpath(name):
-                    raise IntegrityError(
-                        f"{where}: layer {layer.digest} holds {member.name!r}, which is not a relative path "
-                        "inside the artifact; the layer is refused"
-                    )
-                if member.size > max_bytes:
-                    raise IntegrityError(f"{where}: {name} is {member.size} bytes, over max_file_size")
-                target = dest / name
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                src = tar.extractfile(member)
-                assert src is not None
-                fd = os.open(
-                    target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-                )
-                with os.fdopen(fd, "wb") as out:
-                    remaining = member.size
-                    while remaining:
-                        chunk = src.read(min(remaining, 1 << 20))
-                        if not chunk:
-                            raise IntegrityError(f"{where}: layer {layer.digest} ends inside {name}")
-                        out.write(chunk)
-                        remaining -= len(chunk)
-                yield name, target
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            if isinstance(exc, FileExistsError):
-                raise IntegrityError(f"{where}: layer {layer.digest} holds {exc.filename!r} twice") from None
-            raise IntegrityError(f"{where}: layer {layer.digest} is not a readable tar: {exc}") from None

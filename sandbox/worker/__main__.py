@@ -3,7 +3,8 @@
 ``--mode inert`` reads ``/in/artifact`` with the inert unpickler and writes ``/out/manifest.json`` (and
 ``/out/tensors.safetensors`` when some bytes cannot be referenced in place). ``--mode execute`` hands
 over to ``execute.main``; ``--mode fetch`` to ``_fetch.main`` (downloads over connections the host hands
-in). On failure it writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
+in); ``--mode unpack`` to ``_unpack.main`` (an OCI tar layer, its job at ``--job``). On failure it
+writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def main(argv: Sequence[str]) -> int:
 
         try:
             return fetch(opts.get("in", "/in/artifact"), out_dir)
+        except Exception as exc:  # the host reports it as a sandbox crash
+            _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
+            return _EXIT_CRASH
+    if mode == "unpack":
+        from ._unpack import main as unpack
+
+        try:
+            return unpack(opts.get("job", ""), opts.get("in", "/in/artifact"), out_dir)
         except Exception as exc:  # the host reports it as a sandbox crash
             _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
             return _EXIT_CRASH
