@@ -34,6 +34,7 @@ __all__ = ["Patch", "patch", "unpatch"]
 
 _lock = threading.RLock()
 _saved: list[tuple[object, str, object]] = []
+_undo: list[Callable[[], None]] = []
 _depth = 0
 
 
@@ -129,6 +130,96 @@ def _targets() -> list[tuple[object, str, object]]:
     return out
 
 
+def _drop_in_patch(
+    raw: classmethod[Any, Any, Any], drop_in: Callable[..., Any]
+) -> classmethod[Any, Any, Any]:
+    """A library's ``from_pretrained`` classmethod that calls ``drop_in(cls, ...)`` (a safeload drop-in,
+    which resolves through the policy and then calls ``cls.from_pretrained`` on the verified folder,
+    reaching the original here through :func:`~safeload.transformers._guard.is_inside`)."""
+    func = raw.__func__
+
+    @functools.wraps(func)
+    def from_pretrained(klass: type, *args: Any, **kwargs: Any) -> Any:
+        from safeload.transformers._guard import is_inside
+
+        if is_inside():
+            return func(klass, *args, **kwargs)
+        return drop_in(klass, *args, **kwargs)
+
+    return classmethod(from_pretrained)
+
+
+def _diffusers_from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:
+    from safeload.diffusers import from_pretrained
+
+    return from_pretrained(cls, *args, **kwargs)
+
+
+def _peft_from_pretrained(cls: type, *args: Any, **kwargs: Any) -> Any:
+    from safeload.peft import from_pretrained
+
+    return from_pretrained(cls, *args, **kwargs)
+
+
+def _sentence_transformer_init(real: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(real)
+    def __init__(self: object, model_name_or_path: Any = None, *args: Any, **kwargs: Any) -> None:
+        from safeload.sentence_transformers import build
+        from safeload.transformers._guard import is_inside
+
+        if is_inside():
+            return real(self, model_name_or_path, *args, **kwargs)
+        return build(functools.partial(real, self), model_name_or_path, *args, **kwargs)
+
+    return __init__
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _library_targets() -> list[tuple[object, str, object]]:
+    """``from_pretrained`` of the other libraries safeload has a drop-in for, when they are installed:
+    diffusers' pipelines, models and schedulers (their base classes, and the Auto classes already
+    imported), ``peft.PeftModel``, and ``sentence_transformers.SentenceTransformer`` (its constructor)."""
+    import importlib
+    import sys
+
+    out: list[tuple[object, str, object]] = []
+    if _installed("diffusers"):
+        import diffusers
+
+        classes: list[object] = [diffusers.DiffusionPipeline, diffusers.ModelMixin, diffusers.SchedulerMixin]
+        for module_name in ("diffusers.models.auto_model", "diffusers.pipelines.auto_pipeline"):
+            module = sys.modules.get(module_name)  # imported already: importing them costs seconds
+            for name in dir(module) if module is not None else ():
+                if name.startswith("Auto"):
+                    classes.append(getattr(module, name))
+        for cls in classes:
+            raw = cls.__dict__.get("from_pretrained") if isinstance(cls, type) else None
+            if isinstance(raw, classmethod):
+                out.append((cls, "from_pretrained", _drop_in_patch(raw, _diffusers_from_pretrained)))
+    if _installed("peft"):
+        peft = importlib.import_module("peft")
+        raw = peft.PeftModel.__dict__.get("from_pretrained")
+        if isinstance(raw, classmethod):
+            out.append((peft.PeftModel, "from_pretrained", _drop_in_patch(raw, _peft_from_pretrained)))
+    if _installed("sentence_transformers"):
+        st = importlib.import_module("sentence_transformers")
+        init = st.SentenceTransformer.__dict__.get("__init__")
+        if callable(init):
+            out.append((st.SentenceTransformer, "__init__", _sentence_transformer_init(init)))
+    return out
+
+
 # huggingface_hub's download entry points, by the module that defines them and their public name.
 _HUB_FUNCTIONS = (
     ("huggingface_hub.file_download", "hf_hub_download"),
@@ -207,7 +298,13 @@ def _hub_targets() -> list[tuple[object, str, object]]:
 
 
 def _install() -> None:
-    for owner, name, replacement in [*_targets(), *_hub_targets()]:
+    from safeload import _hub_guard
+
+    # The libraries first: importing them binds huggingface_hub's functions that _hub_targets finds.
+    targets = [*_targets(), *_library_targets(), *_hub_targets()]
+    guard_targets, undo = _hub_guard.install()
+    _undo.append(undo)
+    for owner, name, replacement in [*targets, *guard_targets]:
         if isinstance(owner, type):
             original = owner.__dict__[name]
         else:
@@ -219,6 +316,8 @@ def _install() -> None:
 def _restore() -> None:
     import sys
 
+    while _undo:
+        _undo.pop()()
     names = {name for _, name, _ in _saved}
     patched = {id(new): old for owner, name, old in _saved for new in [getattr(owner, name, None)]}
     while _saved:

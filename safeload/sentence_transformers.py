@@ -21,6 +21,7 @@ library's own. sentence-transformers is an optional dependency (``safeload[sente
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from safeload.policy import Policy, load_policy
 from safeload.transformers._folder import prepare
 from safeload.transformers._guard import inside, refuse_host_unpickling
 
-__all__ = ["SentenceTransformer"]
+__all__ = ["SentenceTransformer", "build"]
 
 # Hub arguments that mean nothing for a verified local folder.
 _HUB_KWARGS = ("cache_folder", "token", "use_auth_token", "local_files_only")
@@ -42,6 +43,28 @@ def _policy_name(name: str, policy: Policy) -> str:
         if prefixed in policy.models:
             return prefixed
     return name
+
+
+def build(
+    init: Callable[..., None], model_name_or_path: str | os.PathLike[str] | None, *args: Any, **kwargs: Any
+) -> None:
+    """Run ``init`` (sentence-transformers' ``__init__``, bound to the instance) on the verified folder
+    of ``model_name_or_path``, with host unpickling refused; what :class:`SentenceTransformer` does, also
+    used by ``safeload.patch()`` for the library's own class."""
+    if model_name_or_path is None:  # modules given in code: nothing is read from disk
+        with refuse_host_unpickling(), inside():
+            init(None, *args, **kwargs)
+        return
+    for key in _HUB_KWARGS:
+        kwargs.pop(key, None)
+    revision = kwargs.pop("revision", None)
+    want_code = bool(kwargs.pop("trust_remote_code", False))
+    policy = load_policy()
+    name = _policy_name(os.fspath(model_name_or_path), policy)
+    prepared = prepare(name, weights=True, trust_remote_code=want_code, revision=revision, policy=policy)
+    kwargs.update(local_files_only=True, trust_remote_code=prepared.allow_code)
+    with refuse_host_unpickling(), inside():
+        init(str(Path(prepared.folder)), *args, **kwargs)
 
 
 class SentenceTransformer(_st.SentenceTransformer):
@@ -58,17 +81,4 @@ class SentenceTransformer(_st.SentenceTransformer):
     def __init__(
         self, model_name_or_path: str | os.PathLike[str] | None = None, *args: Any, **kwargs: Any
     ) -> None:
-        if model_name_or_path is None:  # modules given in code: nothing is read from disk
-            with refuse_host_unpickling(), inside():
-                super().__init__(None, *args, **kwargs)
-            return
-        for key in _HUB_KWARGS:
-            kwargs.pop(key, None)
-        revision = kwargs.pop("revision", None)
-        want_code = bool(kwargs.pop("trust_remote_code", False))
-        policy = load_policy()
-        name = _policy_name(os.fspath(model_name_or_path), policy)
-        prepared = prepare(name, weights=True, trust_remote_code=want_code, revision=revision, policy=policy)
-        kwargs.update(local_files_only=True, trust_remote_code=prepared.allow_code)
-        with refuse_host_unpickling(), inside():
-            super().__init__(str(Path(prepared.folder)), *args, **kwargs)
+        build(super().__init__, model_name_or_path, *args, **kwargs)
