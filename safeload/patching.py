@@ -14,7 +14,11 @@ processors, image processors and feature extractors goes through ``safeload.tran
 functions, ``HfApi``'s methods, and every copy a library already imported by name, as transformers,
 sentence-transformers, peft, diffusers and timm do) resolve through the policy into the verified store
 (:mod:`safeload.hub`), and ``try_to_load_from_cache`` reports nothing cached, so no caller reads
-huggingface_hub's unchecked cache or reaches an endpoint the policy does not name. Patching replaces
+huggingface_hub's unchecked cache. ``from_pretrained`` of diffusers' pipelines, models and schedulers
+and of ``peft.PeftModel``, and ``sentence_transformers.SentenceTransformer(...)``, go through their
+drop-ins. Every request huggingface_hub's HTTP client makes (``model_info``, ``file_exists``,
+``HfFileSystem``, its session...) to an origin that is not a policy huggingface registry's endpoint is
+refused before it is sent (:mod:`safeload._hub_guard`). Patching replaces
 module and class attributes process-wide; of the names bound earlier by ``from X import name``, only
 the hub's download functions are found and replaced (``from torch import load`` is not). While
 transformers reads a model folder (inside a patched ``from_pretrained``), ``torch.load`` refuses instead
@@ -359,8 +363,9 @@ class Patch:
 
 
 def patch() -> Patch:
-    """Route ``torch.load``, transformers' ``from_pretrained``/``pipeline`` and huggingface_hub's
-    downloads through safeload.
+    """Route ``torch.load``, the ``from_pretrained`` of transformers, diffusers, peft and
+    sentence-transformers, ``transformers.pipeline`` and huggingface_hub's downloads through safeload,
+    and refuse huggingface_hub's requests to origins the policy does not name.
 
     Call it alone to patch until :func:`unpatch`, or use it as ``with safeload.patch(): ...`` to restore
     the original objects (the very same objects) when the block ends. Nested uses are counted.
