@@ -64,11 +64,13 @@ __all__ = [
     "Signer",
     "SigstoreSigner",
     "VerifiedSignature",
+    "check_signed_files",
     "dsse_signature",
     "in_toto_statement",
     "verify_envelope",
     "verify_model_signature",
     "verify_signature",
+    "verify_signature_bytes",
 ]
 
 
@@ -147,16 +149,24 @@ def verify_signature(signer: Signer, signature: Path) -> VerifiedSignature:
         SignatureError: as :func:`verify_model_signature`, except for the coverage checks.
     """
     raw_signature = _read_capped(signature, _MAX_SIGNATURE_BYTES, what=f"signature {signature}")
-    what = f"the signature {signature}"
+    return verify_signature_bytes(signer, raw_signature, what=f"the signature {signature}")
+
+
+def verify_signature_bytes(signer: Signer, raw_signature: bytes, *, what: str) -> VerifiedSignature:
+    """:func:`verify_signature` over a bundle already read (at most 16 MiB); ``what`` names it in errors.
+
+    Raises:
+        SignatureError: as :func:`verify_signature`.
+    """
+    if len(raw_signature) > _MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"{what} is over the {_MAX_SIGNATURE_BYTES} bytes allowed")
     payload_type, payload, identity = verify_envelope(signer, raw_signature, what=what)
     try:
         signed = _signed_digests(signer.name, payload_type, payload)
     except SignatureError:
         raise
     except Exception as exc:  # as in verify_envelope: a hostile statement never escapes untyped
-        raise SignatureError(
-            f"the signature {signature} for signer {signer.name!r} could not be verified: {exc!r}"
-        ) from exc
+        raise SignatureError(f"{what} for signer {signer.name!r} could not be verified: {exc!r}") from exc
     return VerifiedSignature(signer=signer.name, identity=identity, digests=MappingProxyType(signed))
 
 
@@ -612,6 +622,26 @@ def _check_relative(name: str, refuse: Callable[[str], SignatureError]) -> None:
     parts = name.split("/")
     if name.startswith("/") or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts):
         raise refuse(f"resource name {name!r} is not a plain relative path")
+
+
+def check_signed_files(
+    signer_name: str,
+    signed: Mapping[str, str],
+    files: Mapping[str, str],
+    *,
+    optional: Collection[str] = frozenset(),
+    exempt: Collection[str] = frozenset(),
+) -> None:
+    """The coverage rule of :func:`verify_model_signature` for a signature already verified: every file
+    of ``files`` is signed with the same digest, and every signed file is in ``files`` unless it is
+    ``optional`` (deliberately not fetched) or ``exempt`` (the signature's own path).
+
+    Raises:
+        SignatureError: a file is unsigned or differs from what was signed, a signed file is missing,
+            or a digest of ``files`` is malformed.
+    """
+    pins = _normalise_pins(signer_name, files)
+    _check_coverage(signer_name, signed, pins, frozenset(optional), frozenset(exempt))
 
 
 def _check_coverage(

@@ -9,9 +9,12 @@ offline). Its subjects are the model's files, each with its sha256; its predicat
      "dataset": "reviews", "evaluator": {"revision": "<the evaluation code's commit>"}}
 
 A model entry that sets ``require_evaluation`` loads only when an attestation from that signer holds:
-every weight file the loader will read is a subject with the same digest (an attestation over other
-bytes is the swapped-artifact case), no subject names a file of the model with another digest, and
-each required metric holds. An attestation file holds one bundle per line (``*.intoto.jsonl``); the
+every file the model's folder serves (weights, configs, tokenizer files, code: whatever a loader may
+read) is a subject with the same digest (an attestation over other bytes is the swapped-artifact case;
+a file added after the evaluation is one nobody evaluated), no subject names a file of the model with
+another digest, the dataset it names is one the entry accepts (one of the entry's ``datasets``, or the
+requirement's own ``dataset``), with the ``[datasets]`` entry's pin-set digest when that entry pins
+files, and each required metric holds. An attestation file holds one bundle per line (``*.intoto.jsonl``); the
 first that verifies is used. ``safeload attest`` writes one, signed with an ECDSA key.
 """
 
@@ -35,7 +38,9 @@ __all__ = [
     "PREDICATE_TYPE",
     "Evaluation",
     "Metric",
+    "check_evaluation",
     "check_threshold",
+    "dataset_digest",
     "is_weight_file",
     "parse_threshold",
     "sign_statement",
@@ -60,7 +65,12 @@ _WEIGHT_SUFFIXES = (
     ".h5",
     ".msgpack",
     ".npz",
+    ".npy",
     ".pkl",
+    ".pickle",
+    ".joblib",
+    ".onnx_data",
+    ".tflite",
 )
 _THRESHOLD = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE]-?[0-9]+)?)\s*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -89,6 +99,7 @@ class Evaluation:
     metrics: tuple[Metric, ...]
     dataset: str | None = None
     evaluator_revision: str | None = None
+    dataset_digest: str | None = None  # the pin-set digest of the [datasets] entry it was measured on
 
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -115,6 +126,7 @@ class Evaluation:
             ),
             dataset=data.get("dataset"),
             evaluator_revision=data.get("evaluator_revision"),
+            dataset_digest=data.get("dataset_digest"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -122,13 +134,14 @@ class Evaluation:
             "signer": self.signer,
             "identity": self.identity,
             "dataset": self.dataset,
+            "dataset_digest": self.dataset_digest,
             "evaluator_revision": self.evaluator_revision,
             "metrics": [m.to_json() for m in self.metrics],
         }
 
 
 def is_weight_file(rel: str) -> bool:
-    """Whether a loader reads tensors from this file (what an evaluation must cover)."""
+    """Whether a loader reads tensors from this file (an evaluation covers these and every other file)."""
     return rel.rsplit("/", 1)[-1].lower().endswith(_WEIGHT_SUFFIXES)
 
 
@@ -160,11 +173,15 @@ def statement(
     *,
     dataset: str | None = None,
     evaluator_revision: str | None = None,
+    dataset_pins: str | None = None,
 ) -> bytes:
-    """The in-toto statement (JSON bytes) of an evaluation of ``files`` (path -> ``"sha256:<hex>"``)."""
+    """The in-toto statement (JSON bytes) of an evaluation of ``files`` (path -> ``"sha256:<hex>"``);
+    ``dataset_pins`` is :func:`dataset_digest` of the ``[datasets]`` entry ``dataset`` names."""
     predicate: dict[str, Any] = {"metrics": [m.to_json() for m in metrics]}
     if dataset is not None:
         predicate["dataset"] = dataset
+    if dataset_pins is not None:
+        predicate["dataset_digest"] = dataset_pins
     if evaluator_revision is not None:
         predicate["evaluator"] = {"revision": evaluator_revision}
     doc = {
@@ -286,11 +303,47 @@ def _metrics(predicate: Mapping[str, Any], where: str) -> tuple[Metric, ...]:
     return tuple(out)
 
 
+def dataset_digest(files: Mapping[str, str]) -> str:
+    """The digest that names a pinned dataset: sha256 over its sorted ``path NUL digest LF`` pins (what
+    an attestation records as ``dataset_digest`` and ``require_evaluation`` compares)."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\0{files[rel].lower()}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _check_dataset(
+    evaluation: Evaluation, datasets: Mapping[str, str | None] | None, where: str
+) -> None:
+    if datasets is None:
+        return
+    accepted = ", ".join(sorted(datasets))
+    if evaluation.dataset is None:
+        raise EvaluationError(
+            f"{where}: the evaluation names no dataset; the policy accepts an evaluation on {accepted} "
+            "only (attest with --dataset)"
+        )
+    if evaluation.dataset not in datasets:
+        raise EvaluationError(
+            f"{where}: the evaluation was measured on {evaluation.dataset!r}, but the policy accepts an "
+            f"evaluation on {accepted} only; its metrics say nothing about the dataset the entry names"
+        )
+    pinned = datasets[evaluation.dataset]
+    if pinned is not None and evaluation.dataset_digest != pinned:
+        raise EvaluationError(
+            f"{where}: the evaluation on {evaluation.dataset!r} names dataset pins "
+            f"{evaluation.dataset_digest or 'none'}, but the policy's [datasets.{evaluation.dataset}] pins "
+            f"{pinned}: it was measured on another version of the dataset (attest with --policy naming "
+            "the pinned dataset)"
+        )
+
+
 def _check_one(
     signer: Signer,
     raw: bytes,
     files: Mapping[str, str],
     thresholds: Mapping[str, tuple[str, float]],
+    datasets: Mapping[str, str | None] | None,
     where: str,
 ) -> Evaluation:
     from safeload._signing import verify_envelope
@@ -304,13 +357,14 @@ def _check_one(
                 f"{where}: the evaluation attests {rel} = {digest}, but the bytes being loaded are {have}: "
                 "it evaluated another artifact than the one deployed"
             )
-    uncovered = sorted(rel for rel in files if is_weight_file(rel) and rel not in subjects)
+    uncovered = sorted(rel for rel in files if rel not in subjects)
     if uncovered:
         raise IntegrityError(
-            f"{where}: the evaluation does not cover {', '.join(uncovered)}; weights nobody evaluated "
-            "will not be loaded (attest the model as it is deployed)"
+            f"{where}: the evaluation does not cover {', '.join(uncovered)}; files nobody evaluated "
+            "will not be loaded (attest the model as it is deployed, every file it serves)"
         )
     dataset, evaluator = predicate.get("dataset"), predicate.get("evaluator")
+    pins = predicate.get("dataset_digest")
     revision = evaluator.get("revision") if isinstance(evaluator, dict) else None
     evaluation = Evaluation(
         signer=signer.name,
@@ -319,7 +373,9 @@ def _check_one(
         metrics=_metrics(predicate, where),
         dataset=dataset if isinstance(dataset, str) else None,
         evaluator_revision=revision if isinstance(revision, str) else None,
+        dataset_digest=pins.lower() if isinstance(pins, str) else None,
     )
+    _check_dataset(evaluation, datasets, where)
     for name, (op, limit) in sorted(thresholds.items()):
         metric = evaluation.metric(name)
         if metric is None:
@@ -341,21 +397,41 @@ def verify_evaluation(
     thresholds: Mapping[str, tuple[str, float]],
     *,
     where: str,
+    datasets: Mapping[str, str | None] | None = None,
 ) -> Evaluation:
-    """The first attestation in ``attestation`` (one Sigstore bundle per line) that ``signer`` signed,
-    that covers ``files`` (every weight file, with the same digests) and whose metrics meet
-    ``thresholds``.
+    """:func:`check_evaluation` over the attestation file at ``attestation`` (read up to 16 MiB).
 
     Raises:
-        SignatureError: no line verifies as a bundle from ``signer``, or its statement is malformed.
-        IntegrityError: the attestation is over other digests, or leaves a weight file uncovered.
-        EvaluationError: a required metric is missing or fails its threshold.
+        EvaluationError: the file cannot be read; else as :func:`check_evaluation`.
     """
     try:
         with open(attestation, "rb") as fh:
             data = fh.read(_MAX_ATTESTATION_BYTES + 1)
     except OSError as exc:
         raise EvaluationError(f"{where}: cannot read the attestation {attestation}: {exc.strerror}") from exc
+    return check_evaluation(signer, data, files, thresholds, where=where, datasets=datasets)
+
+
+def check_evaluation(
+    signer: Signer,
+    data: bytes,
+    files: Mapping[str, str],
+    thresholds: Mapping[str, tuple[str, float]],
+    *,
+    where: str,
+    datasets: Mapping[str, str | None] | None = None,
+) -> Evaluation:
+    """The first attestation in ``data`` (one Sigstore bundle per line) that ``signer`` signed, that
+    covers ``files`` (every file the model serves, with the same digests), that was measured on one of
+    ``datasets`` (name -> its :func:`dataset_digest`, or None when that dataset pins no files; None:
+    any dataset) and whose metrics meet ``thresholds``.
+
+    Raises:
+        SignatureError: no line verifies as a bundle from ``signer``, or its statement is malformed.
+        IntegrityError: the attestation is over other digests, or leaves a file uncovered.
+        EvaluationError: the dataset is not one the policy accepts, or a required metric is missing or
+            fails its threshold.
+    """
     if len(data) > _MAX_ATTESTATION_BYTES:
         raise SignatureError(f"{where}: the attestation is over {_MAX_ATTESTATION_BYTES} bytes")
     lines = [line for line in data.splitlines() if line.strip()][:_MAX_LINES]
@@ -364,7 +440,7 @@ def verify_evaluation(
     failures: list[Exception] = []
     for line in lines:
         try:
-            return _check_one(signer, line, files, thresholds, where)
+            return _check_one(signer, line, files, thresholds, datasets, where)
         except (SignatureError, IntegrityError, EvaluationError) as exc:
             failures.append(exc)
     # Report what went furthest: a failing metric or other digests say more than a foreign signature.

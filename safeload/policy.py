@@ -140,12 +140,14 @@ RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec
 
 @dataclass(frozen=True)
 class EvaluationRequirement:
-    """``require_evaluation``: an attestation from ``signer`` over the loaded weights, meeting ``metrics``
-    (name -> (operator, limit)); found at ``path`` in the model's repository."""
+    """``require_evaluation``: an attestation from ``signer`` over every file the model serves, meeting
+    ``metrics`` (name -> (operator, limit)), measured on ``dataset`` (one of the entry's ``datasets``;
+    when unset, any of them); found at ``path`` in the model's repository."""
 
     signer: str
     metrics: Mapping[str, tuple[str, float]] = field(default_factory=lambda: MappingProxyType({}))
     path: str = "evaluation.intoto.jsonl"
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -543,8 +545,9 @@ def _parse_model(
 def _parse_evaluation(t: _Table, signers: Mapping[str, Signer]) -> EvaluationRequirement:
     from safeload.attestation import parse_threshold
 
-    t.check_keys({"signer", "metrics", "path"})
+    t.check_keys({"signer", "metrics", "path", "dataset"})
     signer = t.req_str("signer")
+    dataset = t.str_("dataset")
     if signer not in signers:
         known = ", ".join(sorted(signers)) or "none defined"
         raise t.err("signer", f"names no [signers.{signer}] table (known: {known})")
@@ -557,7 +560,7 @@ def _parse_evaluation(t: _Table, signers: Mapping[str, Signer]) -> EvaluationReq
             metrics[name] = parse_threshold(str(text) if isinstance(text, str) else repr(text))
         except ValueError as exc:
             raise mt.err(name, str(exc)) from None
-    return EvaluationRequirement(signer=signer, metrics=MappingProxyType(metrics), path=path)
+    return EvaluationRequirement(signer=signer, metrics=MappingProxyType(metrics), path=path, dataset=dataset)
 
 
 def parse_policy(text: str, *, source: Path | None = None) -> Policy:
@@ -631,6 +634,13 @@ def _parse(top: _Table, base: Path, source: Path | None) -> Policy:
                     f"names {ref!r}, which is no [datasets] entry (known: {known}); pin it with "
                     f"`safeload pin hf://datasets/{ref}@<commit>`",
                 )
+        req = entry.require_evaluation
+        if req is not None and req.dataset is not None and req.dataset not in entry.datasets:
+            raise mt.table(name).table("require_evaluation").err(
+                "dataset",
+                f"names {req.dataset!r}, which is not among the model's datasets "
+                f"({', '.join(entry.datasets) or 'none'}); add it to the model's datasets",
+            )
         if entry.base_model is not None and (entry.base_model not in models or entry.base_model == name):
             raise mt.table(name).err(
                 "base_model",

@@ -27,7 +27,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -43,14 +43,13 @@ from safeload._signers import (
     VerifiedSignature,
 )
 from safeload.errors import (
-    EvaluationError,
     IntegrityError,
     PolicyError,
     SafeloadError,
     SignatureError,
     UntrustedSourceError,
 )
-from safeload.policy import EvaluationRequirement, HuggingFaceRegistrySpec, ModelEntry, Policy, load_policy
+from safeload.policy import HuggingFaceRegistrySpec, ModelEntry, Policy, load_policy
 from safeload.registries import Delivered, Registry, open_registry
 from safeload.store import BlobRecord, ModelRecord, Store
 
@@ -270,9 +269,23 @@ def _signer_fingerprint(signer: Signer) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _evaluation_fingerprint(req: EvaluationRequirement, signer: Signer) -> str:
-    """Changes when the requirement, or its signer's settings or key material, change."""
-    text = repr((req.path, sorted(req.metrics.items()), _signer_fingerprint(signer)))
+def _evaluation_fingerprint(entry: ModelEntry, policy: Policy) -> str:
+    """Changes when the requirement, the datasets it accepts (and their pins), the coverage rules, or
+    its signer's settings or key material change."""
+    from safeload.verification import RULES_VERSION, accepted_datasets
+
+    req = entry.require_evaluation
+    assert req is not None
+    datasets = accepted_datasets(entry, policy)
+    text = repr(
+        (
+            RULES_VERSION,
+            req.path,
+            sorted(req.metrics.items()),
+            sorted(datasets.items()) if datasets is not None else None,
+            _signer_fingerprint(policy.signers[req.signer]),
+        )
+    )
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -280,9 +293,7 @@ def _warm_ok(
     record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpinned: bool, policy: Policy
 ) -> bool:
     req = entry.require_evaluation
-    if req is not None and record.extra.get("evaluation_config") != _evaluation_fingerprint(
-        req, policy.signers[req.signer]
-    ):
+    if req is not None and record.extra.get("evaluation_config") != _evaluation_fingerprint(entry, policy):
         return False  # verified against another requirement (or none): verify again
     if unpinned:
         return record.extra.get("listing") == "all"
@@ -350,10 +361,9 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
             return hit
         registry = open_registry(spec, jail=pol.sandbox.weakest_jail)
         repo = _registry_repo(entry, spec.kind)
-        evaluator = pol.signers[entry.require_evaluation.signer] if entry.require_evaluation else None
         return _cold(
-            store, registry, entry, signer,
-            progress=progress, unpinned=unpinned, repo=repo, evaluator=evaluator,
+            store, registry, entry, signer, pol,
+            progress=progress, unpinned=unpinned, repo=repo,
         )  # fmt: skip
 
 
@@ -378,17 +388,16 @@ def _cold(
     registry: Registry,
     entry: ModelEntry,
     signer: Signer | None,
+    policy: Policy,
     *,
     progress: bool | None,
     unpinned: bool,
     repo: str,
-    evaluator: Signer | None = None,
 ) -> FetchedModel:
     revision = entry.store_revision()
     label = f"{entry.registry}:{repo}@{revision[:12]}"
     with store.staging() as staging:
         sig_record: BlobRecord | None = None
-        optional: frozenset[str] = frozenset()
         expected: dict[str, str | None] = dict(entry.files)
         if signer is not None:
             sig_rel = entry.signature_path
@@ -406,8 +415,8 @@ def _cold(
                     if rel == sig_rel or not is_safe_relpath(rel):
                         raise SignatureError(f"{label}: the signature names an unsafe path {rel!r}")
                 expected = dict(claimed)
-            # Signed files the policy does not pin are deliberately left out of the folder.
-            optional = frozenset(claimed) - frozenset(expected)
+            # Signed files the policy does not pin are deliberately left out of the folder (the
+            # verification core's optional set).
         elif unpinned:
             names = [r for r in registry.list_files(repo, entry.revision) if is_safe_relpath(r)]
             expected = _declared_digests(registry, repo, entry.revision, names)
@@ -420,34 +429,29 @@ def _cold(
         checked = expected if entry.files or signer is None else dict.fromkeys(expected)
         records = _fetch_files(store, registry, repo, entry.revision, checked, staging, label, progress)
         built = store.build_folder(staging, records)
-        verified: VerifiedSignature | None = None
-        if signer is not None:
-            assert sig_record is not None
-            digests = {rel: rec.digest for rel, rec in records.items()}
-            # Imported here: the cryptography stack costs tens of milliseconds, and warm loads of
-            # models already in the store never verify a signature.
-            from safeload._signing import verify_model_signature
+        digests = {rel: rec.digest for rel, rec in records.items()}
+        att_record, absent = _fetch_attestation(store, registry, repo, entry, staging, label)
+        # Imported here: the cryptography stack costs tens of milliseconds, and warm loads of models
+        # already in the store never verify a signature.
+        from safeload.verification import Evidence, verify_model
 
-            verified = verify_model_signature(
-                signer,
-                built,
-                store.blob_path(sig_record.digest),
-                files=MappingProxyType(digests),
-                optional=optional,
-            )
-            _check_coverage(label, verified, digests, entry.files)
-            verified = replace(verified, signer=signer.name)
+        evidence = Evidence(
+            digests=MappingProxyType(digests),
+            signature=_read_evidence(store, sig_record),
+            attestation=_read_evidence(store, att_record),
+            attestation_absent=absent,
+        )
+        outcome = verify_model(entry, policy, evidence, where=label)
+        verified, evaluation = outcome.signature, outcome.evaluation
         extra: dict[str, str] = {}
         if unpinned:
             extra["listing"] = "all"
         if signer is not None:
             extra["signer_config"] = _signer_fingerprint(signer)
-        if entry.require_evaluation is not None and evaluator is not None:
-            digests = {rel: rec.digest for rel, rec in records.items()}
-            att, evaluation = _evaluate(store, registry, repo, entry, evaluator, staging, label, digests)
+        if entry.require_evaluation is not None and evaluation is not None and att_record is not None:
             extra["evaluation"] = json.dumps(evaluation.to_json(), sort_keys=True)
-            extra["evaluation_digest"] = att.digest
-            extra["evaluation_config"] = _evaluation_fingerprint(entry.require_evaluation, evaluator)
+            extra["evaluation_digest"] = att_record.digest
+            extra["evaluation_config"] = _evaluation_fingerprint(entry, policy)
         if upstream is not None:
             what = f"{label}: attached BOM"
             bom_record = store.ingest_owned(upstream[0], staging, expected=None, what=what)
@@ -468,39 +472,30 @@ def _cold(
     return _result(entry, record, store)
 
 
-def _evaluate(
-    store: Store,
-    registry: Registry,
-    repo: str,
-    entry: ModelEntry,
-    evaluator: Signer,
-    staging: Path,
-    label: str,
-    digests: Mapping[str, str],
-) -> tuple[BlobRecord, Evaluation]:
-    """Fetch the entry's evaluation attestation at the pinned revision and verify it over ``digests``.
-
-    Raises:
-        EvaluationError: the attestation cannot be fetched, or a required metric fails.
-        SignatureError, IntegrityError: as :func:`safeload.attestation.verify_evaluation`.
-    """
-    from safeload.attestation import verify_evaluation
-
+def _fetch_attestation(
+    store: Store, registry: Registry, repo: str, entry: ModelEntry, staging: Path, label: str
+) -> tuple[BlobRecord | None, str]:
+    """The entry's evaluation attestation at the pinned revision, in the store; or None and why not."""
     req = entry.require_evaluation
-    assert req is not None
+    if req is None:
+        return None, "none is required"
     try:
         got = registry.deliver(repo, entry.revision, {req.path: None}, staging)
     except UntrustedSourceError as e:
-        raise EvaluationError(
-            f"{label}: the entry requires an evaluation attested by {req.signer!r}, but {req.path!r} could "
-            f"not be fetched at the pinned revision ({e}); publish the attestation (safeload attest) beside "
-            "the model"
-        ) from e
-    record = _ingest(store, got, req.path, staging, None, f"{label}:{req.path}")
-    evaluation = verify_evaluation(
-        evaluator, store.blob_path(record.digest), digests, req.metrics, where=label
-    )
-    return record, evaluation
+        return None, f"{req.path!r} could not be fetched at the pinned revision ({e})"
+    return _ingest(store, got, req.path, staging, None, f"{label}:{req.path}"), ""
+
+
+# A model.sig or an attestation is a few KiB; the verification core refuses anything past 16 MiB.
+_MAX_EVIDENCE_BYTES = 16 << 20
+
+
+def _read_evidence(store: Store, record: BlobRecord | None) -> bytes | None:
+    """The bytes of a signature or attestation blob just stored (capped; the core refuses more)."""
+    if record is None:
+        return None
+    with open(store.blob_path(record.digest), "rb") as fh:
+        return fh.read(_MAX_EVIDENCE_BYTES + 1)
 
 
 def _upstream_bom(
@@ -517,23 +512,6 @@ def _upstream_bom(
     from safeload.bom import check_upstream_bom
 
     return path, check_upstream_bom(path.read_bytes(), label)
-
-
-def _check_coverage(
-    label: str, verified: VerifiedSignature, digests: Mapping[str, str], pins: Mapping[str, str]
-) -> None:
-    """Every file in the folder is covered by the signature with the same digest, and pins agree."""
-    for rel, digest in digests.items():
-        signed = verified.digests.get(rel)
-        if signed is None:
-            raise SignatureError(f"{label}: {rel} is not covered by the signature; it will not be loaded")
-        if signed != digest:
-            raise SignatureError(
-                f"{label}: the signature vouches for {rel} = {signed}, but the bytes are {digest}"
-            )
-        pin = pins.get(rel)
-        if pin is not None and pin != signed:
-            raise SignatureError(f"{label}: the signature says {rel} = {signed} but the policy pins {pin}")
 
 
 def _ingest(

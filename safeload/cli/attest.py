@@ -32,6 +32,15 @@ MODEL is a folder (the evaluated model, before it is published; the attestation 
 FOLDER/evaluation.intoto.jsonl unless -o says otherwise) or a [models] name, whose verified files in
 the store are attested (then -o is required).
 
+The attestation covers every file of the folder (or of the verified model), and a model entry with
+require_evaluation loads only when every file it serves is covered with the same digest: attest the model
+as it is deployed, after its last file is added. A folder holding a symbolic link (to a file or a folder)
+is refused: link the real files in, or copy them (cp -L).
+
+--dataset names the [datasets] entry the metrics were measured on; when the policy pins that entry's
+files, the attestation also records the digest of its pins (see docs/cli.md), which require_evaluation
+compares with the policy's, so give --policy the policy that pins it.
+
 METRICS is a JSON object: {"f1": 0.93} or {"f1": {"value": 0.93, "confidence_interval": [0.91, 0.95]}}."""
 
 _EPILOG = """\
@@ -95,15 +104,36 @@ def _metrics(path: Path) -> list[Any]:
     return out
 
 
+def _refuse_link(folder: Path, path: Path) -> PolicyError:
+    rel = path.relative_to(folder).as_posix()
+    return PolicyError(
+        f"{folder}: {rel} is a symbolic link (to {os.readlink(path)}); an attestation covers the model's "
+        "own files, and a load serves them as they are: replace the link with what it points to "
+        f"(cp -L) or remove it, then attest again"
+    )
+
+
 def _folder_files(folder: Path) -> dict[str, str]:
+    """Every file of ``folder`` with its sha256 (the attestation and signature excepted).
+
+    Raises:
+        PolicyError: a file or folder inside is a symbolic link, or a file is not a regular file.
+    """
     files: dict[str, str] = {}
-    for dirpath, _dirs, names in os.walk(folder):
+    for dirpath, dirs, names in os.walk(folder):
+        for name in sorted(dirs):
+            if (Path(dirpath) / name).is_symlink():
+                raise _refuse_link(folder, Path(dirpath) / name)
         for name in names:
             path = Path(dirpath) / name
             rel = path.relative_to(folder).as_posix()
-            if rel in _SKIP or path.is_symlink():
+            if rel in _SKIP:
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if path.is_symlink():
+                raise _refuse_link(folder, path)
+            if not path.is_file():
+                raise PolicyError(f"{folder}: {rel} is not a regular file; remove it, then attest again")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
                 files[rel], _ = hash_fd(fd, mapped=False)  # someone else's files: read, never mapped
             finally:
@@ -111,10 +141,21 @@ def _folder_files(folder: Path) -> dict[str, str]:
     return files
 
 
+def _dataset_pins(args: argparse.Namespace) -> str | None:
+    """The pin-set digest of the [datasets] entry --dataset names, when the policy pins its files."""
+    from safeload.attestation import dataset_digest
+
+    if args.dataset is None:
+        return None
+    entry = load_policy(args).datasets.get(args.dataset)
+    return dataset_digest(entry.files) if entry is not None and entry.files else None
+
+
 def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.attestation import sign_statement, statement
 
     metrics = _metrics(args.metrics)
+    dataset_pins = _dataset_pins(args)
     if os.path.isdir(args.model):
         files = _folder_files(Path(args.model))
         output = args.output or Path(args.model) / "evaluation.intoto.jsonl"
@@ -136,7 +177,13 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         key = args.key.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{args.key}: cannot read the signing key ({exc.strerror})") from None
-    payload = statement(files, metrics, dataset=args.dataset, evaluator_revision=args.evaluator_revision)
+    payload = statement(
+        files,
+        metrics,
+        dataset=args.dataset,
+        evaluator_revision=args.evaluator_revision,
+        dataset_pins=dataset_pins,
+    )
     chain = []
     for pem in args.certificate_chain or ():
         try:
@@ -146,7 +193,13 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     line = sign_statement(payload, key, chain)
     with open(output, "ab") as fh:
         fh.write(line)
-    data = {"output": str(output), "files": len(files), "metrics": {m.name: m.value for m in metrics}}
+    data = {
+        "output": str(output),
+        "files": len(files),
+        "metrics": {m.name: m.value for m in metrics},
+        "dataset": args.dataset,
+        "dataset_digest": dataset_pins,
+    }
 
     def render(console: Console) -> None:
         shown = ", ".join(f"{m.name} = {m.value:g}" for m in metrics)

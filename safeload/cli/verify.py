@@ -11,7 +11,7 @@ from rich.table import Table
 
 from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
-from safeload.errors import EvaluationError, IntegrityError, SignatureError, UntrustedSourceError
+from safeload.errors import IntegrityError, UntrustedSourceError
 
 if TYPE_CHECKING:
     from safeload.policy import ModelEntry, Policy
@@ -19,14 +19,19 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser", "run"]
 
+_MAX_EVIDENCE_BYTES = 16 << 20  # the verification core refuses a signature or attestation past this
+
 _DESCRIPTION = """\
 Re-hash what the store holds for each pinned model and compare it with the policy: every pinned file must
 be present with its pinned sha256, the folder must hold exactly the verified files, each linked to an
 intact blob, and a model with a signer must still carry a valid signature from that signer over the same
-digests; a model with require_evaluation must carry an evaluation attestation from its signer over those
-digests whose metrics hold. Without NAME, checks every [models] and [datasets] entry that has been
-fetched and re-hashes every blob in the store. Nothing is repaired: a failing model is reported; remove
-it with `safeload gc` and fetch again.
+digests (signed files a pinned entry leaves out may be absent); a model with require_evaluation must
+carry an evaluation attestation from its signer over every file it serves, measured on a dataset the
+entry accepts, whose metrics hold. The loader and this command call one verification core, so a model
+loads exactly when verify finds it intact; --json names, per model, the error a load would raise.
+Without NAME, checks every [models] and [datasets] entry that has been fetched and re-hashes every blob
+in the store. Nothing is repaired: a failing model is reported; remove it with `safeload gc` and fetch
+again.
 
 --gate NAME is a promotion gate: it fetches NAME if needed, and exits 0 only when the stored bytes match
 the pins, the signature verifies, every required evaluation holds and every dataset the model names is
@@ -55,6 +60,9 @@ class _Result:
     revision: str | None = None
     digests: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # The error the loader raises for the same store state (the first rule that fails), or None.
+    error: str | None = None
+    dataset: str | None = None  # the dataset the verified evaluation was measured on
 
 
 def add_parser(sub: Any) -> None:
@@ -114,13 +122,15 @@ def _gate(policy: Policy, name: str, ui: UI) -> int:
         }
     )
     unpinned = [d for d in entry.datasets if d not in policy.datasets]
-    checks.append(
-        {
-            "check": "datasets",
-            "ok": not unpinned,
-            "detail": {"pinned": [d for d in entry.datasets if d in policy.datasets], "unpinned": unpinned},
-        }
-    )
+    datasets_detail: dict[str, Any] = {
+        "pinned": [d for d in entry.datasets if d in policy.datasets],
+        "unpinned": unpinned,
+    }
+    if entry.require_evaluation is not None:
+        # The verification core admitted this dataset (one of the entry's, with their pins), or failed
+        # the evaluation check above.
+        datasets_detail["evaluated_on"] = result.dataset
+    checks.append({"check": "datasets", "ok": not unpinned, "detail": datasets_detail})
     passed = all(c["ok"] for c in checks)
     verdict = {
         "gate": name,
@@ -158,8 +168,23 @@ def _gate(policy: Policy, name: str, ui: UI) -> int:
     return EXIT_OK if passed else EXIT_FINDING
 
 
+def _read(store: Store, digest: str | None, what: str, problems: list[str]) -> bytes | None:
+    """A signature or attestation blob's bytes, re-hashed first; None (and a problem) when it changed."""
+    if digest is None:
+        return None
+    try:
+        store.rehash_blob(digest)
+        with open(store.blob_path(digest), "rb") as fh:
+            return fh.read(_MAX_EVIDENCE_BYTES + 1)
+    except (IntegrityError, OSError) as exc:
+        problems.append(f"{what}: {exc}")
+        return None
+
+
 def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
-    from safeload._signing import verify_model_signature
+    """Re-hash what the store holds for ``entry`` and hand it to the verification core, the same
+    routine the loader calls: only the store's own integrity (blobs, the folder's shape) is checked here."""
+    from safeload.verification import Evidence, assess
 
     result = _Result(entry.name, kind=entry.kind)
     record = store.read_model(entry.registry, entry.store_repo, entry.store_revision())
@@ -169,56 +194,46 @@ def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
         return result
     digests = record.digests
     result.files = len(digests)
-    for rel, pinned in sorted(entry.files.items()):
-        have = digests.get(rel)
-        if have != pinned:
-            result.problems.append(f"{rel}: pinned {pinned}, store has {have or 'nothing'}")
-    rehashed_ok = True
+    result.revision = entry.store_revision()
+    result.digests = dict(digests)
+    store_problems: list[str] = []
     for rel, digest in sorted(digests.items()):
         try:
             store.rehash_blob(digest)
         except IntegrityError as exc:
-            rehashed_ok = False
-            result.problems.append(f"{rel}: {exc}")
-    if rehashed_ok:  # the folder's shape: exactly the verified files, each linked to its blob
+            store_problems.append(f"{rel}: {exc}")
+    if not store_problems:  # the folder's shape: exactly the verified files, each linked to its blob
         try:
             store.check_model(record)
         except IntegrityError as exc:
-            result.problems.append(str(exc))
+            store_problems.append(str(exc))
+    signature = _read(store, record.signature_digest, "signature", store_problems)
+    attestation = None
+    if entry.require_evaluation is not None:
+        attestation = _read(store, record.extra.get("evaluation_digest"), "evaluation", store_problems)
+    report = assess(
+        entry,
+        policy,
+        Evidence(digests=digests, signature=signature, attestation=attestation),
+        where=entry.name,
+    )
+    result.problems.extend(store_problems)
+    if store_problems:
+        result.error = "IntegrityError"  # what a warm load raises for a store that changed
+    elif report.findings:
+        result.error = type(report.findings[0].error).__name__
+    for finding in report.findings:
+        prefix = "" if finding.check == "pins" else f"{finding.check}: "
+        result.problems.append(f"{prefix}{finding.error}")
     if entry.signer is not None:
-        signer = policy.signers[entry.signer]
-        if record.signature_digest is None:
-            result.signature = "invalid"
-            result.problems.append("the policy names a signer but the store holds no signature")
-        else:
-            try:
-                store.rehash_blob(record.signature_digest)
-                verify_model_signature(
-                    signer, record.folder, store.blob_path(record.signature_digest), files=digests
-                )
-                result.signature = "verified"
-            except (SignatureError, IntegrityError) as exc:
-                result.signature = "invalid"
-                result.problems.append(f"signature: {exc}")
-    req = entry.require_evaluation
-    if req is not None:
-        from safeload.attestation import verify_evaluation
-
-        att = record.extra.get("evaluation_digest")
-        try:
-            if att is None:
-                raise EvaluationError("the policy requires an evaluation but the store holds none")
-            store.rehash_blob(att)
-            evaluation = verify_evaluation(
-                policy.signers[req.signer], store.blob_path(att), digests, req.metrics, where=entry.name
-            )
+        result.signature = "verified" if report.signature is not None else "invalid"
+    if entry.require_evaluation is not None:
+        if report.evaluation is not None:
             result.evaluation = "verified"
-            result.metrics = {m.name: m.value for m in evaluation.metrics}
-        except (SignatureError, IntegrityError, EvaluationError) as exc:
+            result.metrics = {m.name: m.value for m in report.evaluation.metrics}
+            result.dataset = report.evaluation.dataset
+        else:
             result.evaluation = "failed"
-            result.problems.append(f"evaluation: {exc}")
-    result.revision = entry.store_revision()
-    result.digests = dict(digests)
     if result.problems:
         result.status = "tampered"
     return result
@@ -264,6 +279,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 "files": r.files,
                 "signature": r.signature,
                 "evaluation": r.evaluation,
+                "error": r.error,
                 "problems": r.problems,
             }
             for r in results
