@@ -165,6 +165,8 @@ class BomModel:
     # Only from a verified evaluation attestation: (metric, value, confidence interval, dataset).
     metrics: tuple[tuple[str, float, tuple[float, float] | None, str | None], ...] = ()
     evaluation_signer: str | None = None
+    # The pin-set digest of the [datasets] entry the evaluation was measured on, when it names one.
+    evaluation_dataset_digest: str | None = None
 
 
 def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
@@ -194,6 +196,7 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         base_model=entry.base_model,
         metrics=_attested_metrics(fetched),
         evaluation_signer=fetched.evaluation.identity if fetched.evaluation else None,
+        evaluation_dataset_digest=fetched.evaluation.dataset_digest if fetched.evaluation else None,
     )
 
 
@@ -335,12 +338,18 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
             for name in model.datasets
         ]
     card: dict[str, Any] = {"bom-ref": f"{ref}#model-card"}
+    evaluated_on: set[str] = set()
     if model.metrics:
+        # Each metric names the dataset it was measured on: the data component's bom-ref when it is a
+        # [datasets] entry of the model (the verification core admits no other when the entry names
+        # datasets), else the name the attestation gives.
+        data_refs = {d.name: d.ref for d in model.dataset_entries}
         performance = []
         for name, value, ci, dataset in model.metrics:
             metric: dict[str, Any] = {"type": name, "value": f"{value:g}"}
             if dataset:
-                metric["slice"] = dataset
+                metric["slice"] = data_refs.get(dataset, dataset)
+                evaluated_on.add(dataset)
             if ci is not None:
                 metric["confidenceInterval"] = {"lowerBound": f"{ci[0]:g}", "upperBound": f"{ci[1]:g}"}
             performance.append(metric)
@@ -352,6 +361,12 @@ def _model_card(model: BomModel, ref: str) -> dict[str, Any]:
         for key in ("torch_dtype", "dtype", "hidden_size", "num_hidden_layers", "vocab_size")
         if isinstance(config.get(key), (str, int)) and not isinstance(config.get(key), bool)
     ]
+    for dataset in sorted(evaluated_on):
+        card_properties.append({"name": "safeload:evaluation:dataset", "value": dataset})
+    if evaluated_on and model.evaluation_dataset_digest:
+        card_properties.append(
+            {"name": "safeload:evaluation:dataset_digest", "value": model.evaluation_dataset_digest}
+        )
     if card_properties:
         card["properties"] = card_properties
     return card

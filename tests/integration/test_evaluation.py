@@ -11,11 +11,13 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from safeload.attestation import is_weight_file
 from safeload.cli import main
-from safeload.errors import EvaluationError, IntegrityError, SignatureError
+from safeload.errors import EvaluationError, IntegrityError, PolicyError, SignatureError
 from safeload.policy import load_policy
 from safeload.resolve import fetch_model
 from tests.helpers.signing import generate_key
@@ -279,3 +281,182 @@ def test_a_certificate_signed_attestation_verifies_against_the_pinned_chain(worl
     assert fetched.evaluation is not None and fetched.evaluation.identity == chain.leaf_subject
     with pytest.raises(SignatureError, match="does not chain to the CA pinned"):
         fetch_model("acme/clf", policy=load_policy(policy(other.root)), progress=False)
+
+
+# --- issue 19, finding 3: what an evaluation must cover, and on which dataset -----------------------
+
+
+def _with_dataset(world: dict[str, Path], text: str = "text,label\ngood,1\nbad,0\n") -> dict[str, str]:
+    data = world["root"] / "registry" / "datasets" / "acme" / "reviews"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "test.csv").write_text(text)
+    return {"test.csv": _sha((data / "test.csv").read_bytes())}
+
+
+def _gated_policy(
+    world: dict[str, Path], requirement: dict[str, object] | None = None, *, name: str = "trust.toml"
+) -> Path:
+    """The entry of the finding: every served file pinned, datasets = ["reviews"] (a pinned
+    [datasets] entry), and an evaluation required from the pipeline's key."""
+    model = world["model"]
+    files = {
+        p.relative_to(model).as_posix(): _sha(p.read_bytes())
+        for p in sorted(model.rglob("*"))
+        if p.is_file() and p.name != "evaluation.intoto.jsonl"
+    }
+    data = world["root"] / "registry" / "datasets" / "acme" / "reviews" / "test.csv"
+    return write_policy(
+        world["root"] / name,
+        store=world["root"] / "store",
+        registries={"local": {"kind": "directory", "path": str(world["root"] / "registry")}},
+        signers={"eval-pipeline": {"kind": "key", "public_key": str(world["eval_pub"])}},
+        datasets={
+            "reviews": {
+                "registry": "local",
+                "repo": "acme/reviews",
+                "files": {"test.csv": _sha(data.read_bytes())},
+            }
+        },
+        models={
+            "acme/clf": {
+                "registry": "local",
+                "repo": "acme/clf",
+                "files": files,
+                "datasets": ["reviews"],
+                "require_evaluation": requirement
+                or {"signer": "eval-pipeline", "metrics": {"accuracy": ">= 0.9"}},
+            }
+        },
+    )
+
+
+def _attest_on(world: dict[str, Path], dataset: str, *, policy: Path | None = None) -> None:
+    argv = ["attest", str(world["model"]), "--metrics", str(world["root"] / "metrics.json")]
+    argv += ["--key", str(world["eval_key"]), "--dataset", dataset]
+    if policy is not None:
+        argv += ["--policy", str(policy)]
+    assert main(argv) == 0
+
+
+def _gate(
+    world: dict[str, Path], policy: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(["verify", "--gate", "acme/clf", "--policy", str(policy), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_the_gate_fails_files_added_after_the_evaluation(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reproduction: attested, then two config files added and pinned; the gate passed and the
+    store served them. Every served file must be a subject of the attestation."""
+    _with_dataset(world)
+    _attest_on(world, "reviews", policy=_gated_policy(world))
+    (world["model"] / "generation_config.json").write_text('{"max_length": 20}')
+    (world["model"] / "tokenizer_config.json").write_text('{"model_max_length": 512}')
+    policy = _gated_policy(world)
+    code, verdict = _gate(world, policy, capsys)
+    assert code == 1 and verdict["verdict"] == "fail"
+    detail = verdict["checks"][0]["detail"]
+    assert "does not cover generation_config.json, tokenizer_config.json" in detail
+    uncovered = r"does not cover generation_config\.json, tokenizer_config\.json"
+    with pytest.raises(IntegrityError, match=uncovered):
+        fetch_model("acme/clf", policy=load_policy(policy), progress=False)
+    _nothing_published(world)
+
+
+def test_the_gate_fails_an_evaluation_on_another_dataset(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _with_dataset(world)
+    _attest_on(world, "train-split-easy")
+    policy = _gated_policy(world)
+    code, verdict = _gate(world, policy, capsys)
+    assert code == 1 and verdict["verdict"] == "fail"
+    assert "measured on 'train-split-easy'" in verdict["checks"][0]["detail"]
+    assert {c["check"]: c["ok"] for c in verdict["checks"]}["evaluation"] is False
+    with pytest.raises(
+        EvaluationError, match=r"measured on 'train-split-easy'.*accepts an evaluation on reviews"
+    ):
+        fetch_model("acme/clf", policy=load_policy(policy), progress=False)
+    _nothing_published(world)
+
+
+def test_the_evaluated_dataset_is_compared_by_its_pins(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _with_dataset(world)
+    _attest_on(world, "reviews")  # no policy at hand: the attestation names the dataset but not its pins
+    with pytest.raises(EvaluationError, match="names dataset pins none"):
+        fetch_model("acme/clf", policy=load_policy(_gated_policy(world)), progress=False)
+    (world["model"] / "evaluation.intoto.jsonl").unlink()
+    _attest_on(world, "reviews", policy=_gated_policy(world))
+    _with_dataset(world, "text,label\ngood,1\n")  # the dataset is re-pinned to another version
+    with pytest.raises(EvaluationError, match="measured on another version of the dataset"):
+        fetch_model("acme/clf", policy=load_policy(_gated_policy(world)), progress=False)
+    _nothing_published(world)
+
+
+def test_a_passing_gate_reports_the_dataset_evaluated_on(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _with_dataset(world)
+    _attest_on(world, "reviews", policy=_gated_policy(world))
+    requirement = {"signer": "eval-pipeline", "metrics": {"accuracy": ">= 0.9"}, "dataset": "reviews"}
+    code, verdict = _gate(world, _gated_policy(world, requirement), capsys)
+    assert code == 0 and verdict["verdict"] == "pass"
+    datasets = next(c for c in verdict["checks"] if c["check"] == "datasets")
+    assert datasets["ok"] and datasets["detail"]["evaluated_on"] == "reviews"
+
+
+def test_a_required_dataset_must_be_one_of_the_entry_s(world: dict[str, Path]) -> None:
+    _with_dataset(world)
+    requirement = {"signer": "eval-pipeline", "metrics": {"accuracy": ">= 0.9"}, "dataset": "imdb"}
+    with pytest.raises(PolicyError, match=r"require_evaluation\.dataset: names 'imdb'.*not among"):
+        load_policy(_gated_policy(world, requirement))
+
+
+@pytest.mark.parametrize("suffix", [".onnx_data", ".npy", ".joblib", ".pickle", ".tflite"])
+def test_every_weight_suffix_is_a_weight_file(suffix: str) -> None:
+    assert is_weight_file(f"sub/model{suffix}") and is_weight_file(f"MODEL{suffix.upper()}")
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_attest_refuses_a_symlink(
+    world: dict[str, Path], kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside = world["root"] / "outside"
+    outside.mkdir()
+    (outside / "vocab.txt").write_text("a\nb\n")
+    if kind == "file":
+        (world["model"] / "vocab.txt").symlink_to(outside / "vocab.txt")
+    else:
+        (world["model"] / "tokenizer").symlink_to(outside, target_is_directory=True)
+    capsys.readouterr()
+    argv = ["attest", str(world["model"]), "--metrics", str(world["root"] / "metrics.json")]
+    assert main([*argv, "--key", str(world["eval_key"])]) == 2
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and ("vocab.txt" in err if kind == "file" else "tokenizer" in err)
+    assert not (world["model"] / "evaluation.intoto.jsonl").exists()
+
+
+def test_the_bom_names_the_dataset_each_metric_was_measured_on(world: dict[str, Path]) -> None:
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    _with_dataset(world)
+    _attest_on(world, "reviews", policy=_gated_policy(world))
+    policy = _gated_policy(world)
+    out = world["root"] / "bom.json"
+    assert main(["bom", "-o", str(out), "--policy", str(policy)]) == 0
+    text = out.read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    (data,) = [c for c in doc["components"] if c["type"] == "data"]
+    (model,) = [c for c in doc["components"] if c["type"] == "machine-learning-model"]
+    metrics = model["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]
+    assert metrics and all(m["slice"] == data["bom-ref"] for m in metrics)
+    props = {p["name"]: p["value"] for p in model["modelCard"]["properties"]}
+    assert props["safeload:evaluation:dataset"] == "reviews"
+    assert props["safeload:evaluation:dataset_digest"].startswith("sha256:")
