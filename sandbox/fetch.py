@@ -16,11 +16,8 @@ hashed it against a pin.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from pathlib import Path
 from safeload.errors import SandboxError
 
 from ._broker import Broker
+from ._handback import open_output, printable, sealed_job, worker_error
 from ._limits import Limits
 from .launcher import Tier, run_worker
 from .worker._http_rules import origin_of
@@ -92,23 +90,6 @@ class Answer:
     challenge: str | None = None  # a 401's WWW-Authenticate, unchecked
 
 
-def _sealed_job(job: dict[str, object]) -> int:
-    fd = os.memfd_create("safeload-fetch-job", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        data = json.dumps(job).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(
-            fd, fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _allowed_hosts(site: Site) -> tuple[str, ...]:
     origin = origin_of(site.endpoint)
     return (origin.split("://", 1)[1], *site.redirect_hosts)
@@ -161,7 +142,7 @@ def fetch(
                 for r in requests
             ],
         }
-        job_fd = _sealed_job(job)
+        job_fd = sealed_job(job, "fetch")
         try:
             run = run_worker(
                 job_fd, output_dir, mode="fetch", limits=limits, inherit=(broker.child_fd,),
@@ -170,37 +151,13 @@ def fetch(
         finally:
             os.close(job_fd)
     if run.returncode != 0:
-        why = _worker_error(output_dir, run.stderr)
+        why = worker_error(output_dir, run.stderr, "fetch")
         raise SandboxError(f"the fetch worker failed (exit {run.returncode}): {why}")
     return _read_answers(output_dir, {r.id: r for r in requests})
 
 
-def _open_output(path: Path, cap: int) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise SandboxError(f"the fetch worker's output {path.name} cannot be opened: {exc}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > cap:
-        os.close(fd)
-        raise SandboxError(f"the fetch worker's output {path.name} is not a plain file within its cap")
-    return fd
-
-
-def _worker_error(output_dir: Path, stderr: str) -> str:
-    with contextlib.suppress(SandboxError, OSError, ValueError):
-        fd = _open_output(output_dir / "error.json", 64 << 10)
-        with os.fdopen(fd, "rb") as fh:
-            return _printable(str(json.loads(fh.read()).get("message", "")))
-    return _printable(stderr[-2000:]) or "no error report"
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)[:2000]
-
-
 def _read_answers(output_dir: Path, requests: Mapping[str, Request]) -> dict[str, Answer]:
-    fd = _open_output(output_dir / "result.json", _RESULT_CAP)
+    fd = open_output(output_dir / "result.json", _RESULT_CAP, "fetch")
     with os.fdopen(fd, "rb") as fh:
         raw = fh.read(_RESULT_CAP + 1)
     try:
@@ -210,7 +167,7 @@ def _read_answers(output_dir: Path, requests: Mapping[str, Request]) -> dict[str
             raise ValueError("wrong shape")
         answers = [_answer(item, requests, output_dir) for item in items]
     except (ValueError, KeyError, TypeError) as exc:
-        raise SandboxError(f"the fetch worker's result does not validate: {_printable(str(exc))}") from None
+        raise SandboxError(f"the fetch worker's result does not validate: {printable(str(exc))}") from None
     out = {a.id: a for a in answers}
     if set(out) != set(requests):
         raise SandboxError("the fetch worker's result does not answer every request exactly once")
@@ -245,7 +202,7 @@ def _answer(item: object, requests: Mapping[str, Request], output_dir: Path) -> 
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError("size is not a count")
         path = output_dir / f"body-{rid}"
-        fd = _open_output(path, requests[rid].max_bytes)
+        fd = open_output(path, requests[rid].max_bytes, "fetch")
         try:
             if os.fstat(fd).st_size != size:
                 raise ValueError(f"body-{rid} does not hold the {size} bytes reported")
@@ -258,7 +215,7 @@ def _answer(item: object, requests: Mapping[str, Request], output_dir: Path) -> 
     details = {k: v for k, v in item.items() if k in ("announced", "limit", "cap", "why")}
     if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in details.values()):
         raise ValueError("failure details are not numbers or names")
-    message = _printable(_opt_str(item, "message", 4000) or "")
+    message = printable(_opt_str(item, "message", 4000) or "")
     challenge = _opt_str(item, "challenge", 1000)
     return Answer(
         ok=False, kind=str(kind), message=message, details=details, challenge=challenge, **common  # type: ignore[arg-type]

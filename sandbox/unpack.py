@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ from pathlib import Path
 from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SandboxError
 
+from ._handback import open_output, printable, sealed_job, worker_error
 from ._limits import Limits
-from .fetch import _sealed_job, _worker_error
 from .launcher import Tier, run_worker
 
 __all__ = ["BUDGET_KEYS", "UnpackRefused", "Unpacked", "unpack"]
@@ -99,7 +98,7 @@ def unpack(
         max_output_files=files_cap + 2,
         weakest_jail=weakest_jail,
     )
-    job_fd = _sealed_job(job)
+    job_fd = sealed_job(job, "unpack")
     try:
         run = run_worker(
             layer_fd, output_dir, mode="unpack", limits=limits, args=["--job", f"fd:{job_fd}"],
@@ -108,25 +107,9 @@ def unpack(
     finally:
         os.close(job_fd)
     if run.returncode != 0:
-        why = _worker_error(output_dir, run.stderr)
+        why = worker_error(output_dir, run.stderr, "unpack")
         raise SandboxError(f"the unpack worker failed (exit {run.returncode}): {why}")
     return _read_result(output_dir, result_cap, max_member_bytes, wanted_list, listing)
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)[:2000]
-
-
-def _open_output(path: Path, cap: int) -> int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise SandboxError(f"the unpack worker's output {path.name} cannot be opened: {exc}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > cap:
-        os.close(fd)
-        raise SandboxError(f"the unpack worker's output {path.name} is not a plain file within its cap")
-    return fd
 
 
 def _count(value: object, what: str) -> int:
@@ -137,14 +120,14 @@ def _count(value: object, what: str) -> int:
 
 def _name(value: object) -> str:
     if not isinstance(value, str) or len(value) > _MAX_NAME or not is_safe_relpath(value):
-        raise ValueError(f"{_printable(repr(value))[:300]} is not a relative file name")
+        raise ValueError(f"{printable(repr(value))[:300]} is not a relative file name")
     return value
 
 
 def _read_result(
     output_dir: Path, cap: int, member_cap: int, wanted: list[str] | None, listing: bool
 ) -> Unpacked:
-    fd = _open_output(output_dir / "result.json", cap)
+    fd = open_output(output_dir / "result.json", cap, "unpack")
     with os.fdopen(fd, "rb") as fh:
         raw = fh.read(cap + 1)
     try:
@@ -158,7 +141,7 @@ def _read_result(
             message = doc.get("message")
             if not isinstance(message, str):
                 raise ValueError("a refusal without a message")
-            raise UnpackRefused(_printable(message), budget)
+            raise UnpackRefused(printable(message), budget)
         if doc.get("ok") is not True:
             raise ValueError("wrong shape")
         items = doc.get("files")
@@ -173,7 +156,7 @@ def _read_result(
                 raise ValueError(f"{name!r} was not asked for, or came twice")
             size = _count(item.get("size"), "size")
             path = output_dir / str(n)
-            out = _open_output(path, member_cap)
+            out = open_output(path, member_cap, "unpack")
             try:
                 if os.fstat(out).st_size != size:
                     raise ValueError(f"{n} does not hold the {size} bytes reported")
@@ -190,7 +173,7 @@ def _read_result(
                 raise ValueError("the listing repeats a name or misses a file written")
         members = _count(doc.get("members"), "members")
     except (ValueError, KeyError, TypeError) as exc:
-        raise SandboxError(f"the unpack worker's result does not validate: {_printable(str(exc))}") from None
+        raise SandboxError(f"the unpack worker's result does not validate: {printable(str(exc))}") from None
     leftovers = set(os.listdir(output_dir)) - {"result.json", "error.json", *(p.name for p in files.values())}
     for extra in leftovers:  # written, but not reported: never handed on
         with contextlib.suppress(OSError):
