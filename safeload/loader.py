@@ -8,7 +8,6 @@ the host opened (mapped copy-on-write, zero-copy) or on that safetensors file.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import mmap as _mmap
 import os
@@ -18,7 +17,7 @@ import shutil
 import stat
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from safeload.errors import (
 )
 from safeload.policy import Policy, load_policy
 from safeload.resolve import local_load_path
+from sandbox._memfd import sealed_memfd
 from sandbox.worker._common import DTYPE_SIZES
 
 __all__ = ["FileLike", "Inspection", "TensorInfo", "inspect_artifact", "load", "state_dict"]
@@ -72,7 +72,7 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
                 raise IsADirectoryError(f"{name} is not a regular file")
             if not _others_may_write(fd, st):
                 return fd, name
-            copy = _sealed_copy(lambda out: _copy_fd(fd, out, st.st_size))
+            copy = sealed_memfd("input", lambda out: _copy_fd(fd, out, st.st_size))
         except BaseException:
             os.close(fd)
             raise
@@ -93,7 +93,7 @@ def _open_source(f: FileLike, policy: Policy) -> tuple[int, str]:
             while view:
                 view = view[os.write(out, view) :]
 
-    return _sealed_copy(copy_object), str(getattr(f, "name", "<file object>"))
+    return sealed_memfd("input", copy_object), str(getattr(f, "name", "<file object>"))
 
 
 def _others_may_write(fd: int, st: os.stat_result) -> bool:
@@ -114,20 +114,6 @@ def _copy_fd(src: int, out: int, size: int) -> None:
         if n == 0:
             break  # the file shrank meanwhile: the copy holds what was there
         offset += n
-
-
-def _sealed_copy(fill: Callable[[int], None]) -> int:
-    """A private memory file filled by ``fill(fd)``, then sealed: nobody (not even a worker that inherits
-    the descriptor) can change its bytes."""
-    fd = os.memfd_create("safeload-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        fill(fd)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _sandbox_limits(policy: Policy) -> Any:

@@ -9,7 +9,6 @@ way, and only printable text from it reaches a message.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import stat
@@ -17,26 +16,16 @@ from pathlib import Path
 
 from safeload.errors import SandboxError
 
+from ._memfd import memfd_of
+
 __all__ = ["open_output", "printable", "sealed_job", "worker_error"]
 
 _ERROR_CAP = 64 << 10
 
 
 def sealed_job(job: dict[str, object], name: str) -> int:
-    """``job`` as JSON in a write-sealed memfd at offset 0 (close-on-exec; hand it over with pass_fds)."""
-    fd = os.memfd_create(f"safeload-{name}-job", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        view = memoryview(json.dumps(job).encode())
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(
-            fd, fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
-        )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    """``job`` as JSON in a sealed memfd at offset 0 (close-on-exec; hand it over with pass_fds)."""
+    return memfd_of(f"{name}-job", json.dumps(job).encode())
 
 
 def open_output(path: Path, cap: int, worker: str) -> int:

@@ -56,7 +56,6 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -75,7 +74,6 @@ __all__ = [
     "fresh_jail_ids",
     "jail_id_range",
     "jail_interpreter",
-    "probe_bwrap",
     "reachable",
     "readable_input",
     "sweep_stale_staging",
@@ -94,15 +92,6 @@ JAIL_USER = (
     f"the jail's unprivileged uid (a fresh one for each run, from {JAIL_ID_RANGE.start} to "
     f"{JAIL_ID_RANGE.stop - 1}, owning no file and in no group)"
 )
-
-_INSTALL_HINT = "install it with: apt-get install -y bubblewrap"
-_USERNS_HINT = (
-    "enable unprivileged user namespaces, e.g. `sysctl -w kernel.unprivileged_userns_clone=1` (Debian), "
-    "`sysctl -w user.max_user_namespaces=15000`, or "
-    "`sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 24.04+); inside a container, "
-    "allow user namespaces (e.g. docker --security-opt seccomp=unconfined)"
-)
-
 
 @dataclass(frozen=True)
 class JailIds:
@@ -451,68 +440,3 @@ def claim_staging() -> tuple[JailIds, Path, int]:
         f"every staging folder name tried in {base} was taken ({_STAGE_PREFIX}<uid>, {_CLAIM_ATTEMPTS} "
         "tries); remove stale ones or set TMPDIR to another folder every user can search"
     )
-
-
-_verdict: str | SandboxUnavailableError | None = None
-_verdict_lock = threading.Lock()
-
-
-def probe_bwrap() -> str:
-    """The path of ``bwrap``, after checking once per process that it can create a user namespace.
-
-    The verdict, either way, is kept for the life of the process (restart it after installing
-    bubblewrap or enabling user namespaces).
-
-    Raises:
-        SandboxUnavailableError: bubblewrap is missing or cannot create the namespaces the jail needs.
-    """
-    global _verdict
-    with _verdict_lock:
-        if _verdict is None:
-            try:
-                _verdict = _probe()
-            except SandboxUnavailableError as exc:
-                _verdict = exc
-        verdict = _verdict
-    if isinstance(verdict, SandboxUnavailableError):
-        raise SandboxUnavailableError(str(verdict))
-    return verdict
-
-
-def _forget_probe() -> None:
-    """Drop the cached verdict (tests that change PATH)."""
-    global _verdict
-    with _verdict_lock:
-        _verdict = None
-
-
-def _probe() -> str:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise SandboxUnavailableError(
-            "bubblewrap is not installed, and safeload never opens pickle files outside its jail; "
-            + _INSTALL_HINT
-        )
-    cmd = [
-        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-        "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--", "/usr/bin/true",
-    ]
-    kwargs: dict[str, object] = {}
-    if drop_privileges():
-        ids = fresh_jail_ids()
-        kwargs = {"user": ids.uid, "group": ids.gid, "extra_groups": []}
-    try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=30, check=False, **kwargs,  # type: ignore[call-overload]
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SandboxUnavailableError(f"could not run bubblewrap ({bwrap}): {exc}; {_INSTALL_HINT}") from exc
-    if proc.returncode != 0:
-        detail = proc.stderr.decode("utf-8", "replace").strip()
-        raise SandboxUnavailableError(
-            f"bubblewrap cannot create the jail's namespaces here ({detail or f'exit {proc.returncode}'}); "
-            f"{_USERNS_HINT}"
-        )
-    return bwrap

@@ -23,14 +23,14 @@ launcher refuses to start (:class:`~safeload.errors.SandboxUnavailableError`) ra
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
 import platform
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from safeload.errors import SandboxUnavailableError
+
+from ._memfd import memfd_of
 
 __all__ = ["ARCHES", "Arch", "build_filter", "native_arch", "seccomp_memfd"]
 
@@ -282,17 +282,6 @@ def seccomp_memfd(program: bytes) -> int:
         SandboxUnavailableError: the kernel cannot create memfds.
     """
     try:
-        fd = os.memfd_create("safeload-seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        return memfd_of("seccomp", program)
     except OSError as exc:
         raise SandboxUnavailableError(f"cannot create a memfd for the seccomp filter: {exc}") from exc
-    try:
-        os.write(fd, program)
-        fcntl.fcntl(
-            fd, fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
-        )
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

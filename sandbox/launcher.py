@@ -51,6 +51,7 @@ from safeload.errors import SandboxError, SandboxTimeoutError, SandboxUnavailabl
 
 from . import _tiers
 from ._limits import TIMEOUT_KEY, Limits, limit_error, output_error, prlimit_args
+from ._memfd import sealed_memfd
 from ._privileges import (
     JAIL_USER,
     JailIds,
@@ -481,21 +482,16 @@ def _jail_readable_copy(input_fd: int, ids: JailIds | None) -> int:
     if _write_sealed(input_fd) or (readable_input(st, uid, gid) and not _has_acl(input_fd)):
         return os.dup(input_fd)
     src = os.open(f"/proc/self/fd/{input_fd}", os.O_RDONLY | os.O_CLOEXEC)
-    copy = os.memfd_create("safeload-artifact", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
+
+    def fill(copy: int) -> None:
         offset = 0
         while sent := os.sendfile(copy, src, offset, 1 << 30):
             offset += sent
-        fcntl.fcntl(
-            copy, fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
-        )
-    except BaseException:
-        os.close(copy)
-        raise
+
+    try:
+        return sealed_memfd("artifact", fill)
     finally:
         os.close(src)
-    return copy
 
 
 def _supervise(
