@@ -40,8 +40,10 @@ if TYPE_CHECKING:
     from safeload.policy import Policy
 
 __all__ = [
+    "Conversion",
     "ShardedConversion",
     "cached_conversion",
+    "convert_checkpoint",
     "convert_file",
     "convert_sharded",
     "converted_index",
@@ -92,39 +94,149 @@ def safetensors_name(bin_name: str) -> str:
     return base.replace(".bin.", ".safetensors.", 1)
 
 
-def _state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
-    """The tensors of a (possibly wrapped) state dict; other entries (stubs, numbers) are left out."""
+@dataclass(frozen=True)
+class Conversion:
+    """What :func:`convert_checkpoint` wrote: the output file, the tensor names in it, and the entries of
+    the checkpoint that were left out (dotted key paths: sibling entries of the state dict and its
+    non-tensor values, such as ``config_dict`` or ``epoch``)."""
+
+    output: Path
+    tensors: tuple[str, ...]
+    left_out: tuple[str, ...]
+
+
+def _key_text(key: object) -> str:
+    return key if isinstance(key, str) else repr(key)
+
+
+def _join(prefix: str, key: object) -> str:
+    return f"{prefix}.{_key_text(key)}" if prefix else _key_text(key)
+
+
+def _as_tensor(value: object) -> torch.Tensor | None:
+    """``value`` as a tensor to write: a tensor, or a numeric numpy array (a ``.npz`` archive's arrays)."""
     import torch
 
-    def tensors_of(value: object) -> dict[str, torch.Tensor]:
-        if not isinstance(value, Mapping):
-            return {}
-        return {k: v.detach() for k, v in value.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("ndarray", "memmap"):
+        import warnings
 
-    found = tensors_of(obj)
-    if not found and isinstance(obj, Mapping):
-        for key in _WRAPPER_KEYS:
-            found = tensors_of(obj.get(key))
-            if found:
-                obj = obj[key]
-                break
-    if not found:
-        raise UnsupportedFormatError(
-            f"{source} holds no state dict (a mapping of names to tensors), so it has no safetensors form; "
-            "open it with safeload.load() to see what it holds"
-        )
-    assert isinstance(obj, Mapping)
-    left_out = [repr(k) for k in obj if not (isinstance(k, str) and k in found)]
-    if left_out:
-        _log.warning("%s: left out %d non-tensor entries: %s", source, len(left_out), ", ".join(left_out))
+        import numpy as np
+
+        assert isinstance(value, np.ndarray)
+        if value.dtype.kind not in "biuf" or not value.dtype.isnative:
+            return None
+        with warnings.catch_warnings():  # read-only arrays mapped from the verified file are never written
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(value)
+    return None
+
+
+def _tensors_of(value: object) -> dict[str, torch.Tensor]:
+    if not isinstance(value, Mapping):
+        return {}
+    found: dict[str, torch.Tensor] = {}
+    for k, v in value.items():
+        t = _as_tensor(v) if isinstance(k, str) else None
+        if t is not None:
+            found[k] = t
     return found
 
 
+def _candidates(obj: object, prefix: str = "", depth: int = 4) -> list[str]:
+    """Dotted key paths under ``obj`` whose value is a mapping holding tensors (what ``--key`` accepts)."""
+    if not isinstance(obj, Mapping) or depth == 0:
+        return []
+    found: list[str] = []
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, Mapping):
+            continue
+        path = _join(prefix, k)
+        if _tensors_of(v):
+            found.append(path)
+        found.extend(_candidates(v, path, depth - 1))
+    return found
+
+
+def _select(obj: object, key: str, source: str) -> tuple[object, str, list[str]]:
+    """The value at the dotted ``key`` path, the path walked, and the sibling entries passed on the way."""
+    node, walked, siblings = obj, "", []
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            where = f"{walked!r}" if walked else "the top level"
+            have = (
+                "it holds the keys " + ", ".join(sorted(_key_text(k) for k in node))
+                if isinstance(node, Mapping) and node
+                else f"it is not a mapping ({type(node).__name__})"
+            )
+            raise UnsupportedFormatError(f"{source}: key {key!r}: {where} has no key {part!r}; {have}")
+        siblings += [_join(walked, k) for k in node if k != part]
+        walked, node = _join(walked, part), node[part]
+    return node, walked, siblings
+
+
+def _state_dict(
+    obj: object, source: str, key: str | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of a (possibly wrapped) state dict, and the dotted paths of what was left out.
+
+    ``key``: a dotted path to the state dict (``model.state_dict``); without it, the top level or one of
+    the usual wrappers (``state_dict``, ``model_state_dict``, ``model``, ``module``) is taken.
+    """
+    siblings: list[str] = []
+    prefix = ""
+    if key:
+        obj, prefix, siblings = _select(obj, key, source)
+        found = _tensors_of(obj)
+    else:
+        found = _tensors_of(obj)
+        if not found and isinstance(obj, Mapping):
+            for wrapper in _WRAPPER_KEYS:
+                found = _tensors_of(obj.get(wrapper))
+                if found:
+                    siblings = [_key_text(k) for k in obj if k != wrapper]
+                    obj, prefix = obj[wrapper], wrapper
+                    break
+    if not found:
+        where = f"at key {key!r}" if key else "at its top level"
+        candidates = [c for c in _candidates(obj) if c != prefix]
+        if candidates:
+            shown = ", ".join(f"--key {_join(prefix, c)}" for c in candidates[:8])
+            raise UnsupportedFormatError(
+                f"{source} holds no tensors {where}, but a state dict is nested inside: convert it with "
+                f"{shown}"
+            )
+        raise UnsupportedFormatError(
+            f"{source} holds no state dict {where} (a mapping of names to tensors or numeric arrays), so it "
+            "has no safetensors form; open it with safeload.load() to see what it holds"
+        )
+    assert isinstance(obj, Mapping)
+    left_out = siblings + [_join(prefix, k) for k in obj if not (isinstance(k, str) and k in found)]
+    return found, left_out
+
+
+def _log_left_out(source: str, left_out: tuple[str, ...]) -> None:
+    if left_out:
+        _log.warning("%s: left out %d non-tensor entries: %s", source, len(left_out), ", ".join(left_out))
+
+
 _ST_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
 }
 
 
@@ -380,23 +492,46 @@ def convert_file(
     policy: Policy | None = None,
     metadata: Mapping[str, str] | None = None,
     weights_only: bool = False,
+    key: str | None = None,
 ) -> Path:
     """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
 
     The checkpoint is opened by ``safeload.load(src, map_location="cpu")`` in the jail with the inert
     unpickler, so nothing in it runs anywhere; a state dict wrapped under
-    ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped, and entries that are not
-    tensors (stubs of code a payload tried to call, counters, ...) are left out and logged. With
-    ``weights_only=True`` any code-bearing global refuses the file instead. ``dst`` is written atomically,
-    with the permissions the caller's umask gives a new file. Returns ``dst``.
+    ``state_dict``/``model_state_dict``/``model``/``module`` is unwrapped, one nested deeper is named by
+    ``key`` (a dotted path: ``model.state_dict``), a ``.npz`` archive's numeric arrays are written under
+    their names, and entries that are not tensors (stubs of code a payload tried to call, counters, ...)
+    are left out and logged. With ``weights_only=True`` any code-bearing global refuses the file instead.
+    ``dst`` is written atomically, with the permissions the caller's umask gives a new file. Returns
+    ``dst``; :func:`convert_checkpoint` also says what was written and left out.
 
     Raises:
         UnsafeContentError: ``weights_only=True`` and the checkpoint references code-bearing globals.
-        UnsupportedFormatError: the file is not a checkpoint format safeload reads, or holds no state dict.
+        UnsupportedFormatError: the file is not a checkpoint format safeload reads, holds no state dict
+            (the message names the ``key`` paths that hold one), or ``key`` is not in it.
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
     """
-    return _convert(Path(src), Path(dst), policy, metadata, weights_only, None)
+    done = _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key)
+    _log_left_out(str(src), done.left_out)
+    return done.output
+
+
+def convert_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    policy: Policy | None = None,
+    metadata: Mapping[str, str] | None = None,
+    weights_only: bool = False,
+    key: str | None = None,
+) -> Conversion:
+    """:func:`convert_file`, returning what was written and what was left out instead of logging it.
+
+    Raises:
+        The errors of :func:`convert_file`.
+    """
+    return _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key)
 
 
 def _convert(
@@ -407,11 +542,13 @@ def _convert(
     weights_only: bool,
     opened: tuple[int, str] | None,
     mode: int | None = None,
-) -> Path:
+    key: str | None = None,
+) -> Conversion:
     meta = {"format": "pt", **(metadata or {})}
     with _load_mapped(src, policy, weights_only, opened) as (obj, mapped):
-        _atomic_save(_state_dict(obj, str(src)), dst, meta, mapped, mode=mode)
-    return dst
+        tensors, left_out = _state_dict(obj, str(src), key)
+        _atomic_save(tensors, dst, meta, mapped, mode=mode)
+    return Conversion(output=dst, tensors=tuple(sorted(tensors)), left_out=tuple(left_out))
 
 
 def _read_index(index: Path) -> dict[str, Any]:
@@ -527,7 +664,8 @@ def _cached_conversion(src: Path, policy: Policy, sha256: str | None, store: Sto
                 return target
             handed, opened = opened, None  # _convert closes it
             makedirs_shared(target.parent)
-            _convert(src, target, policy, {"safeload.source_sha256": digest}, False, handed, 0o444)
+            done = _convert(src, target, policy, {"safeload.source_sha256": digest}, False, handed, 0o444)
+            _log_left_out(str(src), done.left_out)
             fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 # The digest lets a store copied elsewhere (an image layer unpacked on pull: new inodes)

@@ -12,19 +12,25 @@ from typing import Any
 from rich.console import Console
 
 from safeload.cli._common import add_policy, command_parser, load_policy
-from safeload.cli._ui import EXIT_OK, UI
+from safeload.cli._ui import EXIT_ERROR, EXIT_OK, UI
 from safeload.errors import UnsupportedFormatError
 
 __all__ = ["add_parser", "run"]
 
 _DESCRIPTION = """\
-Convert a pickle checkpoint (torch zip or legacy, raw pickle) holding a state dict into safetensors.
-The checkpoint is opened by safeload.load with the inert unpickler inside the jail, so none of its code
-runs anywhere. Only tensors are written: other entries (stubs of classes or of code a payload tried to
-call, counters, strings) are left out and listed on stderr; with --weights-only a checkpoint that
-references any global that is not plain data is refused instead. Tensors that share storage (tied
-embeddings) are written as separate copies under every name, the way transformers expects to re-tie
-them.
+Convert a pickle checkpoint (torch zip or legacy, raw pickle) holding a state dict, or a numpy .npz
+archive of named numeric arrays, into safetensors. The checkpoint is opened by safeload.load with the
+inert unpickler inside the jail, so none of its code runs anywhere. Only tensors are written: other
+entries (sibling entries such as config_dict or epoch, stubs of classes or of code a payload tried to
+call, counters, strings) are left out and listed in the output (left_out with --json); with
+--weights-only a checkpoint that references any global that is not plain data is refused instead.
+
+The state dict is the top level, or one of the usual wrappers (state_dict, model_state_dict, model,
+module); one nested deeper is named with --key, a dotted path (--key model.state_dict). A checkpoint
+without tensors at the top level is refused with the --key paths that hold a state dict.
+
+Tensors that share storage (tied embeddings) are written as separate copies under every name, the way
+transformers expects to re-tie them.
 
 Given a model folder, converts pytorch_model.bin, or every shard of a sharded checkpoint named by
 pytorch_model.bin.index.json (writing model.safetensors.index.json), into the output folder and copies the
@@ -36,9 +42,11 @@ version (safeload.version)."""
 
 _EPILOG = """\
 examples:
-  safeload convert pytorch_model.bin -o model.safetensors
+  safeload convert pytorch_model.bin model.safetensors
   safeload convert ./my-model -o ./my-model-safetensors
-  safeload convert lightning.ckpt -o weights.safetensors --json
+  safeload convert lightning.ckpt weights.safetensors --key state_dict --json
+  safeload convert train.pt weights.safetensors --key model.state_dict
+  safeload convert arrays.npz arrays.safetensors
 
 exit codes: 0 converted, 1 refused (--weights-only and non-data globals, [files] pin mismatch), 2 error."""
 
@@ -52,6 +60,7 @@ class _Converted:
     output: Path
     source_sha256: str
     tensors: int
+    left_out: tuple[str, ...] = ()
 
 
 def add_parser(sub: Any) -> None:
@@ -64,12 +73,23 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("input", metavar="IN", type=Path, help="a checkpoint file or a model folder")
     parser.add_argument(
+        "out",
+        metavar="OUT",
+        type=Path,
+        nargs="?",
+        help="the .safetensors file to write (for a folder: the output folder); or give it with -o",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         metavar="OUT",
         type=Path,
-        required=True,
         help="the .safetensors file to write (for a folder: the output folder)",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="PATH",
+        help="the dotted key path of a nested state dict (model.state_dict)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.add_argument(
@@ -95,13 +115,18 @@ def _tensor_count(path: Path) -> int:
 
 
 def _convert_one(src: Path, dst: Path, args: argparse.Namespace) -> _Converted:
-    from safeload.convert import convert_file, sha256_file
+    from safeload.convert import convert_checkpoint, sha256_file
 
     digest = sha256_file(src)
-    out = convert_file(
-        src, dst, policy=args.loaded_policy, metadata=_metadata(digest), weights_only=args.weights_only
+    done = convert_checkpoint(
+        src,
+        dst,
+        policy=args.loaded_policy,
+        metadata=_metadata(digest),
+        weights_only=args.weights_only,
+        key=args.key,
     )
-    return _Converted(src, out, digest, _tensor_count(out))
+    return _Converted(src, done.output, digest, _tensor_count(done.output), done.left_out)
 
 
 def _check_output(path: Path, force: bool) -> None:
@@ -159,6 +184,13 @@ def _convert_folder(
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    if args.out is not None and args.output is not None:
+        ui.error("give OUT once: as the second argument or with -o, not both")
+        return EXIT_ERROR
+    args.output = args.out if args.out is not None else args.output
+    if args.output is None:
+        ui.error("name the output: `safeload convert IN OUT` (or -o OUT)")
+        return EXIT_ERROR
     args.loaded_policy = load_policy(args)
     src: Path = args.input
     if not src.exists():
@@ -183,6 +215,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 "output": str(c.output),
                 "source_sha256": c.source_sha256,
                 "tensors": c.tensors,
+                "left_out": list(c.left_out),
             }
             for c in done
         ],
@@ -190,7 +223,12 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
     def render(out: Console) -> None:
         for c in done:
-            out.print(f"{c.source} -> {c.output}  ({c.tensors} tensors, source sha256:{c.source_sha256})")
+            out.print(
+                f"{c.source} -> {c.output}  ({c.tensors} tensors, source sha256:{c.source_sha256})",
+                markup=False,
+            )
+            if c.left_out:
+                out.print(f"  left out (not tensors): {', '.join(c.left_out)}", markup=False)
         if index is not None:
             out.print(f"index -> {index}")
 

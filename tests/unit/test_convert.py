@@ -195,7 +195,7 @@ def test_kernel_copy_writes_the_same_file_as_memory(tmp_path: Path, policy: Poli
     data = src.read_bytes()
     with _load_mapped(src, policy, True) as (obj, mapped):
         assert mapped is not None  # storages are mapped from the verified file, not copied
-        loaded = _state_dict(obj, str(src))
+        loaded, _ = _state_dict(obj, str(src))
         if zipped:
             # What the kernel copy relies on: a mapped tensor's bytes are the file's bytes at its offset.
             for name, t in loaded.items():
@@ -226,7 +226,7 @@ def test_a_source_rewritten_during_conversion_is_refused(tmp_path: Path, policy:
     with _load_mapped(src, policy, True) as (obj, mapped):
         os.truncate(src, 128)  # someone cuts the verified file after the jail read it
         with pytest.raises(IntegrityError, match="shrank"):
-            _atomic_save(_state_dict(obj, str(src)), dst, {}, mapped)
+            _atomic_save(_state_dict(obj, str(src))[0], dst, {}, mapped)
     assert not dst.exists() and list(dst.parent.iterdir()) == []  # no partial file is left behind
 
 
