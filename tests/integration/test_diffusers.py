@@ -85,7 +85,9 @@ def test_a_pipeline_denoises_as_plain_diffusers(
     ours = safeload.diffusers.DiffusionPipeline.from_pretrained(REPO)
     plain = diffusers.DiffusionPipeline.from_pretrained(registry / REPO)
     assert type(ours) is diffusers.DDPMPipeline
-    assert np.array_equal(_denoise(ours), _denoise(plain))
+    # The weights are compared exactly below; the outputs come from the same modules over tensors mapped at
+    # other addresses, whose kernels may sum in another order.
+    assert np.allclose(_denoise(ours), _denoise(plain), rtol=0, atol=1e-5)
     unet = safeload.diffusers.UNet2DModel.from_pretrained(REPO, subfolder="unet")
     assert all(
         torch.equal(a, b)
@@ -112,9 +114,8 @@ def test_a_poisoned_unet_bin_loads_its_weights_and_runs_nothing(
     (unet / "diffusion_pytorch_model.safetensors").unlink()
     _policy(tmp_path, poisoned, monkeypatch)
     ours = safeload.diffusers.DiffusionPipeline.from_pretrained(REPO)
-    assert np.array_equal(
-        _denoise(ours), _denoise(diffusers.DiffusionPipeline.from_pretrained(registry / REPO))
-    )
+    plain = diffusers.DiffusionPipeline.from_pretrained(registry / REPO)
+    assert np.allclose(_denoise(ours), _denoise(plain), rtol=0, atol=1e-5)
     assert not canary.exists(), "the pickle ran in the host"
 
 
@@ -245,5 +246,7 @@ def test_a_stable_diffusion_pipeline_with_pickled_components_generates_as_plain(
 
     ours = safeload.diffusers.DiffusionPipeline.from_pretrained("acme/tiny-sd")
     assert type(ours) is diffusers.StableDiffusionPipeline
-    assert np.array_equal(generate(ours), generate(diffusers.DiffusionPipeline.from_pretrained(clean)))
+    assert np.allclose(
+        generate(ours), generate(diffusers.DiffusionPipeline.from_pretrained(clean)), rtol=0, atol=1e-5
+    )
     assert not canary.exists(), "a pickle ran in the host"

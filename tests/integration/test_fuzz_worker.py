@@ -69,7 +69,9 @@ def _outputs(table: Any) -> dict[str, int]:
 
 
 def _run_worker_in_process(data: bytes) -> None:
-    start = time.monotonic()
+    # This process's CPU time, which other work on the machine does not inflate: a pathological input
+    # (quadratic memo handling, say) shows up as seconds of it.
+    start = time.process_time()
     try:
         parsed, table = parse(data, BUDGETS)  # type: ignore[arg-type]
         manifest = build_manifest(parsed.fmt, parsed.root, table, parsed.globals_seen, BUDGETS)
@@ -79,7 +81,7 @@ def _run_worker_in_process(data: bytes) -> None:
     except (FormatError, LimitError):
         return
     finally:
-        assert time.monotonic() - start < 5.0
+        assert time.process_time() - start < 5.0
     # Whatever the worker writes, the host must accept (or reject with its typed error, never crash).
     raw = json.dumps(manifest).encode()
     try:

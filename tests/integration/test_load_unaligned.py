@@ -100,13 +100,18 @@ def ops(x):
                    to16=x.to(torch.float16), tobf=x.to(torch.bfloat16), to64=x.to(torch.float64))
     return out
 
+BLAS = {"mm", "linear", "bmm", "conv2d", "sdpa", "sum", "cumsum", "softmax", "ln"}
 sd = safeload.load(sys.argv[2])
 report = {}
 for name, t in sd.items():
     if name == "pad" or name.endswith("_spacer"):
         continue
     want, got = ops(t.clone()), ops(t)
-    wrong = [k for k in want if not torch.equal(want[k], got[k])]
+    # Elementwise results must match bit for bit; BLAS and reductions may sum in another order for
+    # another alignment, so they match within a tolerance far below what a wrong weight would change.
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(t.dtype, 1e-5)
+    wrong = [k for k in want if not (torch.equal(want[k], got[k]) or (k in BLAS and torch.allclose(
+        want[k].double(), got[k].double(), rtol=tol, atol=tol)))]
     report[name] = {"ptr": t.untyped_storage().data_ptr(), "wrong": wrong}
 print(json.dumps(report))
 """
