@@ -8,8 +8,10 @@ sandbox that could not do its job (``SandboxError``). Each message says what hap
 from __future__ import annotations
 
 __all__ = [
+    "DeviceUnavailableError",
     "EvaluationError",
     "IntegrityError",
+    "MissingModuleError",
     "PolicyError",
     "SafeloadError",
     "SandboxError",
@@ -62,6 +64,17 @@ class StoreAccessError(SafeloadError):
 
 class UnsupportedFormatError(SafeloadError):
     """The file's content is not a format safeload knows how to open safely."""
+
+
+class DeviceUnavailableError(SafeloadError, RuntimeError):
+    """The checkpoint's tensors were saved on a device this machine lacks (a CUDA checkpoint on a CPU-only
+    machine) and no ``map_location`` moves them; torch's own words are kept in the message. A
+    ``RuntimeError`` too, which is what ``torch.load`` raises there."""
+
+
+class MissingModuleError(SafeloadError, ModuleNotFoundError):
+    """Execute mode: the checkpoint's code imports a module that is not installed in this environment
+    (``name`` is the module). A ``ModuleNotFoundError`` too, which is what ``torch.load`` raises there."""
 
 
 class UnsafeContentError(SafeloadError):

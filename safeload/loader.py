@@ -30,6 +30,7 @@ from safeload._manifest import GlobalRef, Manifest, StorageSpec, np_itemsize, pa
 from safeload._rebuild import MapLocation, build, make_restore
 from safeload._stub import Stub
 from safeload.errors import (
+    MissingModuleError,
     SandboxError,
     SandboxLimitError,
     UnsafeContentError,
@@ -159,6 +160,7 @@ def _worker_error(dir_fd: int, returncode: int, stderr: str) -> Exception:
 
     fd = _open_output(dir_fd, "error.json", _ERROR_CAP)
     kind, message = "crash", ""
+    doc: Any = None
     if fd is not None:
         try:
             doc = json.loads(_read_fd(fd))
@@ -167,6 +169,16 @@ def _worker_error(dir_fd: int, returncode: int, stderr: str) -> Exception:
                 kind, message = doc["kind"], _CONTROL.sub("?", doc["message"])[:2000]
         except (ValueError, RecursionError):
             pass
+    if kind == "encoding":
+        return UnsupportedFormatError(
+            f"{message}. Load it with encoding=\"latin1\" (numpy arrays and most Python 2 pickles) or "
+            "encoding=\"bytes\" (keeps Python 2 strings as bytes), as pickle.load and torch.load take it; "
+            "on the command line, --encoding latin1"
+        )
+    if kind == "module" and fd is not None:
+        module = doc.get("module") if isinstance(doc, dict) else None
+        if isinstance(module, str) and _MODULE_NAME.fullmatch(module):
+            return _missing_module(module)
     if kind == "format":
         return UnsupportedFormatError(f"{message}. safeload opens safetensors, torch checkpoints (zip and "
                                       "legacy), pickles, numpy files and TorchScript archives")
@@ -175,6 +187,24 @@ def _worker_error(dir_fd: int, returncode: int, stderr: str) -> Exception:
                                  "is trusted to need more")
     detail = message or _CONTROL.sub("?", stderr.strip().splitlines()[-1] if stderr.strip() else "")
     return SandboxError(f"the sandboxed worker failed (exit status {returncode}): {detail[:2000]}")
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}")
+# Import names whose pip package is called something else.
+_PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "cv2": "opencv-python", "PIL": "pillow",
+              "skimage": "scikit-image", "google.protobuf": "protobuf", "Crypto": "pycryptodome"}
+
+
+def _missing_module(module: str) -> MissingModuleError:
+    top = module.split(".", 1)[0]
+    pip = _PIP_NAMES.get(module) or _PIP_NAMES.get(top) or top
+    exc = MissingModuleError(
+        f"the checkpoint needs the module {module}, which is not installed in this environment; install it "
+        f"(pip install {pip}) to load it in execute mode, or load it inertly (the default), where its "
+        "classes come back as safeload.Stub values",
+        name=module,
+    )
+    return exc
 
 
 @contextmanager
@@ -205,13 +235,15 @@ def _output_tensors(fd: int) -> dict[str, torch.Tensor]:
 
 
 def _run_jail(
-    fd: int, size: int, policy: Policy, mode: Literal["inert", "execute"]
+    fd: int, size: int, policy: Policy, mode: Literal["inert", "execute"], encoding: str = "utf-8"
 ) -> tuple[Manifest, dict[str, torch.Tensor]]:
     from sandbox.launcher import run_worker
 
     limits = _sandbox_limits(policy)
     with _output_dir() as (out, dir_fd):
         args = ["--max-output", str(limits.max_output_bytes)]
+        if encoding != "utf-8":
+            args += ["--encoding", encoding]
         run = run_worker(fd, out, mode=mode, limits=limits, args=args)
         if run.returncode != 0:
             raise _worker_error(dir_fd, run.returncode, run.stderr)
@@ -310,6 +342,8 @@ def load(
     mmap: bool | None = None,
     policy: Policy | None = None,
     unpickler: Literal["inert", "execute"] = "inert",
+    encoding: str = "utf-8",
+    pickle_module: Any = None,
 ) -> Any:
     """Load a checkpoint like ``torch.load``, without running any of its code in this process.
 
@@ -318,19 +352,28 @@ def load(
     ``weights_only=True`` any such object is an error instead. ``mmap`` is accepted for compatibility:
     storages are always mapped. ``unpickler="execute"`` (or ``[sandbox] unpickler`` in the policy) runs
     the real ``torch.load`` inside the jail instead of the inert unpickler, unless ``weights_only=True``.
+    ``encoding`` decodes the Python 2 strings of a pickle written by Python 2 (``"latin1"`` for numpy
+    arrays and most such files, ``"bytes"`` to keep them as bytes), as ``torch.load``'s and
+    ``pickle.load``'s argument of that name does. ``pickle_module`` is accepted only as ``None`` or the
+    standard ``pickle`` module: the jail decides how a file is unpickled.
 
     Raises:
-        UnsupportedFormatError: the content is not a format safeload opens.
+        UnsupportedFormatError: the content is not a format safeload opens; a Python 2 string does not
+            decode with ``encoding`` (the message says which to pass); ``pickle_module`` is another module.
+        MissingModuleError: execute mode, and the checkpoint imports a module this environment lacks.
+        DeviceUnavailableError: the checkpoint's storages are on a device this machine lacks and
+            ``map_location`` does not move them (a ``RuntimeError`` too, as ``torch.load`` raises).
         UnsafeContentError: ``weights_only=True`` and the checkpoint references code-bearing globals.
         SandboxUnavailableError: bubblewrap or user namespaces are missing.
         SandboxTimeoutError: the worker ran past the policy's timeout.
         SandboxLimitError: the artifact hit a memory, output, object or depth budget.
         SandboxError: the worker crashed or returned output that does not validate.
-        RuntimeError: ``map_location`` names a device this machine lacks (as ``torch.load`` does).
     """
     del mmap
     if unpickler not in ("inert", "execute"):
         raise ValueError(f"unpickler must be 'inert' or 'execute', not {unpickler!r}")
+    _check_pickle_module(pickle_module)
+    encoding = check_encoding(encoding)
     pol = load_policy(policy)
     # weights_only=True asks for data only, which the inert unpickler alone guarantees: no code runs.
     mode: Literal["inert", "execute"] = (
@@ -342,9 +385,48 @@ def load(
         if sniff(fd, size) == "safetensors":
             return _load_safetensors(fd, name, map_location)
         with _no_cycle_collection():
-            return _load_from_jail(fd, size, name, pol, mode, map_location, weights_only)
+            return _load_from_jail(fd, size, name, pol, mode, map_location, weights_only, encoding)
     finally:
         os.close(fd)
+
+
+def check_encoding(encoding: str) -> str:
+    """``encoding`` as the worker takes it: ``bytes`` or the canonical name of a text codec.
+
+    Raises:
+        UnsupportedFormatError: not a text codec Python knows (``hex``, ``rot13`` and the like are not).
+    """
+    import codecs
+
+    if encoding == "bytes":
+        return encoding
+    if not isinstance(encoding, str):
+        raise UnsupportedFormatError(
+            f"encoding must be a codec name or 'bytes', not {type(encoding).__name__}"
+        )
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise UnsupportedFormatError(
+            f"encoding {encoding[:40]!r} is not a codec Python knows; Python 2 pickles load with "
+            "encoding=\"latin1\" or encoding=\"bytes\""
+        ) from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise UnsupportedFormatError(f"encoding {encoding[:40]!r} is not a text encoding")
+    return "utf-8" if info.name == "utf-8" else info.name
+
+
+def _check_pickle_module(pickle_module: Any) -> None:
+    import pickle
+
+    if pickle_module is None or pickle_module is pickle:
+        return
+    name = getattr(pickle_module, "__name__", type(pickle_module).__name__)
+    raise UnsupportedFormatError(
+        f"pickle_module={str(name)[:60]} is not supported: safeload reads pickles with its own inert "
+        "unpickler in the jail (or, with unpickler=\"execute\", the standard pickle module there). Leave "
+        "pickle_module out; a file only another pickler's code can read is not one safeload opens"
+    )
 
 
 @contextmanager
@@ -376,9 +458,9 @@ def _refuse_code(name: str, manifest: Manifest) -> None:
 
 def _load_from_jail(
     fd: int, size: int, name: str, pol: Policy, mode: Literal["inert", "execute"], map_location: MapLocation,
-    weights_only: bool | None,
+    weights_only: bool | None, encoding: str = "utf-8",
 ) -> Any:
-    manifest, tensors = _run_jail(fd, size, pol, mode)
+    manifest, tensors = _run_jail(fd, size, pol, mode, encoding)
     if weights_only:
         _refuse_code(name, manifest)
     raw = _raw_storages(manifest, fd, size, tensors)
@@ -576,21 +658,23 @@ _ST_DTYPES = {
 }
 
 
-def inspect_artifact(path: FileLike, *, policy: Policy | None = None) -> Inspection:
+def inspect_artifact(path: FileLike, *, policy: Policy | None = None, encoding: str = "utf-8") -> Inspection:
     """Describe a checkpoint without loading its tensors: format, globals, tensor table, structure.
 
-    Pickle-family files are read by the inert worker in the jail, exactly as :func:`load` reads them.
+    Pickle-family files are read by the inert worker in the jail, exactly as :func:`load` reads them
+    (``encoding`` as :func:`load` takes it).
 
     Raises:
         The errors :func:`load` raises, except those of building tensors.
     """
+    encoding = check_encoding(encoding)
     pol = policy if policy is not None else Policy()
     fd, name = _open_source(path, pol)
     try:
         size = os.fstat(fd).st_size
         if sniff(fd, size) == "safetensors":
             return _inspect_safetensors(fd, name)
-        manifest, _ = _run_jail(fd, size, pol, "inert")
+        manifest, _ = _run_jail(fd, size, pol, "inert", encoding)
     finally:
         os.close(fd)
     return Inspection(manifest.format, manifest.globals, _tensor_table(manifest), manifest.root)

@@ -179,8 +179,10 @@ def _safetensors(fd: int, size: int, name: str) -> Inspection:
     return Inspection("safetensors", (), _tensors(found), None)
 
 
-def inspect_file(path: Path, *, policy: Any) -> Inspection:
+def inspect_file(path: Path, *, policy: Any, encoding: str = "utf-8") -> Inspection:
     """Describe the checkpoint at ``path`` without running or rebuilding any of it.
+
+    ``encoding`` decodes a Python 2 pickle's strings, as :func:`safeload.load` takes it.
 
     Raises:
         UnsupportedFormatError: the content is not a format safeload opens.
@@ -189,16 +191,17 @@ def inspect_file(path: Path, *, policy: Any) -> Inspection:
         OSError: the file cannot be opened.
     """
     from safeload._formats import sniff
-    from safeload.loader import _open_source, _run_jail
+    from safeload.loader import _open_source, _run_jail, check_encoding
     from sandbox.worker._common import DTYPE_SIZES
 
+    encoding = check_encoding(encoding)
     fd, name = _open_source(path, policy)
     try:
         size = os.fstat(fd).st_size
         if sniff(fd, size) == "safetensors":
             return _safetensors(fd, size, name)
         # Always the inert unpickler: inspecting must not run the file's code, not even in the jail.
-        manifest, _ = _run_jail(fd, size, policy, "inert")
+        manifest, _ = _run_jail(fd, size, policy, "inert", encoding)
     finally:
         os.close(fd)
     walker = _Walker(DTYPE_SIZES)

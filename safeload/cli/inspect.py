@@ -213,6 +213,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--max-depth", type=int, default=4, metavar="N", help="depth of the structure tree shown (default 4)"
     )
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help='how to decode the strings of a pickle written by Python 2, as torch.load(encoding=...) '
+        'takes it: latin1 (numpy arrays, most such files) or bytes (default utf-8)',
+    )
     add_policy(parser)
     parser.set_defaults(run=run)
 
@@ -304,7 +311,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.cli._inspection import inspect_file
 
     policy = load_policy(args)
-    ins = inspect_file(args.file, policy=policy)
+    ins = inspect_file(args.file, policy=policy, encoding=args.encoding)
     globals_ = _globals(ins)
     tensors = _tensors(ins)
     structure = ins.structure

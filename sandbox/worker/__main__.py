@@ -15,7 +15,7 @@ import mmap
 import os
 import sys
 
-from ._common import Budgets, FormatError, LimitError, dumps, open_input
+from ._common import Budgets, EncodingError, FormatError, LimitError, dumps, open_input
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:
@@ -50,7 +50,22 @@ def _options(argv: Sequence[str]) -> dict[str, str]:
     return opts
 
 
-def _inert(path: str, out_dir: str, budgets: Budgets) -> None:
+def _text_encoding(name: str) -> str:
+    """``--encoding``: ``bytes`` or the name of a text codec (never a bytes-to-bytes one like ``hex``)."""
+    if name == "bytes":
+        return name
+    import codecs
+
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError):
+        raise FormatError(f"encoding {name[:40]!r} is not a codec Python knows") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise FormatError(f"encoding {name[:40]!r} is not a text encoding")
+    return info.name
+
+
+def _inert(path: str, out_dir: str, budgets: Budgets, encoding: str = "utf-8") -> None:
     from ._emit import build_manifest, write_outputs
     from ._formats import parse
 
@@ -66,7 +81,7 @@ def _inert(path: str, out_dir: str, budgets: Budgets) -> None:
     # worker exits: the cycle collector would rescan it again and again (a third of the time for files of
     # many small tensors) and never free anything. The jail's memory limit bounds the process either way.
     gc.disable()
-    parsed, table = parse(data, budgets)
+    parsed, table = parse(data, budgets, _text_encoding(encoding))
     manifest = build_manifest(parsed.fmt, parsed.root, table, parsed.globals_seen, budgets)
     write_outputs(out_dir, table)
     _write_json(out_dir, "manifest.json", manifest)
@@ -106,7 +121,10 @@ def main(argv: Sequence[str]) -> int:
     sys.setrecursionlimit(20_000)
     budgets = Budgets(max_output_bytes=int(opts.get("max-output", str(Budgets().max_output_bytes))))
     try:
-        _inert(opts.get("in", "/in/artifact"), out_dir, budgets)
+        _inert(opts.get("in", "/in/artifact"), out_dir, budgets, opts.get("encoding") or "utf-8")
+    except EncodingError as exc:
+        _error(out_dir, "encoding", str(exc))
+        return _EXIT_FORMAT
     except FormatError as exc:
         _error(out_dir, "format", str(exc))
         return _EXIT_FORMAT

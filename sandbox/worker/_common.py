@@ -16,6 +16,7 @@ __all__ = [
     "MAX_NODES",
     "NP_DTYPES",
     "Budgets",
+    "EncodingError",
     "FormatError",
     "LimitError",
     "dumps",
@@ -121,6 +122,10 @@ def dumps(obj: object) -> bytes:
 
 class FormatError(Exception):
     """The artifact is not in a format the worker can read (reported as kind ``format``)."""
+
+
+class EncodingError(FormatError):
+    """A Python 2 string in the pickle does not decode with the encoding asked for (kind ``encoding``)."""
 
 
 class LimitError(Exception):

@@ -88,9 +88,10 @@ def _prod(shape: Iterable[int]) -> int:
 
 
 class _Reader:
-    def __init__(self, data: mmap.mmap, budgets: Budgets) -> None:
+    def __init__(self, data: mmap.mmap, budgets: Budgets, encoding: str = "utf-8") -> None:
         self.data = data
         self.budgets = budgets
+        self.encoding = encoding
         self.table = StorageTable(budgets)
         self.globals_seen: dict[tuple[str, str], int] = {}
         self.saw_joblib = False
@@ -100,7 +101,7 @@ class _Reader:
             self.globals_seen[k] = self.globals_seen.get(k, 0) + v
 
     def unpickle(self, data: Any, **kw: Any) -> tuple[Any, int]:
-        result, end = unpickle(data, budgets=self.budgets, **kw)
+        result, end = unpickle(data, budgets=self.budgets, encoding=self.encoding, **kw)
         self.merge_globals(result.globals_seen)
         return result.root, end
 
@@ -378,7 +379,8 @@ class _Reader:
                 raise FormatError("joblib array wrapper state is malformed")
             self.saw_joblib = True
             if dtype.kind in ("O8", "O4"):
-                result, end = unpickle(m.data, budgets=self.budgets, start=m.pos, build_hook=hook)
+                result, end = unpickle(m.data, budgets=self.budgets, encoding=self.encoding, start=m.pos,
+                                       build_hook=hook)
                 self.merge_globals(result.globals_seen)
                 m.pos = end
                 return result.root
@@ -546,14 +548,17 @@ def _zip_kind(z: ZipArchive) -> tuple[str, str]:
     return "torch_zip", prefix
 
 
-def parse(data: mmap.mmap, budgets: Budgets) -> tuple[Parsed, StorageTable]:
+def parse(data: mmap.mmap, budgets: Budgets, encoding: str = "utf-8") -> tuple[Parsed, StorageTable]:
     """Detect the format of ``data`` from its content and read it inertly.
+
+    ``encoding`` decodes Python 2 strings (STRING, BINSTRING, SHORT_BINSTRING) as ``pickle.load``'s
+    argument of that name does; ``"bytes"`` keeps them as bytes.
 
     Raises:
         FormatError: not a format the worker reads.
         LimitError: a budget ran out.
     """
-    r = _Reader(data, budgets)
+    r = _Reader(data, budgets, encoding)
     head = bytes(data[:512])
     if is_zip(head):
         z = ZipArchive(data)

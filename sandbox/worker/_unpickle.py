@@ -17,6 +17,7 @@ from ._common import (
     DTYPE_SIZES,
     MAX_NAME,
     Budgets,
+    EncodingError,
     FormatError,
     LimitError,
     is_attribute,
@@ -236,6 +237,13 @@ class _NotData(Exception):
     """An allowlisted global got arguments that are not the plain data it expects: stub it instead."""
 
 
+def _ascii(raw: bytes) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _NotData from None
+
+
 def _int(v: Any) -> int:
     if type(v) is not int:
         raise _NotData
@@ -371,7 +379,10 @@ class _Machine:
         try:
             return raw.decode(self.encoding)
         except UnicodeDecodeError as exc:
-            raise FormatError(f"pickle string is not {self.encoding}: {exc}") from None
+            raise EncodingError(
+                f"the pickle holds a Python 2 string that is not valid {self.encoding} ({exc.reason} at byte "
+                f"{exc.start}): the file was written by Python 2"
+            ) from None
 
     def long(self, raw: bytes) -> int:
         if len(raw) > self.budgets.max_int_bytes:
@@ -503,9 +514,10 @@ class _Machine:
             _check_array_size(arr.shape, arr.dtype, arr.data)
             return arr
         if key == ("numpy", "dtype"):
-            if len(args) != 3 or type(args[0]) is not str:
+            if len(args) != 3 or type(args[0]) not in (str, bytes):
                 raise _NotData
-            return NpDtype(args[0])
+            # A Python 2 pickle read with encoding="bytes" names the dtype in bytes; numpy takes them.
+            return NpDtype(args[0] if type(args[0]) is str else _ascii(args[0]))
         raise _NotData
 
     def hashable(self, key: Any) -> Any:
@@ -603,6 +615,8 @@ class _Machine:
             obj.typestr = None
             return
         order = state[1]
+        if type(order) is bytes:  # a Python 2 pickle read with encoding="bytes"
+            order = order.decode("latin-1")
         if state[2] is not None or state[3] is not None or obj.kind[:1] in ("O", "V", "M", "m", "U", "S"):
             obj.typestr = None  # structured, object, string and datetime dtypes are not plain numbers
             return
@@ -630,6 +644,12 @@ class _Machine:
             return
         if dtype.typestr is None:
             raise _StubArray
+        if type(raw) is str:
+            # A Python 2 array's bytes read with encoding="latin1": numpy's __setstate__ encodes them back.
+            try:
+                raw = raw.encode("latin-1")
+            except UnicodeEncodeError:
+                raise FormatError("numpy array data is a string that is not latin-1") from None
         if type(raw) not in (bytes, bytearray):
             raise FormatError("numpy array data is not bytes")
         typestr, data = dtype.typestr, bytes(raw)

@@ -110,13 +110,22 @@ def _looks_like_joblib(path: str) -> bool:
         return b"joblib.numpy_pickle" in fh.read(1 << 20)
 
 
-def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
-    """Load with the real loaders, recording each storage's saved device in ``locations``."""
+def _load(path: str, fmt: str, locations: dict[int, str], encoding: str = "utf-8") -> Any:
+    """Load with the real loaders, recording each storage's saved device in ``locations``.
+
+    ``encoding`` decodes Python 2 strings, as ``pickle.load`` and ``torch.load`` take it (numpy takes
+    only ``ASCII``, ``latin1`` and ``bytes``; joblib and TorchScript take none).
+    """
     if fmt in ("npy", "npz"):
         import numpy
 
+        np_encoding: Literal["ASCII", "latin1", "bytes"] = "ASCII"
+        if encoding in ("latin1", "latin-1", "iso8859-1"):
+            np_encoding = "latin1"
+        elif encoding == "bytes":
+            np_encoding = "bytes"
         with _open(path) as fh:
-            loaded = numpy.load(fh, allow_pickle=True)
+            loaded = numpy.load(fh, allow_pickle=True, encoding=np_encoding)
             if isinstance(loaded, numpy.lib.npyio.NpzFile):
                 with loaded:
                     return {name: loaded[name] for name in loaded.files}
@@ -134,7 +143,7 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
         import pickle
 
         with _open(path) as fh:
-            return pickle.load(fh)
+            return pickle.load(fh, encoding=encoding)
     import torch
 
     def remember(storage: Any, location: str) -> Any:
@@ -146,7 +155,7 @@ def _load(path: str, fmt: str, locations: dict[int, str]) -> Any:
     with _open(path) as fh:
         if fmt == "torchscript":
             return _script_module(torch.jit.load(fh, map_location="cpu"))  # type: ignore[no-untyped-call]
-        return torch.load(fh, map_location=remember, weights_only=False)
+        return torch.load(fh, map_location=remember, weights_only=False, encoding=encoding)
 
 
 class _ScriptStub:
@@ -442,7 +451,7 @@ def _qualname(obj: Any) -> tuple[str, str]:
     return (module if isinstance(module, str) else "builtins", name if isinstance(name, str) else "?")
 
 
-def _stream_globals(path: str) -> list[dict[str, Any]] | None:
+def _stream_globals(path: str, encoding: str = "utf-8") -> list[dict[str, Any]] | None:
     """Every global the artifact's pickle streams name, read inertly before any of its code runs.
 
     Execute mode reports the same ``globals`` list the inert path would (what the checkpoint tried to
@@ -455,7 +464,7 @@ def _stream_globals(path: str) -> list[dict[str, Any]] | None:
         from ._unpickle import DATA_GLOBALS
 
         with _open(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            parsed, _table = parse(data, Budgets())
+            parsed, _table = parse(data, Budgets(), encoding)
     except Exception:  # the inert reader refusing a file is not an execute-mode failure
         return None
     return [
@@ -497,19 +506,32 @@ def _write_json_atomically(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fail(out_dir: str, kind: str, message: str) -> int:
+def _fail(out_dir: str, kind: str, message: str, **extra: str) -> int:
     try:
         _write_json_atomically(
-            os.path.join(out_dir, "error.json"), {"version": 1, "kind": kind, "message": message[:2000]}
+            os.path.join(out_dir, "error.json"),
+            {"version": 1, "kind": kind, "message": message[:2000], **extra},
         )
     except OSError:
         pass
-    return {"format": 2, "limit": 3}.get(kind, 4)
+    return {"format": 2, "encoding": 2, "limit": 3}.get(kind, 4)
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module a failed load could not import, when that is why it failed (None otherwise)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ModuleNotFoundError) and isinstance(cur.name, str) and cur.name:
+            return cur.name
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _parse_args(argv: list[str]) -> tuple[str, str, int]:
-    """``--in PATH --out DIR --max-output BYTES`` as the worker entry point passes them (``--mode`` is
-    ignored), or input and output positionally."""
+    """``--in PATH --out DIR --max-output BYTES`` as the worker entry point passes them (``--mode`` and
+    ``--encoding``, read by :func:`_encoding`, aside), or input and output positionally."""
     opts: dict[str, str] = {}
     positional: list[str] = []
     it = iter(argv)
@@ -523,6 +545,16 @@ def _parse_args(argv: list[str]) -> tuple[str, str, int]:
     out = opts.get("out") or (positional[1] if len(positional) > 1 else _DEFAULT_OUTPUT)
     max_output = opts.get("max-output", "")
     return src, out, int(max_output) if max_output.isdigit() else _DEFAULT_MAX_OUTPUT
+
+
+def _encoding(argv: list[str]) -> str:
+    """``--encoding NAME`` (default ``utf-8``), as ``pickle.load`` takes it."""
+    for i, arg in enumerate(argv):
+        if arg == "--encoding" and i + 1 < len(argv):
+            return argv[i + 1] or "utf-8"
+        if arg.startswith("--encoding="):
+            return arg.partition("=")[2] or "utf-8"
+    return "utf-8"
 
 
 def main(argv: list[str]) -> int:
@@ -541,15 +573,23 @@ def main(argv: list[str]) -> int:
         return _fail(out_dir, "format", str(exc))
     except OSError as exc:
         return _fail(out_dir, "crash", f"cannot read the artifact: {exc}")
-    seen_globals = _stream_globals(src)
+    encoding = _encoding(argv)
+    seen_globals = _stream_globals(src, encoding)
     locations: dict[int, str] = {}
     try:
-        obj = _load(src, fmt, locations)
+        obj = _load(src, fmt, locations, encoding)
     except MemoryError:
         return _fail(out_dir, "limit", "the checkpoint ran out of memory while loading")
     except RecursionError:
         return _fail(out_dir, "limit", "the checkpoint is nested too deeply to load")
     except BaseException as exc:  # the checkpoint's own code may raise anything
+        missing = _missing_module(exc)
+        if missing is not None:
+            why = f"loading the checkpoint raised {type(exc).__name__}: {exc}"
+            return _fail(out_dir, "module", why[:2000], module=missing[:200])
+        if isinstance(exc, UnicodeDecodeError):
+            return _fail(out_dir, "encoding", f"the pickle holds a Python 2 string that is not valid "
+                         f"{encoding} ({exc.reason} at byte {exc.start}): the file was written by Python 2")
         return _fail(out_dir, "crash", f"loading the checkpoint raised {type(exc).__name__}: {exc}"[:2000])
     try:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * _MAX_DEPTH + 200))

@@ -159,8 +159,9 @@ for i, (path, loader, map_location) in enumerate(json.loads(sys.argv[3])):
             obj = {k: obj[k] for k in obj.files}
     else:
         import pickle
+        encoding = loader.partition(":")[2] or "ASCII"
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)
+            obj = pickle.load(fh, encoding=encoding)
     d = describe(obj)
     save_file(d.blobs, f"{sys.argv[2]}/{i}.safetensors")
     with open(f"{sys.argv[2]}/{i}.json", "w") as fh:
@@ -174,7 +175,8 @@ def references(
     """For each ``(path, loader, map_location)``, what the real loader returns, all in one subprocess.
 
     ``loader`` is ``torch`` (``torch.load(weights_only=False)``), ``numpy``
-    (``numpy.load(allow_pickle=True)``, an ``.npz`` as a dict) or ``pickle``.
+    (``numpy.load(allow_pickle=True)``, an ``.npz`` as a dict), ``joblib``, or ``pickle`` (``pickle:latin1``:
+    with that ``encoding``).
     """
     from safetensors.torch import load_file
 
