@@ -19,7 +19,7 @@ import torch
 
 from safeload._manifest import Manifest, StorageSpec
 from safeload._stub import Stub
-from safeload.errors import SandboxError
+from safeload.errors import DeviceUnavailableError, SafeloadError, SandboxError
 
 __all__ = ["MapLocation", "Restore", "build", "make_restore"]
 
@@ -47,8 +47,18 @@ def _default_restore(storage: torch.UntypedStorage, location: str) -> torch.Unty
         # What default_restore_location returns for "cpu" (the storage itself), minus its registry walk,
         # which for a checkpoint of many small tensors cost more than building them.
         return storage
-    # Same behaviour (and the same errors, e.g. CUDA storages on a CPU-only machine) as torch.load.
-    result = torch.serialization.default_restore_location(storage, location)  # type: ignore[no-untyped-call]
+    # Same behaviour as torch.load; its error for a device this machine lacks (CUDA storages on a
+    # CPU-only machine) becomes a typed one that keeps torch's words and says how to load anyway.
+    try:
+        result = torch.serialization.default_restore_location(storage, location)  # type: ignore[no-untyped-call]
+    except RuntimeError as exc:
+        if isinstance(exc, SafeloadError):
+            raise
+        raise DeviceUnavailableError(
+            f"tensors are to be placed on {location} (where the checkpoint saved them, unless map_location "
+            f"says otherwise), which this machine cannot do; pass map_location=\"cpu\" (or a device this "
+            f"machine has), e.g. safeload.load(f, map_location=\"cpu\"). torch says: {exc}"
+        ) from None
     return _untyped(result)
 
 
@@ -237,11 +247,12 @@ def build(manifest: Manifest, raw: Sequence[torch.Tensor], restore: Restore) -> 
 
     Raises:
         SandboxError: the manifest's values cannot be built (e.g. an unhashable dictionary key).
-        RuntimeError: ``map_location`` asks for a device this machine lacks (as ``torch.load`` does).
+        DeviceUnavailableError: a storage's device (or the one ``map_location`` asks for) is not on this
+            machine; a ``RuntimeError`` too, as ``torch.load`` raises there.
     """
     builder = _Builder(manifest, raw, restore)
     try:
         return builder.build(manifest.root)
     except (TypeError, ValueError, RecursionError) as exc:
-        # RuntimeError is left alone: it is how a missing device is reported, exactly as torch.load does.
+        # RuntimeError is left alone: a missing device is a DeviceUnavailableError, which is one.
         raise SandboxError(f"the worker's manifest describes values that cannot be built: {exc}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import safeload
-from safeload.errors import MissingModuleError, SafeloadError
+from safeload.errors import DeviceUnavailableError, MissingModuleError, SafeloadError
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,42 @@ def test_execute_mode_names_the_missing_module(tmp_path: Path, module: str, pip:
     stub = safeload.load(path)
     assert isinstance(stub, safeload.Stub) and stub.qualname == f"{module}.Thing"
     assert stub.state == {"a": 1}
+
+
+def _cuda_checkpoint(path: Path) -> None:
+    """What ``torch.save`` writes on a GPU machine: every storage's location is ``cuda:0``."""
+    import pickle
+    import types
+
+    import torch
+
+    class CudaPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+        def save_pers(self, pid: object) -> None:
+            if isinstance(pid, tuple) and pid[0] == "storage":
+                pid = (*pid[:3], "cuda:0", *pid[4:])
+            super().save_pers(pid)
+
+    mod = types.ModuleType("cuda_pickle")
+    mod.Pickler = CudaPickler  # type: ignore[attr-defined]
+    mod.dump = pickle.dump  # type: ignore[attr-defined]
+    mod.__version__ = "1"  # type: ignore[attr-defined]
+    torch.save({"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2)}, path, pickle_module=mod)
+
+
+def test_cuda_checkpoint_without_map_location_is_a_typed_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine can place CUDA storages")
+    path = tmp_path / "gpu.pt"
+    _cuda_checkpoint(path)
+    for kwargs in ({}, {"map_location": "cuda"}):
+        with pytest.raises(DeviceUnavailableError) as info:
+            safeload.load(path, **kwargs)
+        exc = info.value
+        assert isinstance(exc, RuntimeError) and isinstance(exc, SafeloadError)
+        message = str(exc)
+        assert 'map_location="cpu"' in message and "cuda" in message
+        assert "torch.cuda.is_available() is False" in message  # torch's own words are kept
+    got = safeload.load(path, map_location="cpu")
+    assert torch.equal(got["w"], torch.arange(6.0).reshape(2, 3)) and got["w"].device.type == "cpu"
