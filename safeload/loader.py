@@ -518,23 +518,66 @@ def _walk(
                 _walk(value, f"{prefix}{key}.", out, depth + 1, visits)
 
 
-def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
-    """The ``state_dict()`` a pickled ``nn.Module`` (loaded as a :class:`Stub` tree) would return.
+def _is_script_archive(obj: Any) -> bool:
+    """What :func:`load` returns for a TorchScript archive: ``{"data": Stub, "constants": ...}``."""
+    return (isinstance(obj, dict) and "data" in obj and set(obj) <= {"data", "constants"}
+            and isinstance(obj["data"], Stub) and isinstance(obj["data"].state, dict))
 
-    Parameters, then persistent buffers, then each submodule's entries under ``name.``, in the order the
-    module defined them, detached as ``nn.Module.state_dict`` returns them.
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _has_state(obj: Any) -> bool:
+    return (isinstance(obj, Stub) and isinstance(obj.state, dict)) or isinstance(obj, torch.nn.Module) or (
+        _is_script_archive(obj) or (bool(obj) and _is_tensor_dict(obj)))
+
+
+def _described(obj: Any) -> str:
+    """A short description of ``obj`` for a message: never the repr of a whole checkpoint."""
+    if isinstance(obj, dict):
+        keys = list(obj)
+        shown = ", ".join(repr(k)[:40] for k in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        return f"a {type(obj).__name__} with {len(keys)} keys ({shown})"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} items"
+    text = repr(obj)
+    return f"a {type(obj).__name__} ({text[:200]}{'...' if len(text) > 200 else ''})"
+
+
+def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
+    """The ``state_dict()`` of what :func:`load` returned for a model.
+
+    For a pickled ``nn.Module`` (a :class:`Stub` tree): parameters, then persistent buffers, then each
+    submodule's entries under ``name.``, in the order the module defined them, detached as
+    ``nn.Module.state_dict`` returns them. For a TorchScript archive (``{"data": Stub, "constants": ...}``)
+    the same, from its ``data``. A dictionary whose values are all tensors is a state dict already: it
+    comes back as an ``OrderedDict`` of the same (detached) tensors.
 
     Raises:
-        TypeError: ``obj`` is not a stub of a pickled module.
+        TypeError: ``obj`` is none of these; the message names what it is (never its whole repr) and, for
+            a checkpoint that holds a state dict under a key (``state_dict``, ``model``, ...), that key.
         UnsafeContentError: the module tree nests too deep or names too many submodule paths.
     """
     if isinstance(obj, torch.nn.Module):
         return OrderedDict(obj.state_dict())
-    if not isinstance(obj, Stub) or not isinstance(obj.state, dict):
-        raise TypeError(f"state_dict expects a pickled nn.Module loaded as a safeload.Stub, got {obj!r}")
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    _walk(obj, "", out, 0, [0])
-    return out
+    if _is_script_archive(obj):
+        obj = obj["data"]
+    if isinstance(obj, Stub) and isinstance(obj.state, dict):
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        _walk(obj, "", out, 0, [0])
+        return out
+    if _is_tensor_dict(obj):
+        return OrderedDict((k, v.detach()) for k, v in obj.items())
+    hint = ""
+    if isinstance(obj, dict):
+        inner = next((k for k, v in obj.items() if _has_state(v)), None)
+        if inner is not None:
+            hint = f"; its {str(inner)[:60]!r} entry is one: safeload.state_dict(obj[{str(inner)[:60]!r}])"
+    raise TypeError(
+        "state_dict expects a pickled nn.Module (a safeload.Stub), a TorchScript archive or a dict of "
+        f"tensors, and got {_described(obj)}{hint}"
+    )
 
 
 @dataclass(frozen=True)

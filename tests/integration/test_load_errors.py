@@ -72,3 +72,36 @@ def test_cuda_checkpoint_without_map_location_is_a_typed_error(tmp_path: Path) -
         assert "torch.cuda.is_available() is False" in message  # torch's own words are kept
     got = safeload.load(path, map_location="cpu")
     assert torch.equal(got["w"], torch.arange(6.0).reshape(2, 3)) and got["w"].device.type == "cpu"
+
+
+def test_state_dict_of_torchscript_plain_dict_and_nested_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    expected = model.state_dict()
+    script = tmp_path / "model.torchscript.pt"
+    torch.jit.save(torch.jit.script(model), str(script))
+    archive = safeload.load(script)
+    assert set(archive) == {"data", "constants"} and isinstance(archive["data"], safeload.Stub)
+    for got in (safeload.state_dict(archive), safeload.state_dict(archive["data"])):
+        assert list(got) == list(expected)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    plain = tmp_path / "sd.pt"
+    torch.save(expected, plain)
+    got = safeload.state_dict(safeload.load(plain))
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+    nested = tmp_path / "ckpt.pt"
+    big = {f"w{i}": torch.zeros(64) for i in range(200)}
+    torch.save({"epoch": 3, "state_dict": expected, "optimizer_states": [{"state": big}]}, nested)
+    ckpt = safeload.load(nested)
+    with pytest.raises(TypeError) as info:
+        safeload.state_dict(ckpt)
+    message = str(info.value)
+    assert "safeload.state_dict(obj['state_dict'])" in message
+    assert len(message) < 400 and "tensor(" not in message  # no repr of the checkpoint
+    with pytest.raises(TypeError) as info:
+        safeload.state_dict(list(range(100_000)))
+    assert len(str(info.value)) < 400
