@@ -8,7 +8,7 @@ re-parsed before it atomically replaces the old one.
 
 URLs:
 - ``hf://org/name@<40-hex commit>``: through a ``huggingface`` registry (``registry=`` or the policy's only
-  one; a policy with none gets ``[registries.hub]`` pointing at ``$HF_ENDPOINT`` or https://huggingface.co).
+  one; there is no implicit one: a policy without one is refused with the lines that would add it).
   ``@<branch or tag>`` or no ``@`` is accepted only with ``resolve=True``, which asks the registry which
   commit it points at now and pins that commit.
 - ``dir://org/name``: through a ``directory`` registry; no revision (the pin set keys the store folder).
@@ -45,7 +45,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OciTarget", "hash_repo", "oci_target", "pin_model", "render_entry", "write_entry"]
+__all__ = [
+    "OciTarget",
+    "hash_repo",
+    "missing_policy_error",
+    "oci_target",
+    "pin_hint",
+    "pin_model",
+    "render_entry",
+    "write_entry",
+]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HEADER = re.compile(r"^\s*\[(?!\[)(.*)\]\s*(#.*)?$")
@@ -53,11 +62,110 @@ _OCI_URL = re.compile(
     r"^oci://([A-Za-z0-9.-]+(?::[0-9]{1,5})?)/([a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
     r"(?::([A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(sha256:[0-9a-f]{64}))?$"
 )
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URL = re.compile(r"^(hf|dir)://([A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*){0,2})(?:@(.+))?$")
 
 
 def _q(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid TOML basic string
+
+
+_DEFAULT_HUB = "https://huggingface.co"
+# What a registry of each kind looks like in trust.toml, and the `safeload init` option that writes one.
+_REGISTRY_LINES = {
+    "dir": ('[registries.local]\nkind = "directory"\npath = "PATH"', "safeload init --dir PATH"),
+    "hf": (
+        f'[registries.hub]\nkind = "huggingface"\nendpoint = "{_DEFAULT_HUB}"',
+        f"safeload init --hub {_DEFAULT_HUB}",
+    ),
+    "oci": ('[registries.fleet]\nkind = "oci"\nendpoint = "https://HOST"', ""),
+}
+_KIND_NAMES = {"dir": "directory", "hf": "huggingface", "oci": "oci"}
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def missing_policy_error(policy_path: Path, scheme: str = "dir") -> PolicyError:
+    """The error for pinning into a ``trust.toml`` that does not exist: how to create one."""
+    lines, init = _REGISTRY_LINES.get(scheme, _REGISTRY_LINES["dir"])
+    how = f"create it with\n    {init}\nor write it yourself with" if init else "create it with"
+    return PolicyError(
+        f"{policy_path} does not exist, so there is no registry to pin from; {how} these lines:\n"
+        f"{_indent('version = 1' + chr(10) + lines)}"
+        + ("\n(a directory registry serves PATH/ORG/NAME/<files>)" if scheme == "dir" else "")
+    )
+
+
+def _no_registry_error(policy_path: Path, scheme: str, found: int, names: list[str]) -> PolicyError:
+    kind = _KIND_NAMES[scheme]
+    if found:
+        return PolicyError(
+            f"{found} {kind} registries in {policy_path} ({', '.join(names)}); name one with --registry"
+        )
+    lines, _ = _REGISTRY_LINES[scheme]
+    return PolicyError(
+        f"{policy_path} has no {kind} registry to pin {scheme}:// from (registries are never implicit); "
+        f"add one:\n{_indent(lines)}"
+    )
+
+
+def _example_command(spec: RegistrySpec, repo: str, name: str, several: bool) -> str:
+    if isinstance(spec, HuggingFaceRegistrySpec):
+        cmd = f"safeload pin hf://{repo}@<40-hex commit>"
+    elif isinstance(spec, DirectoryRegistrySpec):
+        cmd = f"safeload pin dir://{repo}"
+    else:
+        namespace = f"{spec.namespace}/" if spec.namespace else ""
+        cmd = f"safeload pin oci://{urlsplit(spec.endpoint).netloc}/{namespace}{repo}@sha256:<digest>"
+    if several:
+        cmd += f" --registry {spec.name}"
+    if name != repo:
+        cmd += f" --name {_q(name)}"
+    return cmd
+
+
+def pin_hint(name: str, policy: Policy) -> str:
+    """What to run and what to add so that ``name`` resolves: part of every unknown-name error.
+
+    The ``safeload pin`` command is given for each registry the policy has (``hf://`` for a huggingface
+    registry, ``dir://`` for a directory, ``oci://`` for an oci one); a policy without registries is told
+    how to create one (``safeload init``). No registry is ever assumed.
+    """
+    repo = name if _REPO_ID.match(name) else "<org>/<name>"
+    where = f" ({policy.source})" if policy.source else " (the built-in default policy: no trust.toml found)"
+    head = f"{name!r} is not in the policy's [models]{where}, so it will not be loaded."
+    specs = list(policy.registries.values())
+    if not specs:
+        return (
+            f"{head} The policy names no registry to fetch it from. Create a trust.toml with one, then pin "
+            "the model and every file's hash:\n"
+            f"    safeload init --dir PATH   (a folder of models laid out as PATH/{repo}/<files>)\n"
+            f"    safeload pin dir://{repo}\n"
+            f"or, from a Hugging Face hub: safeload init --hub {_DEFAULT_HUB}; "
+            f"safeload pin hf://{repo}@<40-hex commit>"
+        )
+    kinds = [type(spec) for spec in specs]
+    commands = [_example_command(spec, repo, name, kinds.count(type(spec)) > 1) for spec in specs]
+    first = specs[0]
+    revision = (
+        '    revision = "<40-hex commit>"\n'
+        if isinstance(first, HuggingFaceRegistrySpec)
+        else '    revision = "sha256:<manifest digest>"\n'
+        if isinstance(first, OciRegistrySpec)
+        else ""
+    )
+    return (
+        f"{head} To allow it, pin it and every file's hash:\n"
+        + "".join(f"    {cmd}\n" for cmd in commands)
+        + "which adds to trust.toml an entry like:\n"
+        f"    [models.{_q(name)}]\n"
+        f"    registry = {_q(first.name)}\n"
+        f"    repo = {_q(repo)}\n"
+        f"{revision}"
+        '    files = { "model.safetensors" = "sha256:<hex>", "config.json" = "sha256:<hex>" }'
+    )
 
 
 def _table(entry: ModelEntry) -> str:
@@ -207,31 +315,28 @@ def pin_model(
     if dataset:
         repo = repo.removeprefix("datasets/")
     policy_path = Path(policy_path)
-    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
-    policy = parse_policy(text, source=policy_path)
+    if not policy_path.exists():
+        raise missing_policy_error(policy_path, scheme)
+    policy = parse_policy(policy_path.read_text(encoding="utf-8"), source=policy_path)
     kind: type[HuggingFaceRegistrySpec] | type[DirectoryRegistrySpec] = (
         HuggingFaceRegistrySpec if scheme == "hf" else DirectoryRegistrySpec
     )
-    extra_text = ""
+    candidates = [r for r in policy.registries.values() if isinstance(r, kind)]
     if registry is not None:
-        spec = policy.registries.get(registry)
-        if spec is None or not isinstance(spec, kind):
-            want = "huggingface" if scheme == "hf" else "directory"
-            raise PolicyError(f"registries.{registry}: no {want} registry by that name in {policy_path}")
-    else:
-        candidates = [r for r in policy.registries.values() if isinstance(r, kind)]
-        if len(candidates) == 1:
-            spec = candidates[0]
-        elif not candidates and scheme == "hf":
-            endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-            spec = HuggingFaceRegistrySpec(name="hub", endpoint=endpoint)
-            if "hub" in policy.registries:
-                raise PolicyError("registries.hub: exists but is not a huggingface registry; pass registry=")
-            extra_text = f'[registries.hub]\nkind = "huggingface"\nendpoint = {_q(endpoint)}\n\n'
-        else:
+        found = policy.registries.get(registry)
+        if found is None or not isinstance(found, kind):
+            want = _KIND_NAMES[scheme]
+            have = ", ".join(r.name for r in candidates) or "none"
             raise PolicyError(
-                f"{len(candidates)} {scheme}:// registries in {policy_path}; name one with --registry"
+                f"registries.{registry}: no {want} registry by that name in {policy_path} "
+                f"({want} registries there: {have})"
+                + ("" if candidates else f"; add one:\n{_indent(_REGISTRY_LINES[scheme][0])}")
             )
+        spec: RegistrySpec = found
+    elif len(candidates) == 1:
+        spec = candidates[0]
+    else:
+        raise _no_registry_error(policy_path, scheme, len(candidates), [r.name for r in candidates])
     revision: str | None
     if isinstance(spec, HuggingFaceRegistrySpec):
         if ref is not None and _COMMIT.match(ref):
@@ -277,7 +382,7 @@ def pin_model(
         kind="dataset" if dataset else "model",
         require_evaluation=req,
     )
-    write_entry(policy_path, entry, extra_text=extra_text)
+    write_entry(policy_path, entry)
     return model_name, entry
 
 
@@ -331,8 +436,9 @@ def _pin_oci(
     url: str, *, policy_path: Path, registry: str | None, name: str | None, resolve: bool
 ) -> tuple[str, ModelEntry]:
     """``oci://HOST[:PORT]/REPO@sha256:<hex>`` (or ``:TAG`` with ``resolve``) into ``[models]``."""
-    text = policy_path.read_text(encoding="utf-8") if policy_path.exists() else "version = 1\n"
-    policy = parse_policy(text, source=policy_path)
+    if not policy_path.exists():
+        raise missing_policy_error(policy_path, "oci")
+    policy = parse_policy(policy_path.read_text(encoding="utf-8"), source=policy_path)
     target = oci_target(url, policy, registry=registry)
     spec, repo, tag, digest = target.spec, target.repo, target.tag, target.digest
     if digest is None:

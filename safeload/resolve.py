@@ -110,22 +110,10 @@ def _hf_registries(policy: Policy) -> list[HuggingFaceRegistrySpec]:
 
 
 def pin_hint(name: str, policy: Policy) -> str:
-    """What to run and what to add so that ``name`` resolves: part of every unknown-name error."""
-    hf = _hf_registries(policy)
-    registry = hf[0].name if len(hf) == 1 else "<registry>"
-    repo = name if _REPO_ID.match(name) else "<org>/<name>"
-    where = f" ({policy.source})" if policy.source else " (the built-in default policy: no trust.toml found)"
-    return (
-        f"{name!r} is not in the policy's [models]{where}, so it will not be loaded. To allow it, pin a "
-        f"commit and every file's hash:\n"
-        f"    safeload pin hf://{repo}@<40-hex commit> --name {json.dumps(name)}\n"
-        f"which adds to trust.toml an entry like:\n"
-        f"    [models.{json.dumps(name)}]\n"
-        f'    registry = "{registry}"\n'
-        f'    repo = "{repo}"\n'
-        f'    revision = "<40-hex commit>"\n'
-        f'    files = {{ "model.safetensors" = "sha256:<hex>", "config.json" = "sha256:<hex>" }}'
-    )
+    """What to run and what to add so that ``name`` resolves (:func:`safeload.pinning.pin_hint`)."""
+    from safeload.pinning import pin_hint as hint  # pinning imports this module
+
+    return hint(name, policy)
 
 
 def _unpinned_entry(policy: Policy, name: str) -> tuple[ModelEntry, str | None]:

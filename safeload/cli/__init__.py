@@ -45,8 +45,10 @@ the allowlist in trust.toml, and checks every file against pinned sha256 digests
 
 _EPILOG = """\
 examples:
+  safeload init --dir ./models                a starter trust.toml with a directory registry
+  safeload pin dir://acme/sentiment           pin ./models/acme/sentiment: every file's sha256
   safeload inspect downloaded.ckpt            what a checkpoint holds and what code it references
-  safeload convert model.bin -o model.safetensors
+  safeload convert model.bin model.safetensors
   safeload pin hf://acme/sentiment@4c7f9e0f3b1a2d5e6f708192a3b4c5d6e7f80912
   safeload prefetch --all                     at image build time, so the container starts offline
   safeload verify                             re-hash the store against the policy and signatures
@@ -71,9 +73,22 @@ def exit_code(exc: SafeloadError) -> int:
 
 
 def _commands() -> tuple[ModuleType, ...]:
-    from safeload.cli import attest, bom, convert, doctor, gc, inspect, pin, policy, prefetch, push, verify
+    from safeload.cli import (
+        attest,
+        bom,
+        convert,
+        doctor,
+        gc,
+        init,
+        inspect,
+        pin,
+        policy,
+        prefetch,
+        push,
+        verify,
+    )
 
-    return (inspect, convert, pin, verify, prefetch, policy, gc, bom, push, attest, doctor)
+    return (init, inspect, convert, pin, verify, prefetch, policy, gc, bom, push, attest, doctor)
 
 
 def _version() -> str:

@@ -23,6 +23,9 @@ Pin a model: fetch the list of its files at one commit, hash every file, and wri
 [models."NAME"] entry in trust.toml with the registry, repository, revision and each file's sha256, the
 way pip-compile --generate-hashes writes a lock file. Other entries and comments are left as they are.
 
+The registry must be in trust.toml (safeload never assumes one); a missing trust.toml is refused with
+the `safeload init` command that creates one.
+
 URL forms:
   hf://ORG/NAME@COMMIT     a Hugging Face registry (the policy's registry of kind "huggingface", or
                            --registry); COMMIT must be a full 40-hex commit id. A branch or tag is
@@ -43,7 +46,7 @@ examples:
   safeload pin oci://registry.example.com/models/sentiment:v3 --resolve
 
 exit codes: 0 pinned, 1 refused (a branch without --resolve, a registry the policy does not allow),
-2 error (policy invalid, registry unreachable)."""
+2 error (no trust.toml or no registry of the URL's kind, policy invalid, registry unreachable)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -67,7 +70,8 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         type=Path,
         default=None,
-        help="the trust.toml to update (default: $SAFELOAD_POLICY, else ./trust.toml, created if missing)",
+        help="the trust.toml to update (default: $SAFELOAD_POLICY, else ./trust.toml; `safeload init` "
+        "creates one)",
     )
     parser.set_defaults(run=run)
 
@@ -111,10 +115,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         if args.resolve and revision:
             kind = "digest" if revision.startswith("sha256:") else "commit"
             out.print(f"resolved {args.url} to {kind} {revision}", markup=False)
-        out.print(
-            f"pinned {name} ({data['repo']} @ {revision or 'hashes'}) in {path}: {len(files)} files",
-            markup=False,
-        )
+        at = f"@ {revision}" if revision else "no revision: directory registry"
+        out.print(f"pinned {name} ({data['repo']} {at}) in {path}: {len(files)} files", markup=False)
         for rel, digest in sorted(files.items()):
             out.print(f"  {rel} = {digest}", markup=False)
 
