@@ -116,9 +116,11 @@ def _example_command(spec: RegistrySpec, repo: str, name: str, several: bool) ->
         cmd = f"safeload pin hf://{repo}@<40-hex commit>"
     elif isinstance(spec, DirectoryRegistrySpec):
         cmd = f"safeload pin dir://{repo}"
-    else:
+    elif isinstance(spec, OciRegistrySpec):
         namespace = f"{spec.namespace}/" if spec.namespace else ""
         cmd = f"safeload pin oci://{urlsplit(spec.endpoint).netloc}/{namespace}{repo}@sha256:<digest>"
+    else:  # a kind without a pin URL of its own: the entry is written by hand
+        return f"(registry {spec.name!r}, kind {spec.kind!r}: write the entry below by hand)"
     if several:
         cmd += f" --registry {spec.name}"
     if name != repo:

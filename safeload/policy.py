@@ -40,6 +40,7 @@ else:  # pragma: no cover
 __all__ = [
     "DirectoryRegistrySpec",
     "HuggingFaceRegistrySpec",
+    "MlflowRegistrySpec",
     "ModelEntry",
     "OciRegistrySpec",
     "Policy",
@@ -55,6 +56,7 @@ __all__ = [
 _GiB = 1 << 30
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SUPPORTED_VERSIONS = (1,)
@@ -135,7 +137,26 @@ class OciRegistrySpec:
     unpack: UnpackBudgets = field(default_factory=UnpackBudgets)
 
 
-RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec
+@dataclass(frozen=True)
+class MlflowRegistrySpec:
+    """``[registries.NAME] kind = "mlflow"``: an MLflow tracking server's Model Registry at ``endpoint``.
+
+    ``auth``: ``"basic"`` (``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``), ``"token"``
+    (``MLFLOW_TRACKING_TOKEN``, sent as a bearer token) or ``"none"``; credentials go to the endpoint's
+    origin only, never across a redirect. Files come only from the server's own ``mlflow-artifacts``
+    proxy, so there are no ``redirect_hosts``. ``max_file_bytes`` caps every download, on top of each
+    file's pinned size.
+    """
+
+    name: str
+    endpoint: str
+    auth: Literal["none", "basic", "token"] = "none"
+    max_file_bytes: int = 64 << 30
+    redirect_hosts: tuple[str, ...] = ()
+    kind: Literal["mlflow"] = "mlflow"
+
+
+RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec | MlflowRegistrySpec
 
 
 @dataclass(frozen=True)
@@ -171,6 +192,12 @@ class ModelEntry:
     # "dataset" for a [datasets] entry: fetched as the registry's dataset, filed apart in the store.
     kind: Literal["model", "dataset"] = "model"
     require_evaluation: EvaluationRequirement | None = None
+    # MLflow entries: the version's ``source`` (its run folder or LoggedModel), cross-checked against the
+    # server on every cold fetch; the flavor read from MLmodel at pin time; each file's size in bytes
+    # (optional: when given, the listing must agree and each download is capped at it).
+    source: str | None = None
+    flavor: str | None = None
+    sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def store_repo(self) -> str:
@@ -179,6 +206,11 @@ class ModelEntry:
 
     def store_revision(self) -> str:
         """The revision the store files this model under: the commit, or ``pins-<digest of the pins>``."""
+        if self.source is not None:  # MLflow: a version number is a locator, the pins are the identity
+            h = hashlib.sha256(f"{self.source}\0{self.flavor}\n".encode())
+            for rel in sorted(self.files):
+                h.update(f"{rel}\0{self.files[rel]}\0{self.sizes.get(rel)}\n".encode())
+            return f"v{self.revision}-{h.hexdigest()[:24]}"
         if self.revision is not None:
             return self.revision
         h = hashlib.sha256()
@@ -343,7 +375,13 @@ def _unpack_budgets(t: _Table) -> UnpackBudgets:
 
 
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
-    kind = t.choice("kind", ("huggingface", "directory", "oci"), "")
+    kind = t.choice("kind", ("huggingface", "directory", "oci", "mlflow"), "")
+    if kind == "mlflow":
+        t.check_keys({"kind", "endpoint", "auth", "max_file_size"})
+        auth = t.choice("auth", ("none", "basic", "token"), "none")
+        mlflow = MlflowRegistrySpec(name=name, endpoint=_endpoint(t), auth=auth)  # type: ignore[arg-type]
+        size = _max_file_bytes(t)
+        return mlflow if size is None else replace(mlflow, max_file_bytes=size)
     if kind == "oci":
         t.check_keys(
             {"kind", "endpoint", "namespace", "token_env", "max_file_size", "redirect_hosts", *_UNPACK_KEYS}
@@ -467,9 +505,12 @@ def _parse_model(
     kind: Literal["model", "dataset"] = "model",
 ) -> ModelEntry:
     common = {"registry", "repo", "revision", "signer", "signature", "files"}
+    mlflow_keys = {"source", "flavor", "sizes"}
+    is_mlflow = isinstance(registries.get(str(t.data.get("registry"))), MlflowRegistrySpec)
     t.check_keys(
         common if kind == "dataset"
         else common | {"task", "datasets", "allow_code", "base_model", "require_evaluation"}
+        | (mlflow_keys if is_mlflow else set())
     )
     base_model = t.str_("base_model")
     require_evaluation = None
@@ -499,6 +540,13 @@ def _parse_model(
                 f"must be a manifest digest 'sha256:<64 hex>' (tags can move), got {revision!r}; "
                 "safeload pin oci://HOST/REPO:TAG --resolve prints the digest a tag points at",
             )
+    elif spec.kind == "mlflow":
+        if not isinstance(revision, str) or not _VERSION.match(revision):
+            raise t.err(
+                "revision",
+                f"must be an MLflow model version number (digits), got {revision!r}; aliases move, so "
+                "`safeload pin mlflow://REGISTRY/NAME/VERSION` pins the version itself",
+            )
     elif revision is None:
         if spec.kind == "huggingface":
             raise t.err("revision", "is required: a 40-hex commit id (branches and tags can move)")
@@ -522,6 +570,22 @@ def _parse_model(
         files[rel] = _digest(ft, rel, digest)
     if not files and signer is None:
         raise t.err("files", "must pin at least one file ('path' = 'sha256:...'), or name a 'signer'")
+    source = flavor = None
+    sizes: dict[str, int] = {}
+    if spec.kind == "mlflow":
+        if kind == "dataset":
+            raise t.err("registry", "an mlflow registry serves models, not datasets")
+        source = t.req_str("source")
+        if any(c.isspace() or ord(c) < 32 for c in source) or len(source) > 1024:
+            raise t.err("source", f"must be the version's source as the server reports it, got {source!r}")
+        flavor = t.req_str("flavor")
+        zt = t.table("sizes")
+        for rel, size in zt.data.items():
+            if rel not in files:
+                raise zt.err(rel, "names a file that 'files' does not pin")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise zt.err(rel, f"must be the file's size in bytes, got {size!r}")
+            sizes[rel] = size
     sig_rel = signature or DEFAULT_SIGNATURE
     if signer is not None and sig_rel in files:
         raise t.err("signature", f"the signature file {sig_rel!r} cannot also be a pinned model file")
@@ -539,6 +603,9 @@ def _parse_model(
         base_model=base_model,
         kind=kind,
         require_evaluation=require_evaluation,
+        source=source,
+        flavor=flavor,
+        sizes=MappingProxyType(sizes),
     )
 
 

@@ -348,6 +348,9 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
         if hit is not None:
             return hit
         registry = open_registry(spec, jail=pol.sandbox.weakest_jail)
+        bind = getattr(registry, "bind", None)
+        if bind is not None:  # MLflow: the version's source and file list are checked against the pins
+            registry = bind(entry)
         repo = _registry_repo(entry, spec.kind)
         return _cold(
             store, registry, entry, signer, pol,

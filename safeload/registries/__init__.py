@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from safeload.policy import DirectoryRegistrySpec, HuggingFaceRegistrySpec, OciRegistrySpec, RegistrySpec
+from safeload.policy import (
+    DirectoryRegistrySpec,
+    HuggingFaceRegistrySpec,
+    MlflowRegistrySpec,
+    OciRegistrySpec,
+    RegistrySpec,
+)
 from sandbox.launcher import Tier
 
 __all__ = ["Delivered", "Registry", "open_registry"]
@@ -77,4 +83,8 @@ def open_registry(spec: RegistrySpec, *, jail: Tier = "landlock") -> Registry:
         from safeload.registries.oci import OciRegistry
 
         return OciRegistry(spec, jail=jail)
+    if isinstance(spec, MlflowRegistrySpec):
+        from safeload.registries.mlflow import MlflowRegistry
+
+        return MlflowRegistry(spec, jail=jail)
     raise AssertionError(f"unknown registry spec {spec!r}")

@@ -1,0 +1,93 @@
+"""MLflow models loaded without running their code: ``safeload.mlflow.<flavor>.load_model(uri)``.
+
+::
+
+    import safeload.mlflow.transformers
+    pipe = safeload.mlflow.transformers.load_model("models:/sentiment/7")
+
+    import safeload.mlflow.pytorch
+    net = safeload.mlflow.pytorch.load_model("models:/classifier/3", model=Net())
+
+A ``models:/NAME/VERSION`` URI resolves only through ``trust.toml``: to the one ``[models]`` entry of a
+``kind = "mlflow"`` registry with ``repo = NAME`` and ``revision = VERSION`` (or give the entry's own
+name). Its pinned files are fetched through the fetch jail and verified into the store
+(:mod:`safeload.registries.mlflow`), MLmodel is checked before any loader runs
+(:mod:`safeload.mlflow._mlmodel`), and the weights are loaded by safeload's own paths: the transformers
+drop-in with ``trust_remote_code=False``, or the jail's unpickler for a pytorch checkpoint, whose tensors
+go into the module the caller passes. mlflow itself is never imported.
+
+Supported now: the ``transformers`` flavor (safetensors or ``.bin`` weights, tokenizer and other
+components) and the ``pytorch`` flavor saved with ``serialization_format="pickle"``. Not yet: aliases
+(``models:/NAME@ALIAS``), ``pt2``, sklearn, pyfunc and every other flavor, which are refused with a
+message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from safeload.errors import UntrustedSourceError
+from safeload.mlflow._mlmodel import MLmodel, check_mlmodel
+from safeload.policy import MlflowRegistrySpec, Policy, load_policy
+from safeload.resolve import FetchedModel, fetch_model
+
+__all__ = ["Verified", "fetch"]
+
+_URI = re.compile(r"^models:/([^/@]+)/([0-9]+)/?$")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A fetched, verified MLflow model and its checked MLmodel."""
+
+    fetched: FetchedModel
+    mlmodel: MLmodel
+    policy: Policy
+
+
+def _entry_name(uri: str, policy: Policy) -> str:
+    if uri in policy.models and isinstance(
+        policy.registries.get(policy.models[uri].registry), MlflowRegistrySpec
+    ):
+        return uri
+    if uri.startswith("models:/") and "@" in uri:
+        raise UntrustedSourceError(
+            f"{uri}: aliases move, and safeload does not resolve them yet; pin the version and load "
+            "models:/NAME/VERSION"
+        )
+    m = _URI.match(uri)
+    if m is None:
+        raise UntrustedSourceError(
+            f"{uri!r}: safeload.mlflow loads models:/NAME/VERSION URIs (or the name of an mlflow [models] "
+            "entry); runs:/, file paths and other URIs are not supported"
+        )
+    name, version = m.group(1), m.group(2)
+    found = [
+        key for key, entry in policy.models.items()
+        if entry.repo == name and entry.revision == version
+        and isinstance(policy.registries.get(entry.registry), MlflowRegistrySpec)
+    ]  # fmt: skip
+    if len(found) != 1:
+        why = "no [models] entry pins it" if not found else f"several entries pin it ({', '.join(found)})"
+        raise UntrustedSourceError(
+            f"{uri}: {why} in {policy.source or 'the built-in default policy'}; pin it with "
+            f"`safeload pin mlflow://<registry>/{name}/{version}`"
+        )
+    return found[0]
+
+
+def fetch(uri: str, flavor: str, *, policy: Policy | None = None) -> Verified:
+    """Resolve ``uri`` through the policy, fetch and verify its files, and check MLmodel for ``flavor``.
+
+    Raises:
+        UntrustedSourceError: the URI is not pinned, or names an alias.
+        IntegrityError: the server's answers or bytes differ from the pins.
+        UnsafeContentError: MLmodel (or a config) asks to run the model's own code.
+        UnsupportedFormatError: the flavor is not the pinned one, or not supported yet.
+    """
+    pol = load_policy(policy)
+    name = _entry_name(uri, pol)
+    fetched = fetch_model(name, policy=pol)
+    mlmodel = check_mlmodel(fetched.entry, fetched.folder, fetched.files, flavor, f"{uri} ({name})")
+    return Verified(fetched=fetched, mlmodel=mlmodel, policy=pol)
