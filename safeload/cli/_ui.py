@@ -32,12 +32,34 @@ EXIT_FINDING = 1  # the command worked and the answer is "no": code found, tampe
 EXIT_ERROR = 2  # the command could not do its job: bad arguments, unreadable input, no sandbox, ...
 
 
+class _Console(Console):
+    """rich's console, except that a reader going away early (``| head``) ends the output quietly
+    instead of exiting with status 1: the command's exit code stays its verdict."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _drop_stdout()
+
+
 def _stdout_console() -> Console:
     if sys.stdout.isatty():
-        return Console(highlight=False)
-    # A pipe or a file: no colour, and wide enough that tensor names are not wrapped mid-word.
-    width = max(120, int(os.environ.get("COLUMNS", "0") or 0))
-    return Console(highlight=False, width=width, no_color=True)
+        return _Console(highlight=False)
+    # A pipe or a log: no colour and no wrapping, so that a digest, a path or a tensor name stays on one
+    # line for grep; tables get all the width their widest cell needs.
+    width = max(_UNWRAPPED_WIDTH, int(os.environ.get("COLUMNS", "0") or 0))
+    return _Console(highlight=False, width=width, no_color=True, soft_wrap=True)
+
+
+_UNWRAPPED_WIDTH = 4096
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing more (nor the interpreter's flush at exit) fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class ProgressSink:
@@ -74,11 +96,17 @@ class UI:
         return sys.stderr.isatty()
 
     def emit(self, data: Any, render: Callable[[Console], None]) -> None:
-        if self.json_mode:
-            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        """Print the JSON document or the rendering. A reader that goes away early (``| head``) is not
+        an error: the rest of the output is dropped and the command's exit code stays its verdict."""
+        try:
+            if self.json_mode:
+                sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+            else:
+                render(self.out)
             sys.stdout.flush()
-        else:
-            render(self.out)
+        except BrokenPipeError:
+            _drop_stdout()
+
 
     def note(self, message: str) -> None:
         """A line for humans on stderr (never mixed into ``--json`` output on stdout)."""

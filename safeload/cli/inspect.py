@@ -282,6 +282,14 @@ def _render_structure(out: Console, node: Any, depth: int, max_depth: int, label
             return
         if kind == "stub":
             out.print(f"{pad}{label}stub {node.get('module')}.{node.get('name')}", markup=False)
+            # A stub's state (a vectorizer's vocabulary, a config's fields) is what it holds: show one
+            # level of it even at the depth limit.
+            state = node.get("state")
+            if isinstance(state, Mapping) and state.get("t") in ("dict", "odict", "namespace", "list",
+                                                                   "tuple"):
+                fields = state.get("items")
+                if isinstance(fields, list) and fields:
+                    _render_structure(out, state, depth + 1, max(max_depth, depth + 2), "state: ")
             return
         out.print(f"{pad}{label}{_short(node)}", markup=False)
         return
@@ -307,6 +315,38 @@ def _short(node: Any) -> str:
     return repr(node)
 
 
+def _has_module_stub(node: Any) -> bool:
+    """Whether the structure holds a stub of an ``nn.Module`` (torch's own, a subclass with module state,
+    or a TorchScript module), the only stubs ``safeload.state_dict()`` applies to."""
+    todo, seen = [node], 0
+    while todo and seen < 1_000_000:
+        cur = todo.pop()
+        seen += 1
+        if isinstance(cur, Mapping):
+            if cur.get("t") == "stub":
+                if str(cur.get("module")).startswith(("torch.nn.", "__torch__")):
+                    return True
+                state = cur.get("state")
+                items = state.get("items") if isinstance(state, Mapping) else None
+                for pair in items if isinstance(items, list) else ():
+                    if isinstance(pair, list) and pair and isinstance(pair[0], Mapping) and (
+                        pair[0].get("v") == "_parameters"
+                    ):
+                        return True
+            todo.extend(cur.values())
+        elif isinstance(cur, list):
+            todo.extend(cur)
+    return False
+
+
+def _count(tensors: list[dict[str, Any]]) -> str:
+    """``3 tensors``, ``2 arrays`` or ``3 tensors and 2 arrays``: numpy arrays are not tensors."""
+    arrays = sum(1 for t in tensors if t["kind"] == "ndarray")
+    torch_ = len(tensors) - arrays
+    parts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((torch_, "tensor"), (arrays, "array")) if n]
+    return " and ".join(parts) or "0 tensors"
+
+
 def run(args: argparse.Namespace, ui: UI) -> int:
     from safeload.cli._inspection import inspect_file
 
@@ -330,12 +370,13 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
     def render(out: Console) -> None:
         out.print(
-            f"{args.file}: format {data['format']}, {len(tensors)} tensors, "
-            f"{_human_bytes(data['tensor_bytes'])}",
+            f"{args.file}: format {data['format']}, {_count(tensors)}, {_human_bytes(data['tensor_bytes'])}",
             markup=False,
         )
         if tensors:
-            table = Table(title="tensors", title_justify="left")
+            kinds = {"array" if t["kind"] == "ndarray" else "tensor" for t in tensors}
+            title = "tensors and arrays" if len(kinds) == 2 else f"{kinds.pop()}s"
+            table = Table(title=title, title_justify="left")
             for col in ("name", "dtype", "shape", "bytes", "shares storage with"):
                 table.add_column(col, justify="right" if col == "bytes" else "left")
             for t in tensors:
@@ -366,9 +407,11 @@ def run(args: argparse.Namespace, ui: UI) -> int:
                 "neutralises it, but do not open it with torch.load."
             )
         elif stubs:
+            modules = _has_module_stub(structure)
+            hint = "; safeload.state_dict() recovers an nn.Module's tensors" if modules else ""
             out.print(
-                "stubs only: classes or functions that safeload.load returns as safeload.Stub values; "
-                "safeload.state_dict() recovers an nn.Module's tensors."
+                f"stubs only: classes or functions that safeload.load returns as safeload.Stub values{hint}.",
+                markup=False,
             )
         else:
             out.print("data only: safe to load with safeload.load(weights_only=True).")

@@ -212,11 +212,17 @@ DATA_GLOBALS: frozenset[tuple[str, str]] = frozenset(
        ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("torch.storage", "_load_from_bytes")}
     | {("builtins", n) for n in ("set", "frozenset", "complex", "bytearray", "slice", "bytes", "list",
                                  "dict", "tuple")}
+    # Plain value types, which configs pickle as type markers (omegaconf's key_type/element_type):
+    # referenced, they stay names; called, only int()/int(an int) and the like become data.
+    | {("builtins", n) for n in ("int", "float", "str", "bool")}
     | {(m, n) for m in _NP_MODULES for n in ("_reconstruct", "scalar")}
     | {(m, "_frombuffer") for m in _NP_NUMERIC}
     | {("numpy", "ndarray"), ("numpy", "dtype")}
 )
 
+
+# builtins value types and what calling each with no argument returns.
+_VALUE_TYPES: dict[str, Any] = {"int": 0, "float": 0.0, "str": "", "bool": False}
 
 # What an OrderedDict already has as attributes (dir(collections.OrderedDict)), which state may not shadow.
 _ODICT_ATTRS = frozenset({
@@ -558,6 +564,11 @@ class _Machine:
             if not 1 <= len(args) <= 3 or any(type(a) not in (int, type(None)) for a in args):
                 raise _NotData
             return slice(*args)
+        if name in _VALUE_TYPES:
+            if not args:
+                return _VALUE_TYPES[name]
+            if len(args) == 1 and type(args[0]) is type(_VALUE_TYPES[name]):
+                return args[0]
         raise _NotData
 
     def newobj(self, cls: Any, args: tuple[Any, ...]) -> Any:
