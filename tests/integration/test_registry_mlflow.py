@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -37,7 +38,10 @@ from tests.helpers.mlflowserver import MlflowServer
 from tests.helpers.tinynet import TinyNet
 from tests.helpers.trust import write_policy
 
-pytest.importorskip("mlflow.server", reason="needs the mlflow extra (pip install 'safeload[mlflow]')")
+if os.environ.get("CI"):
+    import mlflow.server  # noqa: F401  (in CI a missing extra fails the run instead of skipping it)
+else:
+    pytest.importorskip("mlflow.server", reason="needs the mlflow extra (pip install 'safeload[mlflow]')")
 
 SENTENCE = "the cat [MASK] on the mat"
 NET_INPUT = [[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, -3.0, 0.0]]
