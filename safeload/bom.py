@@ -122,7 +122,7 @@ class BomDataset:
 
     name: str
     repo: str
-    revision: str
+    revision: str | None  # None: a directory registry (the files are pinned by hash, not by a revision)
     registry: str
     registry_kind: str
     files: Mapping[str, str]
@@ -130,7 +130,7 @@ class BomDataset:
 
     @property
     def ref(self) -> str:
-        return f"dataset:{self.name}@{self.revision.lower()}"
+        return _ref("dataset", self.name, self.revision)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class BomModel:
 
     name: str
     repo: str
-    revision: str
+    revision: str | None  # None: a directory registry (the files are pinned by hash, not by a revision)
     registry: str
     registry_kind: str
     files: Mapping[str, str]
@@ -180,7 +180,7 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
     return BomModel(
         name=fetched.name,
         repo=entry.repo,
-        revision=entry.store_revision(),
+        revision=entry.revision,
         registry=entry.registry,
         registry_kind=spec.kind,
         files=dict(fetched.files),
@@ -218,7 +218,7 @@ def _bom_dataset(policy: Policy, name: str) -> BomDataset:
     return BomDataset(
         name=name,
         repo=entry.repo,
-        revision=entry.store_revision(),
+        revision=entry.revision,
         registry=entry.registry,
         registry_kind=policy.registries[entry.registry].kind,
         files=dict(entry.files),
@@ -253,6 +253,17 @@ def _checked_upstream(name: str, upstream: UpstreamBom | None) -> UpstreamBom | 
     return upstream
 
 
+_NO_REVISION = "none (directory registry: every file pinned by sha256)"
+
+
+def _ref(kind: str, name: str, revision: str | None) -> str:
+    return f"{kind}:{name}@{revision.lower()}" if revision else f"{kind}:{name}"
+
+
+def _version(revision: str | None) -> str | None:
+    return revision.lower() if revision else None
+
+
 def _purl(model: BomModel) -> Any:
     from packageurl import PackageURL
 
@@ -262,7 +273,7 @@ def _purl(model: BomModel) -> Any:
         qualifiers = {"repository_url": model.repository_url} if model.repository_url else None
         return PackageURL(type="oci", name=name.lower(), version=model.revision, qualifiers=qualifiers)
     kind = "huggingface" if model.registry_kind == "huggingface" else "generic"
-    return PackageURL(type=kind, namespace=org or None, name=name, version=model.revision.lower())
+    return PackageURL(type=kind, namespace=org or None, name=name, version=_version(model.revision))
 
 
 def _hex_digest(owner: str, path: str, digest: str) -> str:
@@ -442,14 +453,14 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
     cards: dict[str, dict[str, Any]] = {}
     for model in models:
         purl = _purl(model)
-        ref = f"model:{model.name}@{model.revision.lower()}"
+        ref = _ref("model", model.name, model.revision)
         files = _file_components(f"model {model.name!r}", ref, model.files)
         props = {
             "safeload:name": model.name,
             "safeload:registry": model.registry,
             "safeload:registry:kind": model.registry_kind,
             "safeload:repo": model.repo,
-            "safeload:revision": model.revision,
+            "safeload:revision": model.revision or _NO_REVISION,
             "safeload:verification": model.verification,
             "safeload:signer": model.signer or "none",
             **({"safeload:signer:identity": model.signer_identity} if model.signer_identity else {}),
@@ -482,7 +493,7 @@ def build_bom(models: Sequence[BomModel], *, libraries: Iterable[str] = DEFAULT_
         component = Component(
             type=ComponentType.MACHINE_LEARNING_MODEL,
             name=model.repo,
-            version=model.revision.lower(),
+            version=_version(model.revision),
             bom_ref=ref,
             purl=purl,
             properties=[Property(name=k, value=v) for k, v in props.items()],
@@ -526,13 +537,13 @@ def _data_component(data: BomDataset) -> Any:
         "safeload:registry": data.registry,
         "safeload:registry:kind": data.registry_kind,
         "safeload:repo": data.repo,
-        "safeload:revision": data.revision,
+        "safeload:revision": data.revision or _NO_REVISION,
         "safeload:verification": data.verification,
     }
     return Component(
         type=ComponentType.DATA,
         name=data.repo,
-        version=data.revision.lower(),
+        version=_version(data.revision),
         bom_ref=data.ref,
         properties=[Property(name=k, value=v) for k, v in props.items()],
         components=files,

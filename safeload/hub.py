@@ -48,7 +48,8 @@ def _fetch(
         dataset = pol.datasets.get(repo_id)
         if dataset is not None and revision not in _PASSTHROUGH_REVISIONS and revision != dataset.revision:
             raise UntrustedSourceError(
-                f"dataset {repo_id}: revision {revision!r} requested, but the policy pins {dataset.revision}"
+                f"dataset {repo_id}: revision {revision!r} requested, but the policy pins "
+                f"{dataset.revision or 'no revision (directory registry)'}"
             )
         return fetch_dataset(repo_id, policy=pol)
     name = repo_id
@@ -57,7 +58,8 @@ def _fetch(
         name = f"{repo_id}@{revision}"  # audit mode: resolve that exact commit (or branch, once)
     elif entry is not None and revision not in _PASSTHROUGH_REVISIONS and revision != entry.revision:
         raise UntrustedSourceError(
-            f"{repo_id}: revision {revision!r} requested, but the policy pins {entry.revision}. Call without "
+            f"{repo_id}: revision {revision!r} requested, but the policy pins "
+            f"{entry.revision or 'no revision (directory registry)'}. Call without "
             f"revision= (or with the pinned commit), or re-pin with `safeload pin`."
         )
     return fetch_model(name, policy=pol)

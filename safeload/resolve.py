@@ -174,6 +174,9 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
         fetched = _materialize(pol, entry, progress=progress, unpinned=unpinned)
     except SafeloadError as e:
         audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
+        named = Store.name_repair(e, name)
+        if named is not e:
+            raise named from e
         raise
     reason = "pinned"
     if unpinned:
@@ -223,6 +226,9 @@ def fetch_dataset(name: str, *, policy: Policy | None = None, progress: bool | N
         fetched = _materialize(pol, entry, progress=progress, unpinned=False)
     except SafeloadError as e:
         audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
+        named = Store.name_repair(e, name)
+        if named is not e:
+            raise named from e
         raise
     audit.record(pol, **base, files=dict(fetched.files), decision="allow", reason="pinned dataset")
     return fetched
@@ -386,7 +392,9 @@ def _cold(
     repo: str,
 ) -> FetchedModel:
     revision = entry.store_revision()
-    label = f"{entry.registry}:{repo}@{revision[:12]}"
+    # Messages name the entry, never the store's key for it (a directory model's pins-<digest>).
+    at = f"@{entry.revision[:12]}" if entry.revision else ""
+    label = f"{entry.name} ({entry.registry}:{repo}{at})"
     with store.staging() as staging:
         sig_record: BlobRecord | None = None
         expected: dict[str, str | None] = dict(entry.files)

@@ -56,6 +56,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import threading
@@ -69,6 +70,7 @@ from safeload._relpath import is_safe_relpath
 from safeload.errors import IntegrityError, SafeloadError, StoreAccessError, UnsafeStoreError
 
 __all__ = [
+    "REPAIR",
     "BlobRecord",
     "GcReport",
     "ModelRecord",
@@ -249,6 +251,13 @@ def _rmtree(path: Path) -> None:
     with contextlib.suppress(OSError):
         _make_writable_tree(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+# How a damaged model is repaired; the resolver puts the model's name in place of NAME.
+REPAIR = (
+    "Repair it with `safeload prefetch --refetch NAME` (drops the damaged copy from the store and fetches "
+    "it again)."
+)
 
 
 class Store:
@@ -602,7 +611,7 @@ class Store:
         if actual != digest:
             raise IntegrityError(
                 f"the store blob {path} was modified after it was verified (now {actual}); it will not be "
-                f"loaded. Run `safeload verify` / `safeload gc` and fetch again."
+                f"loaded. {REPAIR}"
             )
         return BlobRecord.from_stat(digest, st)
 
@@ -616,7 +625,7 @@ class Store:
             st = os.lstat(self.blob_path(record.digest))
         except FileNotFoundError:
             raise IntegrityError(
-                f"blob {record.digest} vanished from the store {self.root}; fetch again"
+                f"blob {record.digest} vanished from the store {self.root}. {REPAIR}"
             ) from None
         _refuse_unsafe(self.blob_path(record.digest), st)
         if stat.S_ISREG(st.st_mode) and record.matches(st):
@@ -682,7 +691,7 @@ class Store:
             missing = sorted(set(record.files) - found)
             raise IntegrityError(
                 f"the verified folder {folder} was modified (unexpected: {extra}, missing: {missing}); it "
-                "will not be loaded. Remove it (`safeload gc`) and fetch again."
+                f"will not be loaded. {REPAIR}"
             )
         fresh: dict[str, BlobRecord] = {}
         changed = False
@@ -696,7 +705,7 @@ class Store:
             if not ok:
                 raise IntegrityError(
                     f"{folder / rel} no longer points at its verified blob {rec.digest}; it will not be "
-                    "loaded. Remove the folder (`safeload gc`) and fetch again."
+                    f"loaded. {REPAIR}"
                 )
             new = self.check_blob(rec)
             changed |= new != rec
@@ -861,6 +870,45 @@ class Store:
                     removed.append(digest)
             return GcReport(tuple(removed), freed, removed_staging)
 
+    @staticmethod
+    def name_repair(exc: SafeloadError, name: str) -> SafeloadError:
+        """``exc`` with the model's ``name`` in its repair command (the store knows no names), else itself."""
+        text = str(exc)
+        if "--refetch NAME" not in text:
+            return exc
+        return type(exc)(text.replace("--refetch NAME", f"--refetch {shlex.quote(name)}"))
+
+    def drop_model(self, registry: str, repo: str, revision: str) -> tuple[str, ...]:
+        """Remove a model revision's folder and manifest, and every blob it names whose bytes no longer
+        match their name (or that is not a regular file), so the next fetch stores it anew; return the
+        digests of the blobs removed. Intact blobs stay (other models may share them; ``gc`` removes
+        what nothing references). Taken under the store lock, as ``gc`` is.
+        """
+        with self._flock("store.lock", fcntl.LOCK_EX):
+            manifest = self._manifest_path(registry, repo, revision)
+            digests: set[str] = set()
+            with contextlib.suppress(ValueError, OSError, KeyError, AttributeError, TypeError):
+                data = json.loads(manifest.read_text())
+                digests.update(rec["digest"] for rec in data["files"].values())
+                if data.get("signature_digest"):
+                    digests.add(data["signature_digest"])
+                for key in ("upstream_bom", "evaluation_digest"):
+                    if data.get("extra", {}).get(key):
+                        digests.add(data["extra"][key])
+            removed: list[str] = []
+            for digest in sorted(digests):
+                path = self.blob_path(digest)
+                if not os.path.lexists(path):
+                    continue
+                try:
+                    self.rehash_blob(digest)
+                except SafeloadError:  # tampered, not a regular file, or writable by others
+                    os.unlink(path)
+                    removed.append(digest)
+            _rmtree(self.model_folder(registry, repo, revision))
+            manifest.unlink(missing_ok=True)
+            return tuple(removed)
+
     def verify(self) -> VerifyReport:
         """Re-hash every blob; list the ones whose bytes no longer match their name (they are not removed)."""
         bad: list[str] = []
@@ -872,4 +920,3 @@ class Store:
             except (IntegrityError, SafeloadError):
                 bad.append("sha256:" + blob.name)
         return VerifyReport(checked, tuple(bad))
-

@@ -19,12 +19,17 @@ Fetch every file a model needs from its allowlisted registry at the pinned revis
 its pinned sha256 (and the signer's signature) into the store, and convert pickle weights
 (pytorch_model.bin, sharded .bin with an index) to safetensors in the jail, the same way
 safeload.transformers does on first load. Run it when building an image: afterwards loads need no network
-(set HF_HUB_OFFLINE=1 in the container to be sure)."""
+(set HF_HUB_OFFLINE=1 in the container to be sure).
+
+--refetch repairs a model whose stored copy was damaged (a load or `safeload verify` reports tampering):
+it drops the model's folder from the store, and every blob of it whose bytes no longer match their
+sha256, then fetches and verifies it again from its registry against the same pins."""
 
 _EPILOG = """\
 examples:
   safeload prefetch --all                       # in a Dockerfile, after COPY trust.toml
   safeload prefetch acme/sentiment acme/ner --json
+  safeload prefetch --refetch acme/sentiment      # after a load reported a tampered store copy
 
 exit codes: 0 every model ready, 1 refused (hash or signature mismatch, name not in the policy),
 2 error (registry unreachable, sandbox failure, nothing to prefetch)."""
@@ -40,6 +45,11 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("names", metavar="NAME", nargs="*", help="names from [models] or [datasets]")
     parser.add_argument("--all", action="store_true", help="every model and dataset in the policy")
+    parser.add_argument(
+        "--refetch",
+        action="store_true",
+        help="drop the named models' store folders and damaged blobs first, then fetch them again",
+    )
     add_policy(parser)
     parser.set_defaults(run=run)
 
@@ -65,6 +75,17 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             f"not in the policy's [models] or [datasets]: {', '.join(unknown)}; pin them first with "
             "`safeload pin`"
         )
+    refetched: dict[str, list[str]] = {}
+    if args.refetch:
+        from safeload.store import Store
+
+        store = Store(policy.store)
+        for name in names:
+            entry = policy.models.get(name) or policy.datasets[name]
+            removed = store.drop_model(entry.registry, entry.store_repo, entry.store_revision())
+            refetched[name] = list(removed)
+            damaged = f", with {len(removed)} damaged blobs" if removed else ""
+            ui.note(f"dropped {name} from the store{damaged}; fetching it again")
     ready: list[dict[str, Any]] = []
     for name in names:
         if name not in policy.models:  # a dataset: fetched and verified, nothing to convert
@@ -96,7 +117,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             }
         )
         ui.note(f"ready: {name} -> {prepared.folder}")
-    data = {"store": str(policy.store), "models": ready}
+    data: dict[str, Any] = {"store": str(policy.store), "models": ready}
+    if args.refetch:
+        data["refetched"] = [{"name": n, "removed_blobs": b} for n, b in refetched.items()]
 
     def render(out: Console) -> None:
         table = Table(title="prefetched", title_justify="left")
@@ -105,7 +128,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         for m in ready:
             table.add_row(
                 m["name"],
-                str(m["revision"] or "-"),
+                str(m["revision"] or "none (directory registry)"),
                 ", ".join(m["converted"]) or "-",
                 ", ".join(m["excluded"]) or "-",
             )

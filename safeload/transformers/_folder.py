@@ -338,7 +338,8 @@ def prepare(
         src = _policy_source(name, pol)
         if revision is not None and revision != src.revision:
             raise UntrustedSourceError(
-                f"{name}: revision {revision!r} was asked for, but trust.toml pins {src.revision}; "
+                f"{name}: revision {revision!r} was asked for, but trust.toml pins "
+                f"{src.revision or 'no revision (directory registry)'}; "
                 "drop the revision argument or pin the revision you want with `safeload pin`"
             )
     else:
