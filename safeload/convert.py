@@ -262,7 +262,8 @@ class _Mapped:
 
 @contextmanager
 def _load_mapped(
-    src: Path, policy: Policy | None, weights_only: bool, opened: tuple[int, str] | None = None
+    src: Path, policy: Policy | None, weights_only: bool, opened: tuple[int, str] | None = None,
+    encoding: str = "utf-8",
 ) -> Iterator[tuple[Any, _Mapped | None]]:
     """``safeload.load(src, map_location="cpu", unpickler="inert")``, keeping the source descriptor open.
 
@@ -297,7 +298,7 @@ def _load_mapped(
         if sniff(fd, size) == "safetensors":
             yield _loader._load_safetensors(fd, name, "cpu"), None
             return
-        manifest, outputs = _loader._run_jail(fd, size, pol, mode)
+        manifest, outputs = _loader._run_jail(fd, size, pol, mode, _loader.check_encoding(encoding))
         if weights_only:
             _loader._refuse_code(name, manifest)
         raw = _loader._raw_storages(manifest, fd, size, outputs)
@@ -493,6 +494,7 @@ def convert_file(
     metadata: Mapping[str, str] | None = None,
     weights_only: bool = False,
     key: str | None = None,
+    encoding: str = "utf-8",
 ) -> Path:
     """Convert one pickle checkpoint holding a state dict into a safetensors file at ``dst``.
 
@@ -502,6 +504,7 @@ def convert_file(
     ``key`` (a dotted path: ``model.state_dict``), a ``.npz`` archive's numeric arrays are written under
     their names, and entries that are not tensors (stubs of code a payload tried to call, counters, ...)
     are left out and logged. With ``weights_only=True`` any code-bearing global refuses the file instead.
+    ``encoding`` decodes a Python 2 pickle's strings, as for :func:`safeload.load`.
     ``dst`` is written atomically, with the permissions the caller's umask gives a new file. Returns
     ``dst``; :func:`convert_checkpoint` also says what was written and left out.
 
@@ -512,7 +515,7 @@ def convert_file(
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
     """
-    done = _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key)
+    done = _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key, encoding=encoding)
     _log_left_out(str(src), done.left_out)
     return done.output
 
@@ -525,13 +528,14 @@ def convert_checkpoint(
     metadata: Mapping[str, str] | None = None,
     weights_only: bool = False,
     key: str | None = None,
+    encoding: str = "utf-8",
 ) -> Conversion:
     """:func:`convert_file`, returning what was written and what was left out instead of logging it.
 
     Raises:
         The errors of :func:`convert_file`.
     """
-    return _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key)
+    return _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key, encoding=encoding)
 
 
 def _convert(
@@ -543,9 +547,10 @@ def _convert(
     opened: tuple[int, str] | None,
     mode: int | None = None,
     key: str | None = None,
+    encoding: str = "utf-8",
 ) -> Conversion:
     meta = {"format": "pt", **(metadata or {})}
-    with _load_mapped(src, policy, weights_only, opened) as (obj, mapped):
+    with _load_mapped(src, policy, weights_only, opened, encoding) as (obj, mapped):
         tensors, left_out = _state_dict(obj, str(src), key)
         _atomic_save(tensors, dst, meta, mapped, mode=mode)
     return Conversion(output=dst, tensors=tuple(sorted(tensors)), left_out=tuple(left_out))

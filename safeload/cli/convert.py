@@ -91,6 +91,12 @@ def add_parser(sub: Any) -> None:
         metavar="PATH",
         help="the dotted key path of a nested state dict (model.state_dict)",
     )
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="how to decode the strings of a pickle written by Python 2, as torch.load(encoding=...) "
+        "takes it: latin1 for numpy arrays and most such files, bytes to keep them as bytes",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.add_argument(
         "--weights-only",
@@ -125,6 +131,7 @@ def _convert_one(src: Path, dst: Path, args: argparse.Namespace) -> _Converted:
         metadata=_metadata(digest),
         weights_only=args.weights_only,
         key=args.key,
+        encoding=args.encoding,
     )
     return _Converted(src, done.output, digest, _tensor_count(done.output), done.left_out)
 

@@ -30,8 +30,8 @@ carry an evaluation attestation from its signer over every file it serves, measu
 entry accepts, whose metrics hold. The loader and this command call one verification core, so a model
 loads exactly when verify finds it intact; --json names, per model, the error a load would raise.
 Without NAME, checks every [models] and [datasets] entry that has been fetched and re-hashes every blob
-in the store. Nothing is repaired: a failing model is reported; remove it with `safeload gc` and fetch
-again.
+in the store. Nothing is repaired here: a failing model is reported, and `safeload prefetch --refetch
+NAME` drops its folder and every blob of it that fails its hash, then fetches it again.
 
 --gate NAME is a promotion gate: it fetches NAME if needed, and exits 0 only when the stored bytes match
 the pins, the signature verifies, every required evaluation holds and every dataset the model names is
@@ -307,7 +307,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             for digest in bad_blobs:
                 out.print(f"  modified blob: {digest}", markup=False)
         out.print(
-            "intact" if not failed else "[bold red]tampering found[/]: run `safeload gc` and fetch again"
+            "intact" if not failed else "[bold red]tampering found[/]: repair each failing model with "
+            "`safeload prefetch --refetch NAME`"
         )
 
     ui.emit(data, render)

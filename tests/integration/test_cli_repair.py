@@ -81,6 +81,8 @@ def test_prefetch_refetch_repairs_a_tampered_blob(tmp_path: Path) -> None:
     assert as_json(cli("gc", "--json", cwd=tmp_path, env=env))["removed_blobs"] == []
     again = cli("prefetch", NAME, cwd=tmp_path, env=env)
     assert again.returncode == 1 and f"--refetch {NAME}" in again.stderr
+    verified = cli("verify", NAME, cwd=tmp_path, env=env)
+    assert verified.returncode == 1 and "safeload prefetch --refetch NAME" in verified.stdout, verified.stdout
 
     repair = cli("prefetch", "--refetch", NAME, "--json", cwd=tmp_path, env=env)
     assert repair.returncode == 0, repair.stderr

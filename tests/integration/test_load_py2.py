@@ -95,3 +95,22 @@ def test_inspect_takes_encoding(py2_files: dict[int, Path]) -> None:
     assert doc["verdict"] == "data-only"
     arrays = {t["name"]: t for t in doc["tensors"]}
     assert arrays["coef_"]["dtype"] == "<f8" and arrays["coef_"]["shape"] == [3, 4]
+
+
+def test_convert_takes_encoding(py2_files: dict[int, Path], tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "model.safetensors"
+    base = [sys.executable, "-m", "safeload", "convert", str(py2_files[2]), str(out)]
+    proc = subprocess.run(base, capture_output=True, text=True, cwd=_REPO, timeout=120)
+    assert proc.returncode == 2 and "--encoding latin1" in proc.stderr, proc.stderr
+    assert not out.exists()
+    proc = subprocess.run([*base, "--encoding", "latin1", "--json"], capture_output=True, text=True,
+                          cwd=_REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = load_file(str(out))
+    want = _py2_model()
+    for name in ("coef_", "intercept_", "classes_", "fortran"):
+        assert np.array_equal(got[name], want[name]) and got[name].dtype == want[name].dtype, name
+    left = json.loads(proc.stdout)["files"][0]["left_out"]
+    assert {"label", "n_iter_", "params"} <= set(left)
