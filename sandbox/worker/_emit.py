@@ -6,9 +6,9 @@ import binascii
 import os
 import struct
 
+from ._allowlist import ALLOWLIST
 from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError, dumps
-from ._unpickle import (
-    DATA_GLOBALS,
+from ._values import (
     Global,
     Namespace,
     NDArray,
@@ -292,7 +292,7 @@ def build_manifest(
         if spec["source"] is None:
             raise FormatError("a storage the pickle references has no data in the file")
     globals_list = [
-        {"module": m, "name": n, "verdict": "data" if (m, n) in DATA_GLOBALS else "stub", "count": c}
+        {"module": m, "name": n, "verdict": "data" if (m, n) in ALLOWLIST else "stub", "count": c}
         for (m, n), c in sorted(globals_seen.items())
     ]
     return {"version": 1, "format": fmt, "byteorder": "little", "storages": table.specs, "root": root_node,

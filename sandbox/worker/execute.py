@@ -459,16 +459,16 @@ def _stream_globals(path: str, encoding: str = "utf-8") -> list[dict[str, Any]] 
     read the file (the load itself may still succeed: torch's readers are more lenient).
     """
     try:
+        from ._allowlist import ALLOWLIST
         from ._common import Budgets
         from ._formats import parse
-        from ._unpickle import DATA_GLOBALS
 
         with _open(path) as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             parsed, _table = parse(data, Budgets(), encoding)
     except Exception:  # the inert reader refusing a file is not an execute-mode failure
         return None
     return [
-        {"module": m, "name": n, "verdict": "data" if (m, n) in DATA_GLOBALS else "stub", "count": c}
+        {"module": m, "name": n, "verdict": "data" if (m, n) in ALLOWLIST else "stub", "count": c}
         for (m, n), c in sorted(parsed.globals_seen.items())
     ]
 

@@ -16,13 +16,8 @@ from typing import Any
 import pytest
 
 from sandbox.worker._common import Budgets, FormatError, LimitError
-from sandbox.worker._unpickle import (
-    Global,
-    Namespace,
-    ODict,
-    Stub,
-    unpickle,
-)
+from sandbox.worker._unpickle import unpickle
+from sandbox.worker._values import Global, Namespace, ODict, Stub
 
 
 def _plain(obj: Any) -> Any:
@@ -145,10 +140,22 @@ def test_opcode_budget() -> None:
 
 
 def test_every_opcode_is_handled() -> None:
-    from sandbox.worker import _unpickle
+    from sandbox.worker import _machine
 
     known = {op.code.encode("latin-1")[0] for op in pickletools.opcodes}
-    handled = set(_unpickle._DISPATCH) | _unpickle._INLINE | {ord(".")}
+    handled = set(_machine._DISPATCH) | _machine._INLINE | {ord(".")}
     assert known == handled
     # One implementation per opcode: the main loop's inline opcodes have no handler in the table.
-    assert not set(_unpickle._DISPATCH) & _unpickle._INLINE
+    assert not set(_machine._DISPATCH) & _machine._INLINE
+
+
+def test_the_allowlist_is_one_table() -> None:
+    from sandbox.worker import _allowlist
+
+    # NEWOBJ makes data only of allowlisted types; every other global, called, is a stub.
+    assert set(_allowlist._NEW_EMPTY) <= set(_allowlist.ALLOWLIST)
+    for module, name in [("os", "system"), ("builtins", "eval"), ("numpy", "ndarray"), ("torch", "Tensor")]:
+        result, _ = unpickle(b"\x80\x02" + f"c{module}\n{name}\n)R.".encode())
+        assert isinstance(result.root, Stub) and (result.root.module, result.root.name) == (module, name)
+    assert ("torch", "Size") in _allowlist.ALLOWLIST
+    assert ("os", "system") not in _allowlist.ALLOWLIST
