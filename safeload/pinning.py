@@ -29,6 +29,7 @@ from safeload.errors import PolicyError, UntrustedSourceError
 from safeload.policy import (
     DirectoryRegistrySpec,
     HuggingFaceRegistrySpec,
+    MlflowRegistrySpec,
     ModelEntry,
     OciRegistrySpec,
     Policy,
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# mlflow://REGISTRY/NAME/VERSION or mlflow://REGISTRY/NAME@ALIAS (REGISTRY: the trust.toml registry name)
+_MLFLOW_URL = re.compile(r"^mlflow://([A-Za-z0-9][A-Za-z0-9_-]*)/([^@\s]+?)(?:/([0-9]+)|@([A-Za-z0-9_-]+))$")
 _HEADER = re.compile(r"^\s*\[(?!\[)(.*)\]\s*(#.*)?$")
 _OCI_URL = re.compile(
     r"^oci://([A-Za-z0-9.-]+(?::[0-9]{1,5})?)/([a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
@@ -79,6 +82,7 @@ _REGISTRY_LINES = {
         f"safeload init --hub {_DEFAULT_HUB}",
     ),
     "oci": ('[registries.fleet]\nkind = "oci"\nendpoint = "https://HOST"', ""),
+    "mlflow": ('[registries.ml]\nkind = "mlflow"\nendpoint = "https://HOST"', ""),
 }
 _KIND_NAMES = {"dir": "directory", "hf": "huggingface", "oci": "oci"}
 
@@ -199,8 +203,15 @@ def render_entry(entry: ModelEntry) -> str:
         )
         path = f", path = {_q(req.path)}" if req.path != "evaluation.intoto.jsonl" else ""
         lines.append(f"require_evaluation = {{ signer = {_q(req.signer)}, metrics = {{ {metrics} }}{path} }}")
+    if entry.source is not None:
+        lines.append(f"source = {_q(entry.source)}")
+    if entry.flavor is not None:
+        lines.append(f"flavor = {_q(entry.flavor)}")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
+    if entry.sizes:
+        lines.append(f"[{head}.sizes]")
+        lines.extend(f"{_q(rel)} = {entry.sizes[rel]}" for rel in sorted(entry.sizes))
     return "\n".join(lines) + "\n"
 
 
@@ -305,6 +316,8 @@ def pin_model(
     """
     if url.startswith("oci://"):
         return _pin_oci(url, policy_path=Path(policy_path), registry=registry, name=name, resolve=resolve)
+    if url.startswith("mlflow://"):
+        return _pin_mlflow(url, policy_path=Path(policy_path), name=name)
     m = _URL.match(url)
     if m is None:
         raise PolicyError(
@@ -468,3 +481,75 @@ def _pin_oci(
     )
     write_entry(policy_path, entry)
     return entry.name, entry
+
+
+def _pin_mlflow(url: str, *, policy_path: Path, name: str | None) -> tuple[str, ModelEntry]:
+    """Pin ``mlflow://REGISTRY/NAME/VERSION`` (or ``@ALIAS``, resolved to its version now and only now):
+    every file hashed through the same fetch a load makes, the version's ``source``, each file's size, and
+    the flavor MLmodel names, after the same MLmodel checks a load makes, so a model that could never load
+    safely is refused here, by the field that asks for its code.
+
+    Raises:
+        PolicyError: the URL is malformed, or REGISTRY is not an mlflow registry of the policy.
+        UntrustedSourceError: the model, version or alias does not exist.
+        IntegrityError: the server's answers break the registry's rules.
+        UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code, or names no
+            flavor safeload loads (nothing is written then).
+    """
+    import tempfile
+
+    from safeload.mlflow._mlmodel import HANDLED, check_mlmodel, read_mlmodel
+    from safeload.registries.mlflow import MlflowRegistry
+
+    m = _MLFLOW_URL.match(url)
+    if m is None:
+        raise PolicyError(f"{url!r}: expected mlflow://REGISTRY/NAME/VERSION or mlflow://REGISTRY/NAME@ALIAS")
+    reg_name, repo, version_ref, alias = m.groups()
+    if not policy_path.exists():
+        raise missing_policy_error(policy_path, "mlflow")
+    policy = parse_policy(policy_path.read_text(encoding="utf-8"), source=policy_path)
+    spec = policy.registries.get(reg_name)
+    if not isinstance(spec, MlflowRegistrySpec):
+        have = ", ".join(r.name for r in policy.registries.values() if isinstance(r, MlflowRegistrySpec))
+        raise PolicyError(
+            f"registries.{reg_name}: no mlflow registry by that name in {policy_path} (mlflow registries "
+            f"there: {have or 'none'}); add one:\n{_indent(_REGISTRY_LINES['mlflow'][0])}"
+        )
+    registry = open_registry(spec, jail=policy.sandbox.weakest_jail)
+    assert isinstance(registry, MlflowRegistry)
+    version = registry.resolve_revision(repo, version_ref or alias) or ""
+    seen = registry.describe(repo, version)
+    model_name = name or repo
+    # What the server lists now, as a provisional entry: the fetch is bound to this very listing.
+    listed = ModelEntry(
+        name=model_name, registry=spec.name, repo=repo, revision=version, source=seen.source,
+        files=MappingProxyType({rel: "" for rel in seen.sizes}), sizes=MappingProxyType(dict(seen.sizes)),
+    )
+    bound = registry.bind(listed)
+    store = Store(policy.store)
+    with store.staging() as staging:
+        records = _fetch_files(
+            store, bound, repo, version, {rel: None for rel in seen.sizes}, staging,
+            f"{spec.name}:{repo}/{version}", None,
+        )
+    digests = {rel: record.digest for rel, record in records.items()}
+    where = f"mlflow://{reg_name}/{repo}/{version}"
+    with tempfile.TemporaryDirectory(prefix="safeload-pin-") as tmp:
+        # The stored blobs, laid out as the model's folder, for the checks a load makes.
+        for rel, digest in digests.items():
+            link = Path(tmp) / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(store.blob_path(digest))
+        flavors = read_mlmodel(Path(tmp), where)["flavors"]
+        # A flavor safeload loads; else the first listed, which the checks below refuse by name (a model
+        # that asks to run its code is refused for that first).
+        flavor = next((f for f in HANDLED if f in flavors), next(iter(sorted(flavors)), ""))
+        entry = ModelEntry(
+            name=model_name, registry=spec.name, repo=repo, revision=version, source=seen.source,
+            flavor=flavor, files=MappingProxyType(dict(sorted(digests.items()))),
+            sizes=MappingProxyType(dict(sorted(seen.sizes.items()))),
+        )
+        check_mlmodel(entry, Path(tmp), entry.files, flavor, where)
+    comment = f"# pinned from alias {alias!r} of {repo!r}: version {version}\n" if alias else ""
+    write_entry(policy_path, entry, extra_text=comment)
+    return model_name, entry

@@ -35,7 +35,13 @@ URL forms:
   dir://ORG/NAME           a directory registry (kind "directory"): the files under <path>/ORG/NAME.
   oci://HOST/REPO@sha256:DIGEST
                            an OCI registry (kind "oci") whose endpoint is HOST; DIGEST is the manifest's.
-                           oci://HOST/REPO:TAG is accepted only with --resolve, which prints the digest."""
+                           oci://HOST/REPO:TAG is accepted only with --resolve, which prints the digest.
+  mlflow://REGISTRY/NAME/VERSION
+                           a registered model version of the policy's mlflow registry REGISTRY: every file,
+                           its size, the version's source and the flavor MLmodel names (after the checks a
+                           load makes: a model that asks to run its own code is refused here).
+  mlflow://REGISTRY/NAME@ALIAS
+                           the version ALIAS names now; the entry pins that version, never the alias."""
 
 _EPILOG = """\
 examples:
@@ -44,6 +50,7 @@ examples:
   safeload pin hf://datasets/stanfordnlp/imdb@main --resolve --name imdb
   safeload pin dir://acme/sentiment --registry local --policy /etc/safeload/trust.toml
   safeload pin oci://registry.example.com/models/sentiment:v3 --resolve
+  safeload pin mlflow://ml/sentiment@champion --name acme/sentiment
 
 exit codes: 0 pinned, 1 refused (a branch without --resolve, a registry the policy does not allow),
 2 error (no trust.toml or no registry of the URL's kind, policy invalid, registry unreachable)."""
@@ -58,7 +65,8 @@ def add_parser(sub: Any) -> None:
         epilog=_EPILOG,
     )
     parser.add_argument(
-        "url", metavar="URL", help="hf://ORG/NAME@COMMIT, dir://ORG/NAME or oci://HOST/REPO@sha256:DIGEST"
+        "url", metavar="URL", help="hf://ORG/NAME@COMMIT, dir://ORG/NAME, oci://HOST/REPO@sha256:DIGEST or "
+        "mlflow://REGISTRY/NAME/VERSION"
     )
     parser.add_argument("--registry", metavar="NAME", help="the [registries.NAME] to fetch from")
     parser.add_argument("--name", metavar="NAME", help="the name code asks for (default: the repository id)")

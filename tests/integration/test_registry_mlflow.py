@@ -273,6 +273,51 @@ def test_models_that_carry_code_are_refused(tmp_path: Path, mlflow_server: Mlflo
     assert "evil" not in sys.modules and "evil_loader" not in sys.modules
 
 
+@pytest.mark.slow
+def test_pin_writes_the_entry_a_load_needs_and_resolves_an_alias_only_then(
+    tmp_path: Path, logged: Logged
+) -> None:
+    import tomllib
+
+    import safeload.mlflow.transformers
+    from safeload.pinning import pin_model
+
+    server = logged.server
+    policy_path = policy_for(tmp_path, server.endpoint, {})
+    by_version = pin_model(f"mlflow://ml/tiny-bert/{logged.bert}", policy_path=policy_path, name="bert")[1]
+    want = pin(server, "tiny-bert", logged.bert, "transformers")
+    assert (by_version.revision, by_version.source, by_version.flavor) == (
+        logged.bert, want["source"], "transformers"
+    )
+    assert dict(by_version.files) == want["files"] and dict(by_version.sizes) == want["sizes"]
+    written = tomllib.loads(policy_path.read_text())["models"]["bert"]
+    assert written["sizes"] == want["sizes"] and written["source"] == want["source"]
+    policy = load_policy(policy_path)
+    pipe = safeload.mlflow.transformers.load_model("bert", policy=policy)
+    assert [f["token_str"] for f in pipe(SENTENCE)] == [w["token_str"] for w in logged.reference["fill"]]
+
+    server.call("POST", "registered-models/alias",
+                {"name": "tiny-bert", "alias": "champion", "version": logged.bert})
+    by_alias = pin_model("mlflow://ml/tiny-bert@champion", policy_path=policy_path, name="champ")[1]
+    assert by_alias.revision == logged.bert and dict(by_alias.files) == want["files"]
+    assert "alias 'champion'" in policy_path.read_text()
+
+
+@pytest.mark.slow
+def test_pin_refuses_a_model_that_asks_to_run_its_code(tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    from safeload.pinning import pin_model
+
+    files = {"MLmodel": _PYFUNC_MLMODEL, "python_model.pkl": b"cos\nsystem\n(S'true'\ntR."}
+    version = mlflow_server.add_model("pin-pyfunc", files)
+    policy_path = policy_for(tmp_path, mlflow_server.endpoint, {})
+    before = policy_path.read_text()
+    with pytest.raises(UnsafeContentError, match="python_model"):
+        pin_model(f"mlflow://ml/pin-pyfunc/{version}", policy_path=policy_path)
+    assert policy_path.read_text() == before
+    with pytest.raises(PolicyError, match="no mlflow registry by that name"):
+        pin_model(f"mlflow://nope/pin-pyfunc/{version}", policy_path=policy_path)
+
+
 def test_an_alias_is_refused_as_a_revision(tmp_path: Path) -> None:
     entry = {
         "registry": "ml", "repo": "m", "revision": "champion", "source": "models:/m-1", "flavor": "pytorch",
