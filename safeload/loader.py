@@ -179,6 +179,8 @@ def _worker_error(dir_fd: int, returncode: int, stderr: str) -> Exception:
         module = doc.get("module") if isinstance(doc, dict) else None
         if isinstance(module, str) and _MODULE_NAME.fullmatch(module):
             return _missing_module(module)
+    if kind == "unsafe":
+        return UnsafeContentError(message or "the sandboxed worker refused the file's contents")
     if kind == "format":
         return UnsupportedFormatError(f"{message}. safeload opens safetensors, torch checkpoints (zip and "
                                       "legacy), pickles, numpy files and TorchScript archives")

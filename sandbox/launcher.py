@@ -139,7 +139,7 @@ def run_worker(
     input_fd: int,
     output_dir: Path,
     *,
-    mode: Literal["inert", "execute", "fetch", "unpack"] = "inert",
+    mode: Literal["inert", "execute", "skops", "fetch", "unpack"] = "inert",
     limits: Limits = _DEFAULT_LIMITS,
     args: Sequence[str] = (),
     inherit: Sequence[int] = (),
@@ -147,8 +147,10 @@ def run_worker(
 ) -> WorkerRun:
     """Run the worker on the artifact open at ``input_fd``, writing into ``output_dir``.
 
-    ``mode="fetch"`` runs the download worker (:mod:`sandbox.fetch` prepares its job) and
-    ``mode="unpack"`` the tar layer unpacker (:mod:`sandbox.unpack`) in the same jail as the inert one.
+    ``mode="skops"`` unpickles a scikit-learn pickle for real and writes it as skops
+    (:mod:`sandbox.worker._skops`), in the execute-mode jail. ``mode="fetch"`` runs the download worker
+    (:mod:`sandbox.fetch` prepares its job) and ``mode="unpack"`` the tar layer unpacker
+    (:mod:`sandbox.unpack`) in the same jail as the inert one.
     ``inherit`` are further descriptors the jail keeps under their numbers (the fetch's connection broker,
     the unpack job); ``on_output`` is called with the output folder's size in bytes about ten times a
     second while the worker runs (progress bars).
@@ -168,7 +170,8 @@ def run_worker(
         SandboxError: bubblewrap could not set up the jail or could not be started.
     """
     _compile_worker()
-    jail: Literal["inert", "execute"] = "execute" if mode == "execute" else "inert"
+    # skops mode unpickles for real, as execute mode does: the same jail, with site-packages bound.
+    jail: Literal["inert", "execute"] = "execute" if mode in ("execute", "skops") else "inert"
     # A direct call rather than runpy, whose own imports (importlib.util, contextlib, ...) add several
     # milliseconds to every start.
     entry = "from worker.__main__ import main; sys.exit(main(argv))"

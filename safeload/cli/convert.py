@@ -38,7 +38,12 @@ folder's other non-pickle files (config, tokenizer) next to them, so the output 
 use_safetensors=True.
 
 Each output file's metadata records the source's sha256 (safeload.source_sha256) and the converter's
-version (safeload.version)."""
+version (safeload.version).
+
+With --to skops, a scikit-learn pickle or joblib file is unpickled for real inside the jail (its own code
+runs there and nowhere else) and written there as a skops file; an object that holds a function, method or
+lambda (a FunctionTransformer with a func) is refused. The types a loader will have to trust by name
+(skops.io.load(OUT, trusted=[...]), safeload.sklearn.load(OUT, trusted=[...])) are printed."""
 
 _EPILOG = """\
 examples:
@@ -47,6 +52,7 @@ examples:
   safeload convert lightning.ckpt weights.safetensors --key state_dict --json
   safeload convert train.pt weights.safetensors --key model.state_dict
   safeload convert arrays.npz arrays.safetensors
+  safeload convert model.pkl --to skops -o model.skops
 
 exit codes: 0 converted, 1 refused (--weights-only and non-data globals, [files] pin mismatch), 2 error."""
 
@@ -96,6 +102,12 @@ def add_parser(sub: Any) -> None:
         default="utf-8",
         help="how to decode the strings of a pickle written by Python 2, as torch.load(encoding=...) "
         "takes it: latin1 for numpy arrays and most such files, bytes to keep them as bytes",
+    )
+    parser.add_argument(
+        "--to",
+        choices=("safetensors", "skops"),
+        default="safetensors",
+        help="the output format: safetensors (default), or skops for a scikit-learn pickle or joblib file",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     parser.add_argument(
@@ -190,6 +202,44 @@ def _convert_folder(
     return done, new_index
 
 
+def _run_skops(src: Path, args: argparse.Namespace, ui: UI) -> int:
+    from safeload.convert import sha256_file
+    from safeload.sklearn import convert
+
+    if src.is_dir():
+        ui.error("--to skops converts one pickle or joblib file, not a folder")
+        return EXIT_ERROR
+    if args.key is not None or args.weights_only or args.encoding != "utf-8":
+        ui.error("--key, --weights-only and --encoding apply to safetensors output, not to --to skops")
+        return EXIT_ERROR
+    _check_output(args.output, args.force)
+    digest = sha256_file(src)
+    done = convert(src, args.output, policy=args.loaded_policy)
+    data = {
+        "input": str(src),
+        "output": str(done.output),
+        "format": "skops",
+        "source_sha256": digest,
+        "untrusted_types": list(done.untrusted),
+    }
+
+    def render(out: Console) -> None:
+        out.print(f"{src} -> {done.output}  (skops, source sha256:{digest})", markup=False)
+        if done.untrusted:
+            out.print(
+                "  types a loader must trust by name: " + ", ".join(done.untrusted), markup=False
+            )
+            out.print(
+                f"  load with: safeload.sklearn.load({str(done.output)!r}, trusted={list(done.untrusted)!r})",
+                markup=False,
+            )
+        else:
+            out.print("  no types beyond skops's own trusted set", markup=False)
+
+    ui.emit(data, render)
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace, ui: UI) -> int:
     if args.out is not None and args.output is not None:
         ui.error("give OUT once: as the second argument or with -o, not both")
@@ -202,6 +252,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     src: Path = args.input
     if not src.exists():
         raise FileNotFoundError(2, "no such file or folder", str(src))
+    if args.to == "skops":
+        return _run_skops(src, args, ui)
     index: Path | None = None
     if src.is_dir():
         done, index = _convert_folder(src, args.output, args, ui)

@@ -2,9 +2,10 @@
 
 ``--mode inert`` reads ``/in/artifact`` with the inert unpickler and writes ``/out/manifest.json`` (and
 ``/out/tensors.safetensors`` when some bytes cannot be referenced in place). ``--mode execute`` hands
-over to ``execute.main``; ``--mode fetch`` to ``_fetch.main`` (downloads over connections the host hands
-in); ``--mode unpack`` to ``_unpack.main`` (an OCI tar layer, its job at ``--job``). On failure it
-writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
+over to ``execute.main``; ``--mode skops`` to ``_skops.main`` (a scikit-learn pickle unpickled for real and
+written as ``/out/model.skops``, in the execute-mode jail); ``--mode fetch`` to ``_fetch.main`` (downloads
+over connections the host hands in); ``--mode unpack`` to ``_unpack.main`` (an OCI tar layer, its job at
+``--job``). On failure it writes ``/out/error.json`` (see PROTOCOL.md) and exits non-zero.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def main(argv: Sequence[str]) -> int:
             return _EXIT_CRASH
         rc: int = execute.main(list(argv))
         return rc
+    if mode == "skops":
+        from ._skops import main as skops
+
+        return skops(opts.get("in", "/in/artifact"), out_dir)
     if mode == "fetch":
         from ._fetch import main as fetch
 
