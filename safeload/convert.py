@@ -515,7 +515,9 @@ def convert_file(
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
         IntegrityError: ``src`` is pinned in the policy's ``[files]`` and its bytes differ.
     """
-    done = _convert(Path(src), Path(dst), policy, metadata, weights_only, None, key=key, encoding=encoding)
+    done = convert_checkpoint(
+        src, dst, policy=policy, metadata=metadata, weights_only=weights_only, key=key, encoding=encoding
+    )
     _log_left_out(str(src), done.left_out)
     return done.output
 
