@@ -231,7 +231,7 @@ def _case_jail_start(p: dict[str, Any]) -> dict[str, Any]:
     ``p["call"]`` is 1 for the first call in a fresh process (it pays the launcher's one-time probes:
     bubblewrap and user namespaces, the seccomp program) or 2 for the call after that.
     """
-    run_worker = _require("sandbox.launcher", "run_worker")
+    run_worker = _require("safeload._jail.launcher", "run_worker")
     with tempfile.TemporaryDirectory(prefix="bench-jail-") as tmp:
         art = Path(tmp) / "tiny.pkl"
         art.write_bytes(b"\x80\x04N.")  # pickle of None, protocol 4
@@ -302,7 +302,7 @@ def _case_store_read(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fetch(p: dict[str, Any]) -> Callable[[], Any]:
-    fetch_model = _require("safeload.resolve", "fetch_model")
+    fetch_model = _require("safeload._trust.resolve", "fetch_model")
     return lambda: fetch_model(p["name"], progress=False)
 
 
@@ -321,8 +321,8 @@ def _case_verify_staged(p: dict[str, Any]) -> dict[str, Any]:
     exactly as ``fetch_model`` runs it). The delivery itself (a copy, standing in for the download) is
     made and flushed before the clock starts."""
     load_policy = _require("safeload.policy", "load_policy")
-    store_cls = _require("safeload.store", "Store")
-    parallel = _require("safeload._hashing", "parallel")
+    store_cls = _require("safeload._trust.store", "Store")
+    parallel = _require("safeload._trust.hashing", "parallel")
     policy = load_policy()
     store = store_cls(policy.store)
     pins: dict[str, str] = p["pins"]

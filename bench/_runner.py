@@ -254,7 +254,8 @@ def _read_files(paths: Iterable[Path]) -> None:
 
 def _rewarm_source(row: Row, ds: Dataset) -> None:
     """Read a store row's registry model again: the store's copy drops the source's cached pages behind it
-    (safeload._hashing), and the rows that read the source directly must find it warm, as they did before."""
+    (safeload._trust.hashing), and the rows that read the source directly must find it warm, as they did
+    before."""
     name = row.params.get("name")
     if isinstance(name, str) and name.startswith("bench/"):
         folder = ds.model_dir(name.removeprefix("bench/"))

@@ -11,7 +11,7 @@ on an empty store with a timer around each stage:
 - ``import`` safeload modules the call imports on first use (loader, launcher: the rest come with the
   drop-in);
 - ``ingest`` the store's copy + sha256 of each file (the ``.bin`` dominates), ``fetch`` all of fetch_model;
-- ``jail`` ``sandbox.launcher.run_worker`` (bubblewrap up, the worker parses the pickle), ``manifest``
+- ``jail`` ``safeload._jail.launcher.run_worker`` (bubblewrap up, the worker parses the pickle), ``manifest``
   validation and tensor views, ``write`` the converted safetensors file, ``transformers`` its own
   ``from_pretrained`` on the derived folder, ``touch`` reading a byte of every page of the result.
 
@@ -54,8 +54,11 @@ policy = store.with_suffix(".toml")
 policy.write_text(ds.policy_text(store))
 os.environ["SAFELOAD_POLICY"] = str(policy)
 t_imp = time.perf_counter()
-import safeload.resolve as rs, safeload.store as sto, safeload.loader as ld, sandbox.launcher as la
-import safeload.convert as cv
+import safeload._trust.resolve as rs
+import safeload._trust.store as sto
+import safeload._loading.loader as ld
+import safeload._jail.launcher as la
+import safeload._loading.convert as cv
 imported = time.perf_counter() - t_imp
 spent = {}
 
@@ -70,7 +73,7 @@ def timer(owner, name, label):
             spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
     setattr(owner, name, wrapped)
 
-import safeload.transformers._folder as fo  # imported with safeload.transformers: holds its own fetch_model
+import safeload._integrations.folder as fo  # imported with safeload.transformers: holds its own fetch_model
 for owner, name, label in [(fo, "fetch_model", "fetch"), (sto.Store, "ingest_copy", "ingest (summed)"),
                            (la, "run_worker", "jail"), (ld, "parse_manifest", "manifest"),
                            (ld, "_raw_storages", "manifest"), (cv, "_atomic_save", "write")]:

@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 
 from bench._fetchbench import GiB, median, pairs, print_table, rmtree, write_random_files
+from safeload._trust.resolve import fetch_model
 from safeload.policy import Policy, parse_policy
-from safeload.resolve import fetch_model
 from tests.helpers.hubserver import HubServer
 
 

@@ -28,7 +28,8 @@ from rich.table import Table
 from safetensors.torch import load_file, save_file
 
 import safeload
-from sandbox import _tiers, launcher
+from safeload._jail import launcher
+from safeload._jail import tiers as _tiers
 
 _TENSOR_MIB = 16
 

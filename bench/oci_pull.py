@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from bench._fetchbench import GiB, median, pairs, print_table, read_all, rmtree, write_random_files
+from safeload._trust.resolve import fetch_model
 from safeload.policy import Policy, parse_policy
-from safeload.resolve import fetch_model
 from tests.helpers.ociregistry import OciRegistry, oras_push
 
 

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from bench._fetchbench import read_all, write_random_files
-from safeload._hashing import parallel
+from safeload._trust.hashing import parallel
+from safeload._trust.resolve import fetch_model
+from safeload._trust.store import Store
 from safeload.policy import parse_policy
-from safeload.resolve import fetch_model
-from safeload.store import Store
 
 
 def _cpu() -> float:

@@ -27,8 +27,8 @@ from rich.text import Text
 from safetensors.torch import load_file
 
 import safeload
+from safeload._loading.loader import inspect_artifact
 from safeload.cli.inspect import classify
-from safeload.loader import inspect_artifact
 from safeload.policy import load_policy
 
 console = Console()

@@ -8,7 +8,7 @@ through the allowlist in ``trust.toml``, at pinned revisions, with pinned hashes
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from safeload._stub import Stub
+from safeload._loading.stub import Stub
 from safeload.errors import (
     EvaluationError,
     IntegrityError,
@@ -27,20 +27,20 @@ from safeload.errors import (
 )
 
 if TYPE_CHECKING:
-    from safeload._jail import jail_tier
-    from safeload.loader import load, state_dict
-    from safeload.patching import patch, unpatch
+    from safeload._integrations.patching import patch, unpatch
+    from safeload._jail.current import jail_tier
+    from safeload._loading.loader import load, state_dict
 
 __version__ = "0.1.0"
 
 # Imported on first use: the loader needs torch (about a second to import), and the command line's
 # policy, store and BOM commands should not pay for it.
 _LAZY = {
-    "jail_tier": "safeload._jail",
-    "load": "safeload.loader",
-    "state_dict": "safeload.loader",
-    "patch": "safeload.patching",
-    "unpatch": "safeload.patching",
+    "jail_tier": "safeload._jail.current",
+    "load": "safeload._loading.loader",
+    "state_dict": "safeload._loading.loader",
+    "patch": "safeload._integrations.patching",
+    "unpatch": "safeload._integrations.patching",
 }
 
 

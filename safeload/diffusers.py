@@ -28,10 +28,10 @@ from typing import Any
 
 import diffusers as _df
 
+from safeload._integrations.folder import prepare
+from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.transformers._folder import prepare
-from safeload.transformers._guard import inside, refuse_host_unpickling
 
 __all__ = ["DiffusionPipeline", "from_pretrained"]
 

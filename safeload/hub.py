@@ -23,9 +23,9 @@ from typing import Any
 
 from huggingface_hub.errors import EntryNotFoundError
 
+from safeload._trust.resolve import FetchedModel, fetch_dataset, fetch_model
 from safeload.errors import UntrustedSourceError
 from safeload.policy import Policy, load_policy
-from safeload.resolve import FetchedModel, fetch_dataset, fetch_model
 
 __all__ = ["UnpinnedFileError", "hf_hub_download", "snapshot_download"]
 

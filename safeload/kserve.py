@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from safeload._files import create_beside
-from safeload._hashing import copy_and_hash, hash_fd
 from safeload._relpath import is_safe_relpath
+from safeload._trust.hashing import copy_and_hash, hash_fd
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 
 __all__ = ["SCHEME", "initialize", "main"]

@@ -26,10 +26,10 @@ from typing import Any
 import peft as _peft
 import torch
 
+from safeload._integrations.folder import prepare
+from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.transformers._folder import prepare
-from safeload.transformers._guard import inside, refuse_host_unpickling
 
 __all__ = ["PeftModel", "from_pretrained"]
 

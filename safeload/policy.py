@@ -28,7 +28,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from safeload._relpath import is_safe_relpath
-from safeload._signers import CertificateSigner, KeySigner, Signer, SigstoreSigner
+from safeload._trust.signers import CertificateSigner, KeySigner, Signer, SigstoreSigner
 from safeload._units import parse_duration, parse_size
 from safeload.errors import PolicyError
 
@@ -68,7 +68,7 @@ class SandboxSettings:
     """``[sandbox]``: how the jail runs pickle-family artifacts."""
 
     unpickler: Literal["inert", "execute"] = "inert"
-    # The weakest jail tier accepted (sandbox._tiers): "full", "namespaces" or "landlock" (any).
+    # The weakest jail tier accepted (safeload._jail.tiers): "full", "namespaces" or "landlock" (any).
     weakest_jail: Literal["full", "namespaces", "landlock"] = "landlock"
     timeout_s: float = 120.0
     memory_bytes: int = 8 * _GiB
@@ -610,7 +610,7 @@ def _parse_model(
 
 
 def _parse_evaluation(t: _Table, signers: Mapping[str, Signer]) -> EvaluationRequirement:
-    from safeload.attestation import parse_threshold
+    from safeload._trust.attestation import parse_threshold
 
     t.check_keys({"signer", "metrics", "path", "dataset"})
     signer = t.req_str("signer")

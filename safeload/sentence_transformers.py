@@ -27,9 +27,9 @@ from typing import Any
 
 import sentence_transformers as _st
 
+from safeload._integrations.folder import prepare
+from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.policy import Policy, load_policy
-from safeload.transformers._folder import prepare
-from safeload.transformers._guard import inside, refuse_host_unpickling
 
 __all__ = ["SentenceTransformer", "build"]
 

@@ -63,8 +63,8 @@ def _trusted_names(trusted: Iterable[str]) -> list[str]:
 def _convert_in_jail(fd: int, policy: Policy) -> tuple[int, tuple[str, ...]]:
     """Run the skops worker on the pickle open at ``fd``: a descriptor for the skops file it wrote and the
     types it reports as untrusted (advice for messages; the host decides what is trusted)."""
-    from safeload.loader import _open_output, _output_dir, _read_fd, _sandbox_limits, _worker_error
-    from sandbox.launcher import run_worker
+    from safeload._jail.launcher import run_worker
+    from safeload._loading.loader import _open_output, _output_dir, _read_fd, _sandbox_limits, _worker_error
 
     limits = _sandbox_limits(policy)
     with _output_dir() as (out, dir_fd):
@@ -109,7 +109,7 @@ def load(
         MissingModuleError: skops or scikit-learn (or a module the pickle needs) is not installed.
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
     """
-    from safeload.loader import _open_source
+    from safeload._loading.loader import _open_source
 
     sio = _skops_io()
     names = _trusted_names(trusted)
@@ -169,7 +169,7 @@ def convert(
         UnsupportedFormatError, MissingModuleError, SandboxError: as :func:`load`.
     """
     from safeload._files import create_beside
-    from safeload.loader import _copy_fd, _open_source
+    from safeload._loading.loader import _copy_fd, _open_source
 
     pol = load_policy(policy)
     fd, name = _open_source(src, pol)

@@ -85,7 +85,7 @@ class _Walker:
         self.by_id: dict[int, int] = {}  # node id -> index in ``found`` of the tensor it defined
 
     def _record(self, path: str, node: Mapping[str, Any], kind: str) -> None:
-        from safeload._manifest import np_itemsize
+        from safeload._loading.manifest import np_itemsize
 
         shape = tuple(int(x) for x in node.get("shape", ()))
         dtype = str(node.get("dtype"))
@@ -190,9 +190,9 @@ def inspect_file(path: Path, *, policy: Any, encoding: str = "utf-8") -> Inspect
         SandboxUnavailableError, SandboxTimeoutError, SandboxLimitError, SandboxError: the jail failed.
         OSError: the file cannot be opened.
     """
-    from safeload._formats import sniff
-    from safeload.loader import _open_source, _run_jail, check_encoding
-    from sandbox.worker._common import DTYPE_SIZES
+    from safeload._loading.formats import sniff
+    from safeload._loading.loader import _open_source, _run_jail, check_encoding
+    from safeload._sandbox.worker._common import DTYPE_SIZES
 
     encoding = check_encoding(encoding)
     fd, name = _open_source(path, policy)

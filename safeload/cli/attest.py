@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from safeload._hashing import hash_fd
+from safeload._trust.hashing import hash_fd
 from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_OK, UI
 from safeload.errors import PolicyError
@@ -79,7 +79,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _metrics(path: Path) -> list[Any]:
-    from safeload.attestation import Metric
+    from safeload._trust.attestation import Metric
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,7 +143,7 @@ def _folder_files(folder: Path) -> dict[str, str]:
 
 def _dataset_pins(args: argparse.Namespace) -> str | None:
     """The pin-set digest of the [datasets] entry --dataset names, when the policy pins its files."""
-    from safeload.attestation import dataset_digest
+    from safeload._trust.attestation import dataset_digest
 
     if args.dataset is None:
         return None
@@ -152,7 +152,7 @@ def _dataset_pins(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.attestation import sign_statement, statement
+    from safeload._trust.attestation import sign_statement, statement
 
     metrics = _metrics(args.metrics)
     dataset_pins = _dataset_pins(args)
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         files = _folder_files(Path(args.model))
         output = args.output or Path(args.model) / "evaluation.intoto.jsonl"
     else:
-        from safeload.resolve import fetch_model
+        from safeload._trust.resolve import fetch_model
 
         if args.output is None:
             raise PolicyError("attesting a [models] name: give -o FILE for the attestation")

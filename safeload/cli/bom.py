@@ -14,7 +14,7 @@ from safeload.cli._ui import EXIT_ERROR, EXIT_OK, UI
 from safeload.errors import UntrustedSourceError
 
 if TYPE_CHECKING:
-    from safeload.bom import BomModel
+    from safeload._supply.bom import BomModel
     from safeload.policy import Policy
 
 __all__ = ["add_parser", "run"]
@@ -61,14 +61,14 @@ def add_parser(sub: Any) -> None:
 
 
 def _bom_model(name: str, policy: Policy) -> BomModel:
-    from safeload.bom import bom_model
-    from safeload.resolve import fetch_model
+    from safeload._supply.bom import bom_model
+    from safeload._trust.resolve import fetch_model
 
     return bom_model(fetch_model(name, policy=policy, progress=sys.stderr.isatty()), policy)
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.bom import build_bom, write_bom
+    from safeload._supply.bom import build_bom, write_bom
 
     policy = load_policy(args)
     names: list[str] = list(args.names) or sorted(policy.models)

@@ -133,7 +133,7 @@ def _tensor_count(path: Path) -> int:
 
 
 def _convert_one(src: Path, dst: Path, args: argparse.Namespace) -> _Converted:
-    from safeload.convert import convert_checkpoint, sha256_file
+    from safeload._loading.convert import convert_checkpoint, sha256_file
 
     digest = sha256_file(src)
     done = convert_checkpoint(
@@ -156,7 +156,7 @@ def _check_output(path: Path, force: bool) -> None:
 def _convert_folder(
     src: Path, dst: Path, args: argparse.Namespace, ui: UI
 ) -> tuple[list[_Converted], Path | None]:
-    from safeload.convert import converted_index, safetensors_name
+    from safeload._loading.convert import converted_index, safetensors_name
 
     index = src / "pytorch_model.bin.index.json"
     new_doc: dict[str, Any] | None = None
@@ -203,7 +203,7 @@ def _convert_folder(
 
 
 def _run_skops(src: Path, args: argparse.Namespace, ui: UI) -> int:
-    from safeload.convert import sha256_file
+    from safeload._loading.convert import sha256_file
     from safeload.sklearn import convert
 
     if src.is_dir():

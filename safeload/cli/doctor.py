@@ -67,7 +67,7 @@ def _bwrap(path: str | None) -> dict[str, Any]:
 
 
 def _jail_ids() -> dict[str, Any]:
-    from sandbox._privileges import jail_id_range
+    from safeload._jail.privileges import jail_id_range
 
     try:
         ids = jail_id_range()
@@ -85,7 +85,7 @@ def _owner(uid: int) -> str:
 
 def _store_problem(root: Path) -> str | None:
     """The first reason the store's ownership rule refuses the store root or a folder above it."""
-    from safeload.store import unsafe_reason
+    from safeload._trust.store import unsafe_reason
 
     path, sticky_ok = Path(os.path.realpath(root)), False
     while True:
@@ -141,7 +141,7 @@ def _verdicts(checks: list[dict[str, Any]]) -> tuple[bool | None, bool | None]:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from sandbox import _tiers
+    from safeload._jail import tiers as _tiers
 
     policy = load_policy(args)
     floor = policy.sandbox.weakest_jail

@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.store import Store
+    from safeload._trust.store import Store
 
     policy = load_policy(args)
     report = Store(policy.store).gc()

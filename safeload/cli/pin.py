@@ -94,7 +94,7 @@ def _policy_path(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.pinning import pin_model
+    from safeload._trust.pinning import pin_model
 
     match = _HF_REF.match(args.url)
     ref = match.group(1) if match is not None else None

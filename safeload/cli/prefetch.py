@@ -55,8 +55,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.resolve import fetch_dataset
-    from safeload.transformers._folder import prepare
+    from safeload._integrations.folder import prepare
+    from safeload._trust.resolve import fetch_dataset
 
     policy = load_policy(args)
     if args.all and args.names:
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         )
     refetched: dict[str, list[str]] = {}
     if args.refetch:
-        from safeload.store import Store
+        from safeload._trust.store import Store
 
         store = Store(policy.store)
         for name in names:

@@ -53,8 +53,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.pinning import render_entry
-    from safeload.publish import push_model
+    from safeload._supply.publish import push_model
+    from safeload._trust.pinning import render_entry
 
     policy = load_policy(args)
     result = push_model(

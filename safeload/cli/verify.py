@@ -14,8 +14,8 @@ from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
 from safeload.errors import IntegrityError, UntrustedSourceError
 
 if TYPE_CHECKING:
+    from safeload._trust.store import Store
     from safeload.policy import ModelEntry, Policy
-    from safeload.store import Store
 
 __all__ = ["add_parser", "run"]
 
@@ -85,10 +85,10 @@ def _gate(policy: Policy, name: str, ui: UI) -> int:
     """Fetch (if needed) and verify one model, and emit one verdict record."""
     from datetime import datetime, timezone
 
-    from safeload import audit
+    from safeload._trust import audit
+    from safeload._trust.resolve import fetch_model
+    from safeload._trust.store import Store
     from safeload.errors import SafeloadError
-    from safeload.resolve import fetch_model
-    from safeload.store import Store
 
     entry = policy.models.get(name)
     if entry is None:
@@ -184,7 +184,7 @@ def _read(store: Store, digest: str | None, what: str, problems: list[str]) -> b
 def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
     """Re-hash what the store holds for ``entry`` and hand it to the verification core, the same
     routine the loader calls: only the store's own integrity (blobs, the folder's shape) is checked here."""
-    from safeload.verification import Evidence, assess
+    from safeload._trust.verification import Evidence, assess
 
     result = _Result(entry.name, kind=entry.kind)
     record = store.read_model(entry.registry, entry.store_repo, entry.store_revision())
@@ -240,7 +240,7 @@ def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.store import Store
+    from safeload._trust.store import Store
 
     policy = load_policy(args)
     if args.gate is not None:

@@ -11,7 +11,7 @@
 A ``models:/NAME/VERSION`` URI resolves only through ``trust.toml``: to the one ``[models]`` entry of a
 ``kind = "mlflow"`` registry with ``repo = NAME`` and ``revision = VERSION`` (or give the entry's own
 name). Its pinned files are fetched through the fetch jail and verified into the store
-(:mod:`safeload.registries.mlflow`), MLmodel is checked before any loader runs
+(:mod:`safeload._trust.registries.mlflow`), MLmodel is checked before any loader runs
 (:mod:`safeload.mlflow._mlmodel`), and the weights are loaded by safeload's own paths: the transformers
 drop-in with ``trust_remote_code=False``, or the jail's unpickler for a pytorch checkpoint, whose tensors
 go into the module the caller passes. mlflow itself is never imported.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from safeload.errors import UntrustedSourceError
 from safeload.mlflow._mlmodel import MLmodel, check_mlmodel
 from safeload.policy import MlflowRegistrySpec, Policy, load_policy
-from safeload.resolve import FetchedModel, fetch_model
+from safeload._trust.resolve import FetchedModel, fetch_model
 
 __all__ = ["Verified", "fetch"]
 

@@ -38,7 +38,7 @@ def load_model(
     """
     from safeload.mlflow import fetch
     from safeload.transformers import from_pretrained
-    from safeload.transformers._guard import inside, refuse_host_unpickling
+    from safeload._integrations.guard import inside, refuse_host_unpickling
 
     if return_type not in ("pipeline", "components"):
         raise ValueError(f"return_type must be 'pipeline' or 'components', got {return_type!r}")

@@ -25,9 +25,9 @@ from typing import Any
 
 import transformers as _hf
 
+from safeload._integrations.folder import Prepared, prepare
+from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UnsafeContentError, UntrustedSourceError
-from safeload.transformers._folder import Prepared, prepare
-from safeload.transformers._guard import inside, refuse_host_unpickling
 
 __all__ = [
     "AutoBackbone",

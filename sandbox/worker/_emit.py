@@ -231,7 +231,7 @@ class _Emitter:
     def tensor(self, t: Tensor) -> dict[str, Any]:
         if t.dtype not in DTYPE_SIZES:
             raise FormatError(f"tensor dtype {t.dtype!r} is not supported")
-        # The same checks the host makes (safeload/_manifest.py), so that a well-formed file never
+        # The same checks the host makes (safeload/_loading/manifest.py), so that a well-formed file never
         # produces a manifest the host rejects as an attack.
         size = DTYPE_SIZES[t.dtype]
         nbytes = self.table.specs[t.storage.index]["nbytes"]

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from sandbox._privileges import jail_interpreter
+from safeload._jail.privileges import jail_interpreter
 
 __all__ = ["NOBODY", "REPO", "fresh_uid", "home_for", "run_as", "shared_folder"]
 

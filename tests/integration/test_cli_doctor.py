@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from safeload._jail import tiers as _tiers
 from safeload.cli import main
-from sandbox import _tiers
 from tests.helpers.trust import write_policy
 
 TIER_KEYS = {"tier", "available", "cause", "detail", "fix"}

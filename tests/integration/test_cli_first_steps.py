@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload.pinning import pin_hint
+from safeload._trust.pinning import pin_hint
 from safeload.policy import load_policy, parse_policy
 from tests.helpers.models import save_model, tiny_gpt2
 from tests.integration.test_cli import cli

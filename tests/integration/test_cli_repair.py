@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, SafeloadError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.integration.test_cli import as_json, cli
 
 NAME = "org/name"
@@ -121,7 +121,7 @@ def test_usual_failures_name_the_entry_without_none_or_store_keys(tmp_path: Path
     messages.append(str(info.value))
     assert "no revision (directory registry)" in messages[-1]
 
-    from safeload.transformers._folder import prepare
+    from safeload._integrations.folder import prepare
 
     with pytest.raises(SafeloadError) as info:
         prepare(NAME, weights=False, trust_remote_code=False, policy=policy, revision="abc")

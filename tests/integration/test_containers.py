@@ -302,7 +302,7 @@ def test_the_jail_is_the_tier_measured_and_the_audit_log_names_it(
 import json
 from pathlib import Path
 import safeload
-from sandbox.launcher import jail_tier
+from safeload._jail.launcher import jail_tier
 step("tier", jail_tier)
 step("load", lambda: safeload.load("/artifacts/t.safetensors", policy="/artifacts/trust.toml")["w"].tolist())
 step("audit", lambda: [json.loads(l)["jail"] for l in Path("/tmp/audit.jsonl").read_text().splitlines()])
@@ -490,7 +490,7 @@ def test_a_prefetch_from_a_hub_compatible_server(
     mounts: dict[Path | str, tuple[str, bool]] = {
         exchange / "policy": ("/policy", True), data: ("/data", False)}
     body = _PREFETCH + r"""
-from sandbox.launcher import jail_tier
+from safeload._jail.launcher import jail_tier
 step("tier", jail_tier)
 """
     results = _steps(podman, config, body, exchange, mounts=mounts, network="host",

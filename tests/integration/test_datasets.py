@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.pinning import pin_model
+from safeload._trust.resolve import fetch_dataset
 from safeload.errors import IntegrityError, PolicyError, UntrustedSourceError
-from safeload.pinning import pin_model
 from safeload.policy import load_policy, parse_policy
-from safeload.resolve import fetch_dataset
 from tests.helpers.trust import write_policy
 from tests.integration.conftest import SessionHub
 

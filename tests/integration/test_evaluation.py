@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from safeload.attestation import is_weight_file
+from safeload._trust.attestation import is_weight_file
+from safeload._trust.resolve import fetch_model
 from safeload.cli import main
 from safeload.errors import EvaluationError, IntegrityError, PolicyError, SignatureError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.signing import generate_key
 from tests.helpers.trust import write_policy
 

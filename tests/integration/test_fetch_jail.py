@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import launcher
-from sandbox._broker import Broker
+from safeload._jail import launcher
+from safeload._jail.broker import Broker
 
 
 class _Listener:

@@ -1,6 +1,7 @@
 """Bounded fuzzing of the worker's parsers and of the host's manifest validation.
 
-1. The worker's readers (``sandbox.worker._formats.parse``, which drives the inert unpickler and the zip
+1. The worker's readers (``safeload._sandbox.worker._formats.parse``, which drives the inert unpickler and
+the zip
    reader) run in this process on random and mutated artifacts: they never call anything, so this is
    safe here, and much faster than a jail per example. Every input must end in a manifest the host
    validates, or in the worker's typed ``FormatError``/``LimitError``; never another exception, and
@@ -26,12 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import safeload
-from safeload._manifest import parse_manifest
-from safeload._rebuild import build, make_restore
+from safeload._loading.manifest import parse_manifest
+from safeload._loading.rebuild import build, make_restore
+from safeload._sandbox.worker._common import Budgets, FormatError, LimitError
+from safeload._sandbox.worker._emit import build_manifest
+from safeload._sandbox.worker._formats import parse
 from safeload.errors import SafeloadError, SandboxError
-from sandbox.worker._common import Budgets, FormatError, LimitError
-from sandbox.worker._emit import build_manifest
-from sandbox.worker._formats import parse
 from tests.helpers.torch_tar import torch_tar_bytes
 
 

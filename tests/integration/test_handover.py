@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from safeload._jail import launcher
+from safeload._jail import privileges as _privileges
 from safeload.errors import SandboxError, SandboxLimitError
-from sandbox import _privileges, launcher
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap jails need Linux"),
@@ -312,7 +313,7 @@ _KILLED_CALLER = r"""
 import sys, tempfile
 sys.path.insert(0, sys.argv[1])
 tempfile.tempdir = sys.argv[2]
-from sandbox import launcher
+from safeload._jail import launcher
 launcher._run_python_in_jail("import time; time.sleep(60)")
 """
 
@@ -320,7 +321,7 @@ _NEXT_CALLER = r"""
 import sys, tempfile
 sys.path.insert(0, sys.argv[1])
 tempfile.tempdir = sys.argv[2]
-from sandbox import launcher
+from safeload._jail import launcher
 assert launcher._run_python_in_jail("print(1)").stdout == "1\n"
 """
 

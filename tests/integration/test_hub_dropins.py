@@ -1,4 +1,4 @@
-"""safeload.hub drop-ins and safeload.pinning against the real Hub (olah)."""
+"""safeload.hub drop-ins and safeload._trust.pinning against the real Hub (olah)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import EntryNotFoundError
 
+from safeload._trust.pinning import pin_model
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, PolicyError, UntrustedSourceError
 from safeload.hub import UnpinnedFileError, hf_hub_download, snapshot_download
-from safeload.pinning import pin_model
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.trust import pins, write_policy
 from tests.integration.conftest import TINY, SessionHub
 

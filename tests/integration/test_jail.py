@@ -1,6 +1,6 @@
 """The jail, attacked from inside with real bubblewrap (run as root, as CI does).
 
-Every payload runs through ``sandbox.launcher._run_python_in_jail``: the same command line, seccomp
+Every payload runs through ``safeload._jail.launcher._run_python_in_jail``: the same command line, seccomp
 filter, rlimits and privilege drop as ``run_worker``, with a Python snippet in place of the worker.
 Each security claim is tested by a payload that would leave a trace on the host if the claim were
 false, and an assertion that it did not.
@@ -29,9 +29,12 @@ from pathlib import Path
 
 import pytest
 
+from safeload._jail import launcher
+from safeload._jail import privileges as _privileges
+from safeload._jail import seccomp as _seccomp
+from safeload._jail import tiers as _tiers
+from safeload._jail.launcher import Limits, WorkerRun, run_worker
 from safeload.errors import SandboxLimitError, SandboxTimeoutError, SandboxUnavailableError
-from sandbox import _privileges, _seccomp, _tiers, launcher
-from sandbox.launcher import Limits, WorkerRun, run_worker
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap jails need Linux")
 

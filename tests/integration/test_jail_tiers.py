@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 import safeload
+from safeload._jail import launcher
+from safeload._jail import privileges as _privileges
+from safeload._jail import tiers as _tiers
+from safeload._jail.launcher import Limits
 from safeload.errors import SandboxUnavailableError
 from safeload.policy import Policy, SandboxSettings
-from sandbox import _privileges, _tiers, launcher
-from sandbox.launcher import Limits
 
 _HOSTILE = textwrap.dedent("""
     import ctypes, json, os, socket, threading

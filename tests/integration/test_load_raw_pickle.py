@@ -92,7 +92,7 @@ def _worker_manifest(path: Path, out: Path) -> dict[str, Any]:
     """The manifest the inert worker writes for ``path`` (run outside the jail: the file is benign)."""
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "sandbox.worker", "--mode", "inert", "--max-output", str(1 << 30),
+        [sys.executable, "-m", "safeload._sandbox.worker", "--mode", "inert", "--max-output", str(1 << 30),
          "--in", str(path), "--out", str(out)],
         cwd=_REPO, capture_output=True, text=True, timeout=120, check=False,
     )

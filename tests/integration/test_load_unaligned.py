@@ -25,7 +25,7 @@ _CHILD = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 import safeload
-from safeload.loader import _run_jail
+from safeload._loading.loader import _run_jail
 from safeload.policy import load_policy
 import os
 path = sys.argv[2]

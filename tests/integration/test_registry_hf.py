@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from safeload._trust.resolve import fetch_model
+from safeload._trust.store import Store
 from safeload.errors import IntegrityError, PolicyError, UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
-from safeload.store import Store
 from tests.helpers.hubserver import minilm_files
 from tests.helpers.trust import pins, sha256_of, write_policy
 from tests.integration.conftest import MINILM, TINY, SessionHub

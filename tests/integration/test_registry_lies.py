@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.pinning import hash_repo
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
-from safeload.pinning import hash_repo
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.trust import write_policy
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -281,7 +281,7 @@ def test_a_good_file_behind_an_allowed_redirect_loads(tmp_path: Path, liar: Liar
 
 
 def test_a_redirect_to_plain_http_from_https_is_refused() -> None:
-    from sandbox.worker._http_rules import RuleError, next_url
+    from safeload._sandbox.worker._http_rules import RuleError, next_url
 
     with pytest.raises(RuleError, match="leaves https for plain http"):
         next_url("https://hub.example/x", "http://hub.example/y", allowed=["hub.example"])
@@ -316,7 +316,7 @@ def test_credential_headers_in_a_request_never_follow_a_redirect(
 ) -> None:
     """Only the site's ``auth`` carries credentials, and only to the origin: a request's own
     Authorization or Cookie header is dropped before anything is sent, to the origin or elsewhere."""
-    from sandbox.fetch import Request, Site, fetch
+    from safeload._jail.fetch import Request, Site, fetch
 
     liar.status = lambda method, path: 302
     liar.headers = lambda method, path: {"Location": f"{capture.endpoint}/cdn/blob"}

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.trust import write_policy
 
 _MiB = 1 << 20

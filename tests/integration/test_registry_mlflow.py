@@ -33,7 +33,7 @@ import torch
 
 from safeload.errors import IntegrityError, PolicyError, UnsafeContentError, UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
+from safeload._trust.resolve import fetch_model
 from tests.helpers.mlflowserver import MlflowServer
 from tests.helpers.tinynet import TinyNet
 from tests.helpers.trust import write_policy
@@ -280,7 +280,7 @@ def test_pin_writes_the_entry_a_load_needs_and_resolves_an_alias_only_then(
     import tomllib
 
     import safeload.mlflow.transformers
-    from safeload.pinning import pin_model
+    from safeload._trust.pinning import pin_model
 
     server = logged.server
     policy_path = policy_for(tmp_path, server.endpoint, {})
@@ -305,7 +305,7 @@ def test_pin_writes_the_entry_a_load_needs_and_resolves_an_alias_only_then(
 
 @pytest.mark.slow
 def test_pin_refuses_a_model_that_asks_to_run_its_code(tmp_path: Path, mlflow_server: MlflowServer) -> None:
-    from safeload.pinning import pin_model
+    from safeload._trust.pinning import pin_model
 
     files = {"MLmodel": _PYFUNC_MLMODEL, "python_model.pkl": b"cos\nsystem\n(S'true'\ntR."}
     version = mlflow_server.add_model("pin-pyfunc", files)

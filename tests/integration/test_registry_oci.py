@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.pinning import pin_model
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, PolicyError, SignatureError, UntrustedSourceError
-from safeload.pinning import pin_model
 from safeload.policy import load_policy, parse_policy
-from safeload.resolve import fetch_model
 from tests.helpers.canary import Payload
 from tests.helpers.ociregistry import OciRegistry, oras_push
 from tests.helpers.signing import generate_key, sign_with_key, write_tiny_model
@@ -450,7 +450,7 @@ def test_an_attached_bom_is_validated_and_kept_as_the_upstream_bom(
         {"alg": "SHA-256", "content": fetched.upstream_bom.digest.removeprefix("sha256:")}
     ]
     # gc keeps what a published model references
-    from safeload.store import Store
+    from safeload._trust.store import Store
 
     Store(tmp_path / "store").gc()
     assert fetched.upstream_bom.path.exists()
@@ -545,7 +545,7 @@ def test_push_publishes_a_verified_model_that_pulls_back_verified(
 
 
 def test_push_refuses_a_digest_target_and_an_unknown_host(tmp_path: Path, registry: OciRegistry) -> None:
-    from safeload.publish import push_model
+    from safeload._supply.publish import push_model
 
     policy_path, _ = _source_policy(tmp_path, registry)
     policy = load_policy(policy_path)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._supply.publish import push_model
+from safeload._trust.resolve import fetch_model
 from safeload.errors import UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.publish import push_model
-from safeload.resolve import fetch_model
 from tests.helpers.ociregistry import OciRegistry, TokenService
 from tests.helpers.signing import write_tiny_model
 from tests.helpers.trust import write_policy
@@ -97,7 +97,7 @@ def test_push_and_pull_take_the_token_dance_with_the_docker_login(
     assert asked and all(s.get("authorization", "").startswith("Basic ") for s in asked)
     assert any("repository%3Aauth%2Ftiny%3Apull%2Cpush" in s["path"] for s in asked)
 
-    from safeload.pinning import render_entry
+    from safeload._trust.pinning import render_entry
 
     entry = {
         "registry": "oci",

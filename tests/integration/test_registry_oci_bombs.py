@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.pinning import pin_model
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, PolicyError
-from safeload.pinning import pin_model
 from safeload.policy import UnpackBudgets, load_policy, parse_policy
-from safeload.resolve import fetch_model
 from tests.helpers.ociregistry import OciRegistry
 from tests.helpers.trust import write_policy
 

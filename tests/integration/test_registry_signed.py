@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.resolve import fetch_model
+from safeload._trust.store import Store
 from safeload.errors import SignatureError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
-from safeload.store import Store
 from tests.helpers.signing import KeyPair, generate_key, key_identity, sign_with_key, write_tiny_model
 from tests.helpers.trust import write_policy
 from tests.integration.conftest import SessionHub

@@ -14,9 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from safeload._trust.resolve import fetch_model
 from safeload.errors import SignatureError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.signing import (
     FIXTURE_SIGNED,
     FIXTURE_SIGSTORE_IDENTITY,

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from safeload._trust.resolve import fetch_model
 from safeload.errors import SafeloadError, UntrustedSourceError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.trust import write_policy
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from model_signing import hashing
 
-from safeload._signing import (
+from safeload._trust.signing import (
     CertificateSigner,
     KeySigner,
     SigstoreSigner,
@@ -249,7 +249,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
         if event in OUTBOUND:
             attempts.append(event)
     sys.addaudithook(hook)
-    from safeload._signing import SigstoreSigner, verify_model_signature
+    from safeload._trust.signing import SigstoreSigner, verify_model_signature
     folder, root, identity, issuer, files = sys.argv[1:6]
     signer = SigstoreSigner("ibm", identity, issuer, Path(root))
     model = Path(folder)
@@ -308,7 +308,7 @@ def test_fetch_model_verifies_the_real_sigstore_signature(
     fx: Path, trusted_root: Path, tmp_path: Path
 ) -> None:
     """Signer only, no file pins: exactly the signed files reach the folder; ignore-me stays out."""
-    from safeload.resolve import fetch_model
+    from safeload._trust.resolve import fetch_model
 
     signers = {
         "ibm": {
@@ -336,7 +336,7 @@ def _signed_repo(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
 
 
 def test_fetch_model_with_pins_and_a_key_signer(tmp_path: Path) -> None:
-    from safeload.resolve import fetch_model
+    from safeload._trust.resolve import fetch_model
 
     registry, public, pins = _signed_repo(tmp_path)
     models = {"acme/tiny": {"registry": "local", "repo": "acme/tiny", "signer": "acme", "files": pins}}
@@ -348,7 +348,7 @@ def test_fetch_model_with_pins_and_a_key_signer(tmp_path: Path) -> None:
 
 
 def test_fetch_model_refuses_a_pinned_file_the_signature_does_not_cover(tmp_path: Path) -> None:
-    from safeload.resolve import fetch_model
+    from safeload._trust.resolve import fetch_model
 
     registry, public, pins = _signed_repo(tmp_path)
     extra = registry / "acme" / "tiny" / "modeling_evil.py"
@@ -362,7 +362,7 @@ def test_fetch_model_refuses_a_pinned_file_the_signature_does_not_cover(tmp_path
 
 def test_fetch_model_refuses_a_signature_over_other_bytes_than_the_pins(tmp_path: Path) -> None:
     """The publisher signed one version; the policy pins (and the registry serves) another."""
-    from safeload.resolve import fetch_model
+    from safeload._trust.resolve import fetch_model
 
     registry, public, _ = _signed_repo(tmp_path)
     config = registry / "acme" / "tiny" / "config.json"

@@ -188,7 +188,7 @@ def test_importing_safeload_imports_neither_skops_nor_sklearn() -> None:
     import sys
 
     code = (
-        "import sys, safeload, safeload.loader; "
+        "import sys, safeload, safeload._loading.loader; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('skops', 'sklearn')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

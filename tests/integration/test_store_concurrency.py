@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.resolve import fetch_model
+from safeload._trust.store import Store
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
-from safeload.store import Store
 from tests.helpers.trust import pins, write_policy
 from tests.integration.conftest import SessionHub
 
@@ -26,7 +26,7 @@ from pathlib import Path
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
-from safeload.resolve import fetch_model
+from safeload._trust.resolve import fetch_model
 got = fetch_model(sys.argv[1], progress=False)
 print(json.dumps({"folder": str(got.folder), "files": dict(got.files)}))
 """

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 import safeload
+from safeload._trust.resolve import open_verified_local
+from safeload._trust.store import Store
 from safeload.errors import IntegrityError
 from safeload.policy import load_policy
-from safeload.resolve import open_verified_local
-from safeload.store import Store
 from tests.helpers.trust import sha256_of, write_policy
 
 

@@ -49,7 +49,7 @@ print(json.dumps(out))
 # Fetches a model and reads one file of its verified folder; prints the bytes, or the error.
 _FETCH = r"""
 import json, sys
-from safeload.resolve import fetch_model
+from safeload._trust.resolve import fetch_model
 try:
     fetched = fetch_model(sys.argv[1])
     print(json.dumps({"data": (fetched.folder / sys.argv[2]).read_text()}))

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import safeload
+from safeload._integrations.guard import refuse_host_unpickling
 from safeload.errors import IntegrityError, UnsafeContentError, UntrustedSourceError
 from safeload.transformers import (
     AutoConfig,
@@ -30,7 +31,6 @@ from safeload.transformers import (
     AutoTokenizer,
     pipeline,
 )
-from safeload.transformers._guard import refuse_host_unpickling
 from tests.helpers import models as M
 from tests.helpers.hubserver import copy_tree_files, minilm_files
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sandbox._privileges import jail_interpreter
+from safeload._jail.privileges import jail_interpreter
 
 _REPO = Path(__file__).resolve().parents[2]
 

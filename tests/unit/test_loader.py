@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload.loader import _open_source
+from safeload._loading.loader import _open_source
 from safeload.policy import Policy
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from safeload import Stub, state_dict
-from safeload._manifest import parse_manifest
-from safeload._rebuild import build, make_restore
+from safeload._loading.manifest import parse_manifest
+from safeload._loading.rebuild import build, make_restore
 from safeload.errors import SandboxError, UnsafeContentError
 
 

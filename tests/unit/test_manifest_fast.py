@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safeload._manifest import _Fallback, _FastValidator, _Invalid, _Validator
+from safeload._loading.manifest import _Fallback, _FastValidator, _Invalid, _Validator
 
 _STORAGES = [{"id": 0, "dtype": "float32", "nbytes": 64, "location": "cpu", "source": None},
              {"id": 1, "dtype": "uint8", "nbytes": 8, "location": "cpu", "source": None}]

@@ -1,10 +1,11 @@
-"""The token protocol's parsing and the rule for where credentials may go (safeload.registries._oci_auth)."""
+"""The token protocol's parsing and the rule for where credentials may go
+(safeload._trust.registries._oci_auth)."""
 
 from __future__ import annotations
 
 import pytest
 
-from safeload.registries._oci_auth import _realm_allowed, parse_challenge
+from safeload._trust.registries._oci_auth import _realm_allowed, parse_challenge
 
 
 def test_a_bearer_challenge_parses_with_quoted_commas() -> None:

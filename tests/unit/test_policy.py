@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload._signing import CertificateSigner, KeySigner, SigstoreSigner
+from safeload._trust.signing import CertificateSigner, KeySigner, SigstoreSigner
 from safeload._units import parse_duration, parse_size
 from safeload.errors import PolicyError
 from safeload.policy import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload.audit import record
+from safeload._trust.audit import record
 from safeload.errors import PolicyError
 from safeload.policy import Policy
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 WRITER = """
 import sys
 from pathlib import Path
-from safeload.audit import record
+from safeload._trust.audit import record
 from safeload.policy import Policy
 policy = Policy(audit_log=Path(sys.argv[1]))
 for i in range(300):

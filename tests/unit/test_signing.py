@@ -1,4 +1,5 @@
-"""safeload._signing with keys and certificate chains generated here and signatures made by model-signing."""
+"""safeload._trust.signing with keys and certificate chains generated here and signatures made by
+model-signing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safeload._signing import CertificateSigner, KeySigner, verify_model_signature, verify_signature
+from safeload._trust.signing import CertificateSigner, KeySigner, verify_model_signature, verify_signature
 from safeload.errors import SignatureError
 from tests.helpers.signing import (
     KeyPair,

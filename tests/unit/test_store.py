@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from safeload._trust.store import BlobRecord, Store
 from safeload.errors import IntegrityError, UnsafeStoreError
-from safeload.store import BlobRecord, Store
 
 
 def digest(data: bytes) -> str:

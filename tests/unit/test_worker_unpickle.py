@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.worker._common import Budgets, FormatError, LimitError
-from sandbox.worker._unpickle import unpickle
-from sandbox.worker._values import Global, Namespace, ODict, Stub
+from safeload._sandbox.worker._common import Budgets, FormatError, LimitError
+from safeload._sandbox.worker._unpickle import unpickle
+from safeload._sandbox.worker._values import Global, Namespace, ODict, Stub
 
 
 def _plain(obj: Any) -> Any:
@@ -140,7 +140,7 @@ def test_opcode_budget() -> None:
 
 
 def test_every_opcode_is_handled() -> None:
-    from sandbox.worker import _machine
+    from safeload._sandbox.worker import _machine
 
     known = {op.code.encode("latin-1")[0] for op in pickletools.opcodes}
     handled = set(_machine._DISPATCH) | _machine._INLINE | {ord(".")}
@@ -150,7 +150,7 @@ def test_every_opcode_is_handled() -> None:
 
 
 def test_the_allowlist_is_one_table() -> None:
-    from sandbox.worker import _allowlist
+    from safeload._sandbox.worker import _allowlist
 
     # NEWOBJ makes data only of allowlisted types; every other global, called, is a stub.
     assert set(_allowlist._NEW_EMPTY) <= set(_allowlist.ALLOWLIST)

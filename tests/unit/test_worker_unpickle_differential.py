@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from sandbox.worker._common import EncodingError, FormatError, LimitError
-from sandbox.worker._unpickle import unpickle
+from safeload._sandbox.worker._common import EncodingError, FormatError, LimitError
+from safeload._sandbox.worker._unpickle import unpickle
 
 pytestmark = pytest.mark.allow_host_unpickling
 

@@ -9,8 +9,8 @@ import zipfile
 import pytest
 import torch
 
-from sandbox.worker._common import FormatError
-from sandbox.worker._zip import ZipArchive
+from safeload._sandbox.worker._common import FormatError
+from safeload._sandbox.worker._zip import ZipArchive
 
 
 def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
@@ -93,7 +93,7 @@ def test_overlapping_members_are_refused() -> None:
 def test_deflate_bomb_is_refused_by_recorded_size() -> None:
     data = _zip({"a": b"\x00" * (1 << 20)}, zipfile.ZIP_DEFLATED)
     z = ZipArchive(data)
-    from sandbox.worker._common import LimitError
+    from safeload._sandbox.worker._common import LimitError
 
     with pytest.raises(LimitError):
         z.read("a", 1000)

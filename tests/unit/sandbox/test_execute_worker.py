@@ -2,7 +2,7 @@
 
 The worker is run outside the jail, in one throwaway subprocess (it calls ``torch.load``, which the test
 process never may), on benign files only: the jail's part is covered by ``tests/attacks``. Every manifest
-it writes must pass ``safeload._manifest.parse_manifest`` with the safetensors file it wrote.
+it writes must pass ``safeload._loading.manifest.parse_manifest`` with the safetensors file it wrote.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from safeload._manifest import parse_manifest
+from safeload._loading.manifest import parse_manifest
 
 _REPO = Path(__file__).resolve().parents[3]
 _DRIVER = (
     "import sys\n"
-    "from sandbox.worker.execute import main\n"
+    "from safeload._sandbox.worker.execute import main\n"
     "for src, out in zip(sys.argv[1::2], sys.argv[2::2]):\n"
     "    print(main(['--mode', 'execute', '--in', src, '--out', out]))\n"
 )

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from sandbox._broker import Broker
-from sandbox.worker._http_rules import (
+from safeload._jail.broker import Broker
+from safeload._sandbox.worker._http_rules import (
     RedirectRefused,
     RuleError,
     check_content_disposition,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sandbox._limits import EXECUTE_HEADROOM_BYTES, Limits, limit_error, output_error, prlimit_args
+from safeload._jail.limits import EXECUTE_HEADROOM_BYTES, Limits, limit_error, output_error, prlimit_args
 
 
 def test_kernel_kill_is_a_limit() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import _privileges as priv
+from safeload._jail import privileges as priv
 
 # Any uid of the range: the jail's uid owns nothing, so what matters is "a uid other than the owner".
 UID = GID = priv.JAIL_ID_RANGE.start + 4242

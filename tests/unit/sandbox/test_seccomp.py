@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
+from safeload._jail import seccomp as sc
 from safeload.errors import SandboxUnavailableError
-from sandbox import _seccomp as sc
 
 ALLOW = sc.SECCOMP_RET_ALLOW
 KILL = sc.SECCOMP_RET_KILL_PROCESS

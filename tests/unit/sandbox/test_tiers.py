@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from safeload._jail import privileges as _privileges
+from safeload._jail import tiers as _tiers
+from safeload._jail.tiers import JailSupport, TierCheck
 from safeload.errors import SandboxUnavailableError
-from sandbox import _privileges, _tiers
-from sandbox._tiers import JailSupport, TierCheck
 
 
 def _support(*available: str) -> JailSupport:

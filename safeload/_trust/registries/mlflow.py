@@ -1,0 +1,316 @@
+"""``kind = "mlflow"``: an MLflow tracking server's Model Registry, spoken to from the fetch jail.
+
+MLflow checksums nothing: a listing gives only sizes, a download's ETag is an md5 of mtime and size, a
+file under an existing version can be overwritten without the version changing, and aliases move. So a
+version number is only a locator; what identifies a model is its ``[models]`` entry: the registered
+model's name (``repo``), the version (``revision``, digits only), the version's ``source`` (its run
+folder or LoggedModel, as ``model-versions/get`` reports it) and every file's sha256 (and, optionally,
+size).
+
+Every cold fetch, before any file is downloaded (:meth:`MlflowRegistry.bind`):
+
+1. ``model-versions/get``: the version exists, is ``READY`` and its ``source`` equals the pin;
+2. ``model-versions/get-download-uri``: only a host-less ``mlflow-artifacts:/`` URI made of plain path
+   segments is accepted (another host, ``file://``, ``..``, percent-encoding: an ``IntegrityError``
+   naming it), since the stock client sends the user's credentials to a host named there and copies
+   local files for ``file://``;
+3. ``GET /api/2.0/mlflow-artifacts/artifacts?path=...``, walked recursively: every name must be a plain
+   segment, the listed set must equal the pinned set, and a listed size must equal a pinned size.
+
+Downloads (``.../mlflow-artifacts/artifacts/PATH``) run in the fetch jail of :mod:`safeload._jail.fetch` like
+every other registry's; each is capped at its pinned size (else the listed size) and at
+``max_file_size``, and the store hashes it against its pin. Credentials (``auth = "basic"``:
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``; ``"token"``: ``MLFLOW_TRACKING_TOKEN``) are
+sent to the endpoint's origin only; there are no redirect hosts. The mlflow library is never imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlencode
+
+from safeload._jail.fetch import Answer, Request
+from safeload._jail.launcher import Tier
+from safeload._trust.registries import Delivered
+from safeload._trust.registries._http import API_CAP, JailedRegistry
+from safeload.errors import IntegrityError, PolicyError, SafeloadError, UntrustedSourceError
+from safeload.policy import MlflowRegistrySpec, ModelEntry
+
+__all__ = ["MlflowRegistry", "MlflowVersion", "artifact_root"]
+
+_API = "/api/2.0/mlflow"
+_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
+_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
+_MAX_ENTRIES = 10_000
+_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class MlflowVersion:
+    """What the server says about one model version: its ``source`` and run, the artifact folder its
+    files live in (relative to the ``mlflow-artifacts`` root), and every file with its listed size."""
+
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    root: str
+    sizes: Mapping[str, int]
+
+
+def _plain(path: str) -> bool:
+    return bool(path) and all(_SEGMENT.match(seg) and seg not in (".", "..") for seg in path.split("/"))
+
+
+def artifact_root(uri: object, where: str) -> str:
+    """The artifact folder a ``get-download-uri`` answer names, relative to the ``mlflow-artifacts``
+    root: only ``mlflow-artifacts:/A/B/...`` (or ``mlflow-artifacts:///A/B/...``) with plain segments.
+
+    Raises:
+        IntegrityError: anything else (another host, another scheme such as ``file://``, ``..``, an
+            encoded or empty segment), named in the message.
+    """
+    text = uri if isinstance(uri, str) else repr(uri)
+    rest: str | None = None
+    if isinstance(uri, str):
+        if uri.startswith("mlflow-artifacts:///"):
+            rest = uri[len("mlflow-artifacts:///") :]
+        elif uri.startswith("mlflow-artifacts:/") and not uri.startswith("mlflow-artifacts://"):
+            rest = uri[len("mlflow-artifacts:/") :]
+    if rest is None or not _plain(rest.rstrip("/")):
+        raise IntegrityError(
+            f"{where}: the server names the files' location {text[:300]!r}; only a host-less "
+            "'mlflow-artifacts:/' URI with plain path segments is accepted (no other host, no file://, no "
+            "'..', no encoded characters). Nothing was fetched; the server is lying or misconfigured"
+        )
+    return rest.rstrip("/")
+
+
+class MlflowRegistry(JailedRegistry):
+    kind = "mlflow"
+    credentials_hint = (
+        'set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (auth = "basic") or '
+        'MLFLOW_TRACKING_TOKEN (auth = "token") to credentials with READ on the model and its experiment'
+    )
+
+    def __init__(
+        self,
+        spec: MlflowRegistrySpec,
+        *,
+        jail: Tier = "landlock",
+        bound: MlflowVersion | None = None,
+        pins: ModelEntry | None = None,
+    ) -> None:
+        super().__init__(spec.name, spec.endpoint, (), spec.max_file_bytes, jail=jail)
+        self._spec = spec
+        self._bound = bound
+        self._pins = pins
+
+    def _auth(self) -> str | None:
+        if self._spec.auth == "basic":
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+            if not user or password is None:
+                raise PolicyError(
+                    f'registries.{self.name}: auth = "basic" needs MLFLOW_TRACKING_USERNAME and '
+                    "MLFLOW_TRACKING_PASSWORD in the environment"
+                )
+            return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        if self._spec.auth == "token":
+            token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+            if not token:
+                raise PolicyError(
+                    f'registries.{self.name}: auth = "token" needs MLFLOW_TRACKING_TOKEN in the environment'
+                )
+            return f"Bearer {token}"
+        return None
+
+    def _failure(self, answer: Answer, what: str) -> SafeloadError:
+        if answer.kind in ("announced", "cap"):
+            details = dict(answer.details or {})
+            size = details.get("limit", details.get("cap"))
+            return IntegrityError(
+                f"{self._where()}: {what}: the server sends more than {size} bytes, the file's pinned (or "
+                "listed) size; the download was stopped and nothing was stored. The server is lying, or "
+                "the file was replaced under the pinned version"
+            )
+        return super()._failure(answer, what)
+
+    def _api(self, path: str, query: Mapping[str, str], what: str) -> dict[str, object]:
+        url = f"{self.endpoint}{path}?{urlencode(query)}"
+        data, _ = self._json(Request(id="0", url=url, max_bytes=API_CAP), what)
+        if not isinstance(data, dict):
+            raise SafeloadError(f"{self._where()}: {what}: the answer is not a JSON object")
+        return data
+
+    # ------------------------------------------------------------------------------ what the server says
+
+    def describe(self, name: str, version: str) -> MlflowVersion:
+        """The version's source, run and files, as the server reports them now (checked for shape).
+
+        Raises:
+            UntrustedSourceError: the model or version does not exist, or is not READY.
+            IntegrityError: the download URI or a listed name breaks the rules in the module's docstring.
+        """
+        what = f"model {name!r} version {version}"
+        if not _VERSION.match(version):
+            raise UntrustedSourceError(f"{self._where()}: {what}: a version is a number")
+        got = self._api(f"{_API}/model-versions/get", {"name": name, "version": version}, what)
+        info = got.get("model_version")
+        if not isinstance(info, dict) or str(info.get("version")) != version or info.get("name") != name:
+            raise IntegrityError(f"{self._where()}: {what}: the answer describes another model version")
+        status = info.get("status", "READY")
+        if status != "READY":
+            raise UntrustedSourceError(f"{self._where()}: {what} is {status!r}, not READY")
+        source = info.get("source")
+        if not isinstance(source, str) or not source:
+            raise IntegrityError(f"{self._where()}: {what}: the answer names no source")
+        run_id = info.get("run_id")
+        uri = self._api(f"{_API}/model-versions/get-download-uri", {"name": name, "version": version}, what)
+        root = artifact_root(uri.get("artifact_uri"), f"{self._where()}: {what}")
+        sizes = self._walk(root, what)
+        return MlflowVersion(
+            name=name, version=version, source=source, run_id=run_id if isinstance(run_id, str) else None,
+            root=root, sizes=MappingProxyType(sizes),
+        )  # fmt: skip
+
+    def _walk(self, root: str, what: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        pending: list[tuple[str, int]] = [("", 0)]
+        while pending:
+            rel, depth = pending.pop()
+            if depth > _MAX_DEPTH:
+                raise IntegrityError(
+                    f"{self._where()}: listing {what}: folders nested deeper than {_MAX_DEPTH}"
+                )
+            path = f"{root}/{rel}" if rel else root
+            page = self._api(_ARTIFACTS, {"path": path}, f"listing {what}")
+            files = page.get("files", [])
+            if not isinstance(files, list):
+                raise SafeloadError(f"{self._where()}: listing {what}: 'files' is not a list")
+            for item in files:
+                if not isinstance(item, dict):
+                    raise IntegrityError(f"{self._where()}: listing {what}: an entry is not an object")
+                name = item.get("path")
+                if not isinstance(name, str) or not _plain(name) or "/" in name:
+                    raise IntegrityError(
+                        f"{self._where()}: listing {what} names {name!r}, which is not a plain file name; "
+                        "the server is lying or broken, and nothing was fetched"
+                    )
+                child = f"{rel}/{name}" if rel else name
+                if item.get("is_dir"):
+                    pending.append((child, depth + 1))
+                    continue
+                size = item.get("file_size", 0)
+                if isinstance(size, str) and size.isdigit():
+                    size = int(size)
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise IntegrityError(f"{self._where()}: listing {what}: {child} has size {size!r}")
+                out[child] = size
+                if len(out) > _MAX_ENTRIES:
+                    raise IntegrityError(f"{self._where()}: listing {what}: more than {_MAX_ENTRIES} files")
+        return out
+
+    # --------------------------------------------------------------------------------- Registry API
+
+    def bind(self, entry: ModelEntry) -> MlflowRegistry:
+        """This registry, checked against ``entry`` for one cold fetch: the server's version has the
+        pinned source, and lists exactly the pinned files (at their pinned sizes, where pinned).
+
+        Raises:
+            UntrustedSourceError: the version does not exist (or is not READY).
+            IntegrityError: the source, the file set or a size differs from the pin, or the server's
+                answers break a rule; the message names what differs.
+        """
+        if entry.revision is None:
+            raise UntrustedSourceError(f"registry {self.name!r}: {entry.repo} needs a pinned version")
+        seen = self.describe(entry.repo, entry.revision)
+        label = f"{self._where()}: {entry.repo} version {entry.revision}"
+        if seen.source != entry.source:
+            raise IntegrityError(
+                f"{label}: the server says its source is {seen.source!r}, but the entry pins source = "
+                f"{entry.source!r}; the version now points at other files. Re-pin only if that is intended"
+            )
+        listed, pinned = set(seen.sizes), set(entry.files)
+        if listed != pinned:
+            extra, missing = sorted(listed - pinned), sorted(pinned - listed)
+            raise IntegrityError(
+                f"{label}: the server lists files that differ from the pinned set (not pinned: "
+                f"{', '.join(extra) or 'none'}; pinned but missing: {', '.join(missing) or 'none'}); nothing "
+                "was fetched"
+            )
+        for rel, size in entry.sizes.items():
+            if seen.sizes[rel] != size:
+                raise IntegrityError(
+                    f"{label}: {rel} is listed as {seen.sizes[rel]} bytes but pinned at {size}; nothing was "
+                    "fetched"
+                )
+        return MlflowRegistry(self._spec, jail=self._jail, bound=seen, pins=entry)
+
+    def deliver(
+        self, repo: str, revision: str | None, files: Mapping[str, str | None], staging: Path
+    ) -> Delivered:
+        """Download ``files`` of the bound version into ``staging``, each capped at its pinned size.
+
+        Raises:
+            SafeloadError: the registry was not bound to this entry first (:meth:`bind`).
+            IntegrityError: a body ran past its cap, or an answer broke a rule.
+            UntrustedSourceError: a file is gone, or access was refused.
+        """
+        seen, pins = self._bound, self._pins
+        if seen is None or pins is None or seen.name != repo or seen.version != revision:
+            raise SafeloadError(f"registry {self.name!r}: deliver() needs bind(entry) for {repo} first")
+        names = list(files)
+        for rel in names:
+            if rel not in seen.sizes or not _plain(rel):
+                raise IntegrityError(f"{self._where()}: {rel!r} is not among the version's listed files")
+        requests = [
+            Request(
+                id=str(i),
+                url=f"{self.endpoint}{_ARTIFACTS}/{seen.root}/{rel}",
+                max_bytes=min(pins.sizes.get(rel, seen.sizes[rel]), self._max_file_bytes),
+            )
+            for i, rel in enumerate(names)
+        ]
+        out = Path(tempfile.mkdtemp(prefix="fetch-", dir=staging))
+        answers = self._run(requests, out)
+        paths: dict[str, Path] = {}
+        for i, rel in enumerate(names):
+            answer = answers[str(i)]
+            if not answer.ok or answer.path is None:
+                raise self._failure(answer, f"{repo} version {revision}: {rel}")
+            paths[rel] = answer.path
+        return Delivered(paths=paths, private=True)
+
+    def list_files(self, repo: str, revision: str | None) -> list[str]:
+        """Every file of model ``repo`` version ``revision``, as the server lists them now."""
+        if revision is None:
+            raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a version")
+        return sorted(self.describe(repo, revision).sizes)
+
+    def resolve_revision(self, repo: str, ref: str | None) -> str | None:
+        """The version ``ref`` names: a version number as is, an alias as the server resolves it now
+        (for pinning only: a pinned entry never consults an alias).
+
+        Raises:
+            UntrustedSourceError: no ref, or the alias does not exist.
+        """
+        if ref is None:
+            raise UntrustedSourceError(f"registry {self.name!r}: {repo} needs a version or an alias")
+        if _VERSION.match(ref):
+            return ref
+        what = f"model {repo!r} alias {ref!r}"
+        got = self._api(f"{_API}/registered-models/alias", {"name": repo, "alias": ref}, what)
+        info = got.get("model_version")
+        version = str(info.get("version")) if isinstance(info, dict) else ""
+        if not _VERSION.match(version):
+            raise SafeloadError(f"{self._where()}: {what} did not name a version")
+        return version
