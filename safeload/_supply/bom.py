@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safeload._files import create_beside
+from safeload._trust.cyclonedx import schema_error
 from safeload.errors import IntegrityError, SafeloadError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ __all__ = [
     "BomModel",
     "bom_model",
     "build_bom",
-    "check_upstream_bom",
     "render_bom",
     "write_bom",
 ]
@@ -77,42 +77,6 @@ _TASK_BY_SUFFIX: tuple[tuple[str, str], ...] = (
 
 class BomError(SafeloadError):
     """The BOM could not be built, or the document built does not validate against CycloneDX 1.6."""
-
-
-# The CycloneDX versions an upstream BOM may be written in (each validated against its own schema).
-_UPSTREAM_VERSIONS = ("1.4", "1.5", "1.6")
-
-
-def check_upstream_bom(data: bytes, what: str) -> str | None:
-    """Check that ``data`` is a CycloneDX JSON BOM that validates against the schema of the version it
-    declares; returns its BOM-Link (``urn:cdx:<serial>/<version>``), or None when it has no serial.
-
-    Raises:
-        IntegrityError: not JSON, not CycloneDX, an unsupported version, or it fails its schema.
-    """
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise IntegrityError(f"{what}: the attached BOM is not JSON; it was not kept") from None
-    spec = doc.get("specVersion") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX" or spec not in _UPSTREAM_VERSIONS:
-        raise IntegrityError(
-            f"{what}: the attached BOM is not a CycloneDX {'/'.join(_UPSTREAM_VERSIONS)} JSON document "
-            f"(specVersion {spec!r}); it was not kept"
-        )
-    error = JsonStrictValidator(SchemaVersion.from_version(str(spec))).validate_str(data.decode("utf-8"))
-    if error is not None:
-        raise IntegrityError(
-            f"{what}: the attached BOM does not validate against CycloneDX {spec}: {error}; the model was "
-            "not stored"
-        )
-    serial, version = doc.get("serialNumber"), doc.get("version", 1)
-    if isinstance(serial, str) and serial.startswith("urn:uuid:") and isinstance(version, int):
-        return f"urn:cdx:{serial.removeprefix('urn:uuid:')}/{version}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -551,10 +515,7 @@ def _data_component(data: BomDataset) -> Any:
 
 
 def _validate(document: Mapping[str, Any]) -> None:
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-
-    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(document))
+    error = schema_error(json.dumps(document), "1.6")
     if error is not None:
         raise BomError(f"the BOM does not validate against CycloneDX 1.6: {error}; it was not written")
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from safeload._relpath import is_safe_relpath
 from safeload._trust import audit
+from safeload._trust.cyclonedx import check_upstream_bom
 from safeload._trust.hashing import Advance, parallel, progress_bar
 from safeload._trust.registries import Delivered, Registry, open_registry
 from safeload._trust.signers import (
@@ -508,8 +509,6 @@ def _upstream_bom(
     path: Path | None = finder(repo, entry.revision, staging)
     if path is None:
         return None
-    from safeload._supply.bom import check_upstream_bom
-
     return path, check_upstream_bom(path.read_bytes(), label)
 
 
