@@ -28,7 +28,7 @@ from safeload.errors import (
 
 if TYPE_CHECKING:
     from safeload._integrations.patching import patch, unpatch
-    from safeload._jail.current import jail_tier
+    from safeload._loading.jail_tier import jail_tier
     from safeload._loading.loader import load, state_dict
 
 __version__ = "0.1.0"
@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 # Imported on first use: the loader needs torch (about a second to import), and the command line's
 # policy, store and BOM commands should not pay for it.
 _LAZY = {
-    "jail_tier": "safeload._jail.current",
+    "jail_tier": "safeload._loading.jail_tier",
     "load": "safeload._loading.loader",
     "state_dict": "safeload._loading.loader",
     "patch": "safeload._integrations.patching",
