@@ -8,7 +8,7 @@ through the allowlist in ``trust.toml``, at pinned revisions, with pinned hashes
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from safeload._loading.stub import Stub
+from safeload._stub import Stub
 from safeload.errors import (
     EvaluationError,
     IntegrityError,

@@ -30,8 +30,8 @@ from safeload._jail.memfd import sealed_memfd
 from safeload._loading.formats import sniff
 from safeload._loading.manifest import GlobalRef, Manifest, StorageSpec, np_itemsize, parse_manifest
 from safeload._loading.rebuild import MapLocation, build, make_restore
-from safeload._loading.stub import Stub
 from safeload._sandbox.worker._common import DTYPE_SIZES
+from safeload._stub import Stub
 from safeload._trust.resolve import local_load_path
 from safeload.errors import (
     MissingModuleError,

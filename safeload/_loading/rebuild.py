@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from safeload._loading.manifest import Manifest, StorageSpec
-from safeload._loading.stub import Stub
+from safeload._stub import Stub
 from safeload.errors import DeviceUnavailableError, SafeloadError, SandboxError
 
 __all__ = ["MapLocation", "Restore", "build", "make_restore"]
