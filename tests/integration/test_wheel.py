@@ -1,4 +1,4 @@
-"""The built wheel claims no import name but ``safeload``, and its jail works from a project with its own ``sandbox``.
+"""The built wheel claims no import name but ``safeload``; its jail works from a project with a ``sandbox``.
 
 A project folder with a ``sandbox/`` package of its own (a common name) used to shadow the worker:
 ``import safeload`` then a load failed with ``No module named 'sandbox.worker'`` after running the
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [*pip_wheel, "-w", str(out), str(REPO)],
         check=True,
         capture_output=True,
     )
