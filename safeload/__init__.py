@@ -10,9 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from safeload._stub import Stub
 from safeload.errors import (
+    AuditLogError,
+    BomError,
+    DeviceUnavailableError,
     EvaluationError,
     IntegrityError,
+    MissingModuleError,
     PolicyError,
+    RegistryUnavailableError,
     SafeloadError,
     SandboxError,
     SandboxLimitError,
@@ -54,9 +59,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AuditLogError",
+    "BomError",
+    "DeviceUnavailableError",
     "EvaluationError",
     "IntegrityError",
+    "MissingModuleError",
     "PolicyError",
+    "RegistryUnavailableError",
     "SafeloadError",
     "SandboxError",
     "SandboxLimitError",

@@ -8,11 +8,14 @@ sandbox that could not do its job (``SandboxError``). Each message says what hap
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogError",
+    "BomError",
     "DeviceUnavailableError",
     "EvaluationError",
     "IntegrityError",
     "MissingModuleError",
     "PolicyError",
+    "RegistryUnavailableError",
     "SafeloadError",
     "SandboxError",
     "SandboxLimitError",
@@ -32,7 +35,22 @@ class SafeloadError(Exception):
 
 
 class PolicyError(SafeloadError):
-    """``trust.toml`` is malformed; the message names the dotted path of the bad field."""
+    """``trust.toml`` is malformed; the message names the dotted path of the bad field, and ``field`` holds
+    that path (``models."acme/sentiment".revision``) when one field is to blame, else None."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AuditLogError(PolicyError):
+    """The audit log ``trust.toml`` names cannot be appended to (permissions, a folder in the way, a full
+    disk), so the load it would record fails. ``field`` is ``"audit_log"`` and ``path`` the log's path. A
+    ``PolicyError`` too, which is what this failure raised before it had a type of its own."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, field="audit_log")
+        self.path = path
 
 
 class UntrustedSourceError(SafeloadError):
@@ -40,7 +58,31 @@ class UntrustedSourceError(SafeloadError):
 
 
 class IntegrityError(SafeloadError):
-    """Bytes do not match their pinned sha256 digest."""
+    """Bytes do not match their pinned sha256 digest, or what a registry or the store holds is not what
+    it must be. Where one file's digest is to blame, ``path`` names the file (or what stands for it in
+    the message), ``expected`` is the pinned ``sha256:<hex>`` and ``actual`` the one its bytes have;
+    each is None where the check does not know it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class RegistryUnavailableError(SafeloadError):
+    """A registry could not be reached: the connection was refused or timed out, its name did not
+    resolve, the TLS handshake failed, the answer was cut short, or the server answered with a 5xx
+    (or 429) error. Nothing it sent was trusted or stored; trying again later, or fixing the endpoint,
+    the network or the CA bundle the message names, is the remedy. Unlike ``IntegrityError``, nothing
+    says the registry lied."""
 
 
 class SignatureError(SafeloadError):
@@ -60,6 +102,10 @@ class UnsafeStoreError(SafeloadError):
 class StoreAccessError(SafeloadError):
     """A load needs to write into the store (a first fetch, a conversion, a lock) and this process may
     not; the message names the path and says to run ``safeload prefetch`` as the store's owner."""
+
+
+class BomError(SafeloadError):
+    """The BOM could not be built, or the document built does not validate against CycloneDX 1.6."""
 
 
 class UnsupportedFormatError(SafeloadError):

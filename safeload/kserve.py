@@ -98,7 +98,10 @@ def _copy(src: Path, target: Path, digest: str) -> None:
         try:
             got, _ = copy_and_hash(src_fd, fd)
             if got != digest:
-                raise IntegrityError(f"{src} changed while it was copied: {got}, pinned {digest}")
+                raise IntegrityError(
+                    f"{src} changed while it was copied: {got}, pinned {digest}",
+                    path=str(src), expected=digest, actual=got,
+                )
             os.fsync(fd)
         except BaseException:
             os.close(fd)

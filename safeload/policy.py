@@ -266,8 +266,8 @@ class _Table:
         self.path = path
 
     def err(self, key: str | None, msg: str) -> PolicyError:
-        where = dotted(*self.path, key) if key is not None else (dotted(*self.path) or "<top level>")
-        return PolicyError(f"{where}: {msg}")
+        field = dotted(*self.path, key) if key is not None else dotted(*self.path)
+        return PolicyError(f"{field or '<top level>'}: {msg}", field=field or None)
 
     def check_keys(self, allowed: set[str]) -> None:
         for key in self.data:
@@ -647,7 +647,7 @@ def parse_policy(text: str, *, source: Path | None = None) -> Policy:
         return _parse(top, base, source)
     except PolicyError as e:
         if where:
-            raise PolicyError(f"{where}{e}") from None
+            raise PolicyError(f"{where}{e}", field=e.field) from None
         raise
 
 

@@ -189,7 +189,8 @@ def _local_source(path: Path, policy: Policy) -> _Source:
         if actual != pin.lower():
             raise IntegrityError(
                 f"{folder / rel}: sha256 is {actual} but trust.toml [files] pins {pin}; "
-                "restore the pinned file or update the pin if the change is intended"
+                "restore the pinned file or update the pin if the change is intended",
+                path=str(folder / rel), expected=pin, actual=actual,
             )
         files[rel] = pin
     return _Source(folder=folder, files=files, allow_code=False, revision=None, from_store=False)

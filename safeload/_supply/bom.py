@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from safeload._files import create_beside
 from safeload._trust.cyclonedx import schema_error
-from safeload.errors import IntegrityError, SafeloadError
+from safeload.errors import BomError, IntegrityError
 
 if TYPE_CHECKING:
     from safeload._trust.resolve import FetchedModel, UpstreamBom
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LIBRARIES",
     "BomDataset",
-    "BomError",
     "BomModel",
     "bom_model",
     "build_bom",
@@ -73,10 +72,6 @@ _TASK_BY_SUFFIX: tuple[tuple[str, str], ...] = (
     ("ForCTC", "automatic-speech-recognition"),
     ("Model", "feature-extraction"),
 )
-
-
-class BomError(SafeloadError):
-    """The BOM could not be built, or the document built does not validate against CycloneDX 1.6."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +207,12 @@ def _checked_upstream(name: str, upstream: UpstreamBom | None) -> UpstreamBom | 
             f"model {name!r}: its upstream BOM {upstream.digest} is gone from the store ({exc.strerror}); "
             f"run `safeload verify` and `safeload prefetch {name}`"
         ) from exc
-    if "sha256:" + hashlib.sha256(data).hexdigest() != upstream.digest:
-        raise IntegrityError(f"model {name!r}: the stored upstream BOM no longer hashes to {upstream.digest}")
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != upstream.digest:
+        raise IntegrityError(
+            f"model {name!r}: the stored upstream BOM no longer hashes to {upstream.digest}",
+            path=str(upstream.path), expected=upstream.digest, actual=actual,
+        )
     return upstream
 
 

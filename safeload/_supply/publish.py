@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
 from safeload._trust.hashing import progress_bar
-from safeload.errors import IntegrityError, PolicyError, SafeloadError, UntrustedSourceError
+from safeload.errors import (
+    IntegrityError,
+    PolicyError,
+    RegistryUnavailableError,
+    SafeloadError,
+    UntrustedSourceError,
+)
 from safeload.policy import ModelEntry, OciRegistrySpec, Policy
 
 if TYPE_CHECKING:
@@ -165,7 +171,9 @@ class _Client:
             data = resp.read(_ANSWER_CAP)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         except (OSError, http.client.HTTPException) as exc:
-            raise SafeloadError(f"{self._where}: {method} failed: {exc}; is the registry reachable?") from exc
+            raise RegistryUnavailableError(
+                f"{self._where}: {method} failed: {exc}; is the registry reachable?"
+            ) from exc
         finally:
             conn.close()
 
@@ -179,7 +187,9 @@ class _Client:
                 "~/.docker/config.json; REGISTRY_AUTH_FILE names another) or set token_env in trust.toml"
             )
         text = body[:300].decode("utf-8", "replace").strip()
-        raise SafeloadError(f"{self._where}: {what}: HTTP {status}: {text}")
+        # A server error or "come back later" is the registry being unavailable, not refusing the upload.
+        error = RegistryUnavailableError if status >= 500 or status == 429 else SafeloadError
+        raise error(f"{self._where}: {what}: HTTP {status}: {text}")
 
 
 class _Pusher:
@@ -253,7 +263,10 @@ class _Pusher:
         finally:
             os.close(fd)
         if "sha256:" + hasher.hexdigest() != digest:
-            raise IntegrityError(f"{path}: the store blob no longer hashes to {digest}; run safeload verify")
+            raise IntegrityError(
+                f"{path}: the store blob no longer hashes to {digest}; run safeload verify",
+                path=str(path), expected=digest, actual="sha256:" + hasher.hexdigest(),
+            )
         self._client.expect(answer, (201,), f"uploading blob {digest}")
         self.uploaded += size
 
@@ -331,7 +344,8 @@ def push_model(
             to another origin.
         IntegrityError: a store blob no longer hashes to its digest; the registry rewrote a manifest.
         SignatureError: the model's signature does not verify (it is checked before anything is sent).
-        SafeloadError: the registry is unreachable or refuses an upload.
+        RegistryUnavailableError: the registry cannot be reached, or fails (5xx, 429).
+        SafeloadError: the registry refuses an upload.
     """
     from safeload._supply.bom import bom_model, build_bom
     from safeload._trust.pinning import oci_target

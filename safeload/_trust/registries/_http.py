@@ -16,11 +16,21 @@ from pathlib import Path
 
 from safeload._jail.fetch import Answer, Request, Site, fetch
 from safeload._jail.launcher import Tier
-from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
+from safeload.errors import IntegrityError, RegistryUnavailableError, SafeloadError, UntrustedSourceError
 
-__all__ = ["JailedRegistry", "ca_bundle"]
+__all__ = ["JailedRegistry", "ca_bundle", "unavailable"]
 
 API_CAP = 64 << 20  # one JSON answer (a listing page, a manifest, model info)
+
+
+def unavailable(answer: Answer) -> bool:
+    """Whether a failed answer says the registry could not be reached rather than that it refused or lied:
+    no connection, DNS, TLS, a timeout or a cut-off body (the worker's ``network`` failures), a server
+    error, or a server asking to be asked later (429)."""
+    if answer.kind == "network":
+        return True
+    status = answer.status
+    return answer.kind == "http" and status is not None and (status >= 500 or status == 429)
 
 
 class JailedRegistry:
@@ -73,6 +83,16 @@ class JailedRegistry:
     def _not_found(self, answer: Answer, what: str) -> SafeloadError:
         return UntrustedSourceError(f"{self._where()}: {what}: not found at the pinned revision")
 
+    def _unreachable(self, answer: Answer, what: str) -> RegistryUnavailableError:
+        """A transport failure or server error: nothing the registry sent was used."""
+        fix = (
+            "the server failed; try again later"
+            if answer.kind == "http"
+            else f"check that [registries.{self.name}] endpoint is right and reachable from this host "
+            "(network, proxy, TLS certificates), then try again"
+        )
+        return RegistryUnavailableError(f"{self._where()}: could not fetch {what}: {answer.message}; {fix}")
+
     def _failure(self, answer: Answer, what: str) -> SafeloadError:
         """The typed error for a failed answer: what happened and what to do about it."""
         where = self._where()
@@ -84,6 +104,8 @@ class JailedRegistry:
                 )
             if answer.status == 404:
                 return self._not_found(answer, what)
+            if unavailable(answer):
+                return self._unreachable(answer, what)
             return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
         if answer.kind == "announced":
             return IntegrityError(
@@ -109,6 +131,8 @@ class JailedRegistry:
                 f"{where}: {what}: {answer.message}. Nothing was fetched from it; if that host really serves "
                 f"this registry's files, add it to [registries.{self.name}] redirect_hosts"
             )
+        if unavailable(answer):
+            return self._unreachable(answer, what)
         return SafeloadError(f"{where}: could not fetch {what}: {answer.message}")
 
     def _get(self, req: Request, what: str, commit: str | None = None) -> tuple[bytes, Answer]:

@@ -24,7 +24,8 @@ from urllib.parse import urlencode, urlsplit
 from safeload._jail.fetch import Request, Site, fetch
 from safeload._jail.launcher import Tier
 from safeload._sandbox.worker._http_rules import host_allowed
-from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
+from safeload._trust.registries._http import unavailable
+from safeload.errors import IntegrityError, RegistryUnavailableError, SafeloadError, UntrustedSourceError
 
 __all__ = ["Challenge", "auth_file_credentials", "bearer_token", "parse_challenge"]
 
@@ -130,7 +131,8 @@ def bearer_token(
         UntrustedSourceError: the realm is not on the registry's host or its redirect_hosts, or it
             refuses the credentials.
         IntegrityError: the realm's answer is not a token.
-        SafeloadError: the realm cannot be reached.
+        RegistryUnavailableError: the realm cannot be reached, or fails (5xx).
+        SafeloadError: the realm answers with another error.
     """
     realm = challenge.params.get("realm", "")
     if not _realm_allowed(realm, endpoint, redirect_hosts):
@@ -160,7 +162,8 @@ def bearer_token(
                 "REGISTRY_AUTH_FILE names another) or set token_env in trust.toml"
             )
         if not answer.ok or answer.path is None:
-            raise SafeloadError(f"{where}: could not get a token from {realm[:200]}: {answer.message}")
+            error = RegistryUnavailableError if unavailable(answer) else SafeloadError
+            raise error(f"{where}: could not get a token from {realm[:200]}: {answer.message}")
         raw = answer.path.read_bytes()
     try:
         doc = json.loads(raw)
