@@ -10,23 +10,33 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["sniff"]
+from safeload._sandbox.worker.protocol import MAX_SAFETENSORS_HEADER
 
-_MAX_HEADER = 100 << 20
+__all__ = ["safetensors_header", "sniff"]
+
+
+def safetensors_header(fd: int, size: int) -> dict[str, Any] | None:
+    """The JSON header of the safetensors file at ``fd`` (``size`` bytes long), or None when the file is
+    not shaped like one (no length prefix that fits the file and the cap, or no JSON object after it).
+
+    Only the header's shape is checked here; whether its entries describe the data is safetensors' own
+    check when the file is opened.
+    """
+    if size < 10:
+        return None
+    head = os.pread(fd, 9, 0)
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 2 <= n <= min(size - 8, MAX_SAFETENSORS_HEADER) or head[8:9] != b"{":
+        return None
+    try:
+        header = json.loads(os.pread(fd, n, 8))
+    except (ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def sniff(fd: int, size: int) -> Literal["safetensors", "sandbox"]:
     """``"safetensors"`` if the file at ``fd`` is shaped like one (header length, then a JSON object)."""
-    if size < 10:
-        return "sandbox"
-    head = os.pread(fd, 9, 0)
-    (n,) = struct.unpack("<Q", head[:8])
-    if not 2 <= n <= min(size - 8, _MAX_HEADER) or head[8:9] != b"{":
-        return "sandbox"
-    try:
-        header = json.loads(os.pread(fd, n, 8))
-    except (ValueError, RecursionError):
-        return "sandbox"
-    return "safetensors" if isinstance(header, dict) else "sandbox"
+    return "sandbox" if safetensors_header(fd, size) is None else "safetensors"

@@ -30,7 +30,7 @@ from safeload._jail.memfd import sealed_memfd
 from safeload._loading.formats import sniff
 from safeload._loading.manifest import GlobalRef, Manifest, StorageSpec, np_itemsize, parse_manifest
 from safeload._loading.rebuild import MapLocation, build, make_restore
-from safeload._sandbox.worker._common import DTYPE_SIZES
+from safeload._sandbox.worker.protocol import DTYPE_SIZES, SAFETENSORS_DTYPES
 from safeload._stub import Stub
 from safeload._trust.resolve import local_load_path
 from safeload.errors import (
@@ -685,7 +685,7 @@ def _inspect_safetensors(fd: int, name: str) -> Inspection:
                 shape = tuple(int(x) for x in sl.get_shape())
                 t = st.get_tensor(key) if 0 in shape else None
                 dtype = str(t.dtype).removeprefix("torch.") if t is not None else str(
-                    getattr(torch, _ST_DTYPES.get(sl.get_dtype(), "uint8"))).removeprefix("torch.")
+                    getattr(torch, SAFETENSORS_DTYPES.get(sl.get_dtype(), "uint8"))).removeprefix("torch.")
                 numel = 1
                 for x in shape:
                     numel *= x
@@ -697,11 +697,6 @@ def _inspect_safetensors(fd: int, name: str) -> Inspection:
     return Inspection("safetensors", (), tuple(infos), {"t": "dict", "items": items})
 
 
-_ST_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool", "C64": "complex64",
-}
 
 
 def inspect_artifact(path: FileLike, *, policy: Policy | None = None, encoding: str = "utf-8") -> Inspection:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from safeload._sandbox.worker._common import (
-    DTYPE_SIZES,
     MAX_DEPTH,
     MAX_NAME,
     MAX_NODES,
@@ -25,6 +24,7 @@ from safeload._sandbox.worker._common import (
     is_location,
     is_np_dtype,
 )
+from safeload._sandbox.worker.protocol import DTYPE_SIZES
 from safeload.errors import SandboxError
 
 __all__ = [

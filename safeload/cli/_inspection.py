@@ -18,19 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safeload._sandbox.worker.protocol import MAX_SAFETENSORS_HEADER, SAFETENSORS_DTYPES
 from safeload.errors import UnsupportedFormatError
 
 __all__ = ["GlobalInfo", "Inspection", "TensorInfo", "inspect_file"]
 
-# safetensors' dtype names and their sizes in bytes.
-_ST_DTYPES = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1), "I64": ("int64", 8),
-    "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U64": ("uint64", 8),
-    "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1), "BOOL": ("bool", 1),
-    "C64": ("complex64", 8),
-}  # fmt: skip
-_MAX_HEADER = 100 << 20
 _MAX_TENSORS_LISTED = 100_000
 
 # (path, kind, dtype, shape, nbytes, storage id)
@@ -162,7 +154,7 @@ def _tensors(found: list[_Found]) -> tuple[TensorInfo, ...]:
 
 def _safetensors(fd: int, size: int, name: str) -> Inspection:
     (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
-    if n > min(size - 8, _MAX_HEADER):
+    if n > min(size - 8, MAX_SAFETENSORS_HEADER):
         raise UnsupportedFormatError(f"{name}: the safetensors header is larger than the file")
     try:
         header = json.loads(os.pread(fd, n, 8))
@@ -172,7 +164,7 @@ def _safetensors(fd: int, size: int, name: str) -> Inspection:
     for key, spec in header.items():
         if key == "__metadata__" or not isinstance(spec, Mapping):
             continue
-        dtype = _ST_DTYPES.get(str(spec.get("dtype")), (str(spec.get("dtype")), 0))[0]
+        dtype = SAFETENSORS_DTYPES.get(str(spec.get("dtype")), str(spec.get("dtype")))
         offsets = spec.get("data_offsets") or (0, 0)
         shape = tuple(int(x) for x in spec.get("shape", ()))
         found.append((key, "tensor", dtype, shape, int(offsets[1]) - int(offsets[0]), None))
@@ -192,7 +184,7 @@ def inspect_file(path: Path, *, policy: Any, encoding: str = "utf-8") -> Inspect
     """
     from safeload._loading.formats import sniff
     from safeload._loading.loader import _open_source, _run_jail, check_encoding
-    from safeload._sandbox.worker._common import DTYPE_SIZES
+    from safeload._sandbox.worker.protocol import DTYPE_SIZES
 
     encoding = check_encoding(encoding)
     fd, name = _open_source(path, policy)

@@ -17,7 +17,7 @@ Also here: :func:`reference` (what GLOBAL pushes), :func:`newobj` (NEWOBJ, ``cop
 from __future__ import annotations
 
 from . import _numpy
-from ._common import DTYPE_SIZES, FormatError, is_attribute, is_location
+from ._common import FormatError, is_attribute, is_location
 from ._values import (
     Global,
     Namespace,
@@ -37,6 +37,7 @@ from ._values import (
     as_ints,
     hashable,
 )
+from .protocol import DTYPE_SIZES
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import _json
 
 __all__ = [
-    "DTYPE_SIZES",
     "MAX_DEPTH",
     "MAX_NAME",
     "MAX_NODES",
@@ -43,30 +42,6 @@ def open_input(spec: str) -> int:
 MAX_DEPTH = 200
 # Objects (containers, scalars, tensors, stubs) in one manifest.
 MAX_NODES = 5_000_000
-
-# The element sizes of the torch dtypes the manifest may name.
-DTYPE_SIZES: dict[str, int] = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint8": 1,
-    "uint16": 2,
-    "uint32": 4,
-    "uint64": 8,
-    "bool": 1,
-    "complex64": 8,
-    "complex128": 16,
-    "complex32": 4,
-}
 
 _DIGITS = frozenset("0123456789")
 _NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")

@@ -7,7 +7,7 @@ import os
 import struct
 
 from ._allowlist import ALLOWLIST
-from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError, dumps
+from ._common import Budgets, FormatError, LimitError, dumps
 from ._values import (
     Global,
     Namespace,
@@ -23,6 +23,7 @@ from ._values import (
     TorchDtype,
     TorchSize,
 )
+from .protocol import DTYPE_SIZES
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:

@@ -7,11 +7,12 @@ import struct
 import sys
 import zlib
 
-from ._common import DTYPE_SIZES, Budgets, FormatError, LimitError, is_location
+from ._common import Budgets, FormatError, LimitError, is_location
 from ._emit import StorageTable
 from ._unpickle import unpickle
 from ._values import Global, NDArray, NpDtype, StorageRef, Stub, Tensor
 from ._zip import ZipArchive, is_zip
+from .protocol import DTYPE_SIZES
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:

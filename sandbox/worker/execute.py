@@ -24,6 +24,8 @@ import zipfile
 from collections import OrderedDict
 from typing import Any, BinaryIO, Literal
 
+from .protocol import DTYPE_SIZES
+
 __all__ = ["main"]
 
 _DEFAULT_INPUT = "/in/artifact"
@@ -43,13 +45,7 @@ _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-# PROTOCOL.md's storage dtypes and their element sizes.
-_DTYPE_SIZES = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
-    "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1,
-    "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex64": 8, "complex128": 16, "complex32": 4,
-}
-_TORCH_DTYPES = frozenset(_DTYPE_SIZES)
+_TORCH_DTYPES = frozenset(DTYPE_SIZES)
 
 # numpy dtype str (native little-endian) -> torch dtype name, for the storage an ndarray views.
 _NUMPY_TO_TORCH = {
@@ -221,7 +217,7 @@ class _Exporter:
             {"id": sid, "dtype": dtype, "nbytes": nbytes, "location": location,
              "source": {"kind": "output", "key": name}}
         )
-        self.payloads.append((name, data, min(_DTYPE_SIZES[dtype], 8)))
+        self.payloads.append((name, data, min(DTYPE_SIZES[dtype], 8)))
         return sid
 
     def _tensor_storage(self, tensor: Any, dtype: str) -> int:
@@ -233,7 +229,7 @@ class _Exporter:
         # Empty storages all share pointer 0; they alias nothing.
         key = (ptr, nbytes, "") if ptr else (-len(self.storages) - 1, 0, "")
         location = self._locations.get(ptr, "cpu")
-        storage_dtype = dtype if nbytes % _DTYPE_SIZES[dtype] == 0 else "uint8"
+        storage_dtype = dtype if nbytes % DTYPE_SIZES[dtype] == 0 else "uint8"
         existing = self._storage_ids.get(key)
         if existing is not None:
             return existing

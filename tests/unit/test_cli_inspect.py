@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from safeload._sandbox.worker._common import DTYPE_SIZES
+from safeload._sandbox.worker.protocol import DTYPE_SIZES
 from safeload.cli._inspection import _tensors, _Walker
 from safeload.cli.inspect import classify
 
