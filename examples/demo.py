@@ -27,7 +27,7 @@ from rich.text import Text
 from safetensors.torch import load_file
 
 import safeload
-from safeload._loading.loader import inspect_artifact
+from safeload._loading.inspect import inspect_artifact
 from safeload.cli.inspect import classify
 from safeload.policy import load_policy
 

@@ -20,7 +20,6 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Union
 
@@ -28,9 +27,8 @@ import torch
 
 from safeload._jail.memfd import sealed_memfd
 from safeload._loading.formats import sniff
-from safeload._loading.manifest import GlobalRef, Manifest, StorageSpec, np_itemsize, parse_manifest
+from safeload._loading.manifest import Manifest, StorageSpec, parse_manifest
 from safeload._loading.rebuild import MapLocation, build, make_restore
-from safeload._sandbox.worker.protocol import DTYPE_SIZES, SAFETENSORS_DTYPES
 from safeload._stub import Stub
 from safeload._trust.resolve import local_load_path
 from safeload.errors import (
@@ -42,7 +40,7 @@ from safeload.errors import (
 )
 from safeload.policy import Policy, load_policy
 
-__all__ = ["FileLike", "Inspection", "TensorInfo", "inspect_artifact", "load", "state_dict"]
+__all__ = ["FileLike", "load", "state_dict"]
 
 FileLike = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -581,141 +579,3 @@ def state_dict(obj: Any) -> OrderedDict[str, torch.Tensor]:
         "state_dict expects a pickled nn.Module (a safeload.Stub), a TorchScript archive or a dict of "
         f"tensors, and got {_described(obj)}{hint}"
     )
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor (or numeric array) in a checkpoint, named by its path in the object tree."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    storage: int
-    shared_with: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What :func:`inspect_artifact` found: the format, every global, the tensors and the structure.
-
-    ``structure`` is the validated manifest tree (``sandbox/PROTOCOL.md`` nodes), plain JSON values.
-    """
-
-    format: str
-    globals: tuple[GlobalRef, ...]
-    tensors: tuple[TensorInfo, ...]
-    structure: Any
-
-
-_MODULE_FIELDS = frozenset({"_parameters", "_buffers", "_modules"})
-
-
-def _key_name(node: dict[str, Any]) -> str:
-    if node["t"] in ("str", "int", "bool"):
-        return str(node["v"])
-    return f"<{node['t']}>"
-
-
-def _collect(node: dict[str, Any], name: str, in_stub_state: bool, rows: list[tuple[str, dict[str, Any]]],
-             ids: dict[int, dict[str, Any]]) -> None:
-    def join(part: str) -> str:
-        return f"{name}.{part}" if name else part
-
-    t = node["t"]
-    if "id" in node:
-        ids[node["id"]] = node
-    if t == "ref":
-        target = ids.get(node["id"])
-        if target is not None and target["t"] in ("tensor", "parameter", "ndarray"):
-            _collect(target, name, in_stub_state, rows, ids)
-        return
-    if t in ("tensor", "ndarray"):
-        rows.append((name, node))
-    elif t == "parameter":
-        _collect(node["data"], name, False, rows, ids)
-    elif t in ("dict", "odict"):
-        for k, v in node["items"]:
-            key = _key_name(k)
-            _collect(v, name if in_stub_state and key in _MODULE_FIELDS else join(key), False, rows, ids)
-    elif t == "namespace":
-        for k, v in node["items"]:
-            _collect(v, join(k), False, rows, ids)
-    elif t in ("list", "tuple", "set", "frozenset", "objarray"):
-        for i, v in enumerate(node["items"]):
-            _collect(v, join(str(i)), False, rows, ids)
-    elif t == "stub":
-        if node["state"] is not None:
-            _collect(node["state"], name, True, rows, ids)
-        if node["args"] is not None:
-            _collect(node["args"], join("<args>"), False, rows, ids)
-        for i, v in enumerate(node["listitems"]):
-            _collect(v, join(str(i)), False, rows, ids)
-        for k, v in node["dictitems"]:
-            _collect(v, join(_key_name(k)), False, rows, ids)
-
-
-def _tensor_table(manifest: Manifest) -> tuple[TensorInfo, ...]:
-    rows: list[tuple[str, dict[str, Any]]] = []
-    _collect(manifest.root, "", False, rows, {})
-    by_storage: dict[int, list[str]] = {}
-    for name, node in rows:
-        by_storage.setdefault(node["storage"], []).append(name)
-    out = []
-    for name, node in rows:
-        numel = 1
-        for s in node["shape"]:
-            numel *= s
-        dtype = node["dtype"]
-        itemsize = DTYPE_SIZES[dtype] if node["t"] == "tensor" else np_itemsize(dtype)
-        others = tuple(n for n in by_storage[node["storage"]] if n != name)
-        out.append(TensorInfo(name, dtype, tuple(node["shape"]), numel * itemsize, node["storage"], others))
-    return tuple(out)
-
-
-def _inspect_safetensors(fd: int, name: str) -> Inspection:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(f"/proc/self/fd/{fd}", framework="pt") as st:
-            infos = []
-            items = []
-            for i, key in enumerate(st.keys()):
-                sl = st.get_slice(key)
-                shape = tuple(int(x) for x in sl.get_shape())
-                t = st.get_tensor(key) if 0 in shape else None
-                dtype = str(t.dtype).removeprefix("torch.") if t is not None else str(
-                    getattr(torch, SAFETENSORS_DTYPES.get(sl.get_dtype(), "uint8"))).removeprefix("torch.")
-                numel = 1
-                for x in shape:
-                    numel *= x
-                infos.append(TensorInfo(key, dtype, shape, numel * DTYPE_SIZES.get(dtype, 1), i, ()))
-                items.append([{"t": "str", "v": key}, {"t": "tensor", "storage": i, "offset": 0,
-                                                       "shape": list(shape), "dtype": dtype}])
-    except SafetensorError as exc:
-        raise UnsupportedFormatError(f"{name} looks like safetensors but is malformed: {exc}") from None
-    return Inspection("safetensors", (), tuple(infos), {"t": "dict", "items": items})
-
-
-
-
-def inspect_artifact(path: FileLike, *, policy: Policy | None = None, encoding: str = "utf-8") -> Inspection:
-    """Describe a checkpoint without loading its tensors: format, globals, tensor table, structure.
-
-    Pickle-family files are read by the inert worker in the jail, exactly as :func:`load` reads them
-    (``encoding`` as :func:`load` takes it).
-
-    Raises:
-        The errors :func:`load` raises, except those of building tensors.
-    """
-    encoding = check_encoding(encoding)
-    pol = policy if policy is not None else Policy()
-    fd, name = _open_source(path, pol)
-    try:
-        size = os.fstat(fd).st_size
-        if sniff(fd, size) == "safetensors":
-            return _inspect_safetensors(fd, name)
-        manifest, _ = _run_jail(fd, size, pol, "inert", encoding)
-    finally:
-        os.close(fd)
-    return Inspection(manifest.format, manifest.globals, _tensor_table(manifest), manifest.root)

@@ -32,7 +32,7 @@ from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_FINDING, EXIT_OK, UI
 
 if TYPE_CHECKING:
-    from safeload.cli._inspection import Inspection
+    from safeload._loading.inspect import Inspection
 
 __all__ = ["CODE_BEARING_GLOBALS", "CODE_BEARING_MODULES", "Severity", "add_parser", "classify", "run"]
 
@@ -348,10 +348,10 @@ def _count(tensors: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from safeload.cli._inspection import inspect_file
+    from safeload._loading.inspect import inspect_artifact
 
     policy = load_policy(args)
-    ins = inspect_file(args.file, policy=policy, encoding=args.encoding)
+    ins = inspect_artifact(args.file, policy=policy, encoding=args.encoding)
     globals_ = _globals(ins)
     tensors = _tensors(ins)
     structure = ins.structure

@@ -156,7 +156,7 @@ def test_joblib_matches_joblib_load(joblib_artifacts: dict[str, tuple[Path, Desc
 
 
 def test_joblib_arrays_are_mapped_from_the_file(joblib_artifacts: dict[str, tuple[Path, Described]]) -> None:
-    from safeload._loading.loader import inspect_artifact
+    from safeload._loading.inspect import inspect_artifact
 
     path, _ = joblib_artifacts["plain"]
     assert inspect_artifact(path).format == "joblib"

@@ -373,7 +373,7 @@ def test_torchscript_archive_yields_tensors_without_running_code(tmp_path: Path)
 
 
 def test_inspect_names_tensors_and_shared_storages(artifacts: dict[str, tuple[Path, Described]]) -> None:
-    from safeload._loading.loader import inspect_artifact
+    from safeload._loading.inspect import inspect_artifact
 
     ins = inspect_artifact(artifacts["views"][0])
     assert ins.format == "torch_zip"

@@ -1,4 +1,4 @@
-"""``safeload inspect``'s severity ranking and its reading of a manifest tree (no jail, no torch)."""
+"""``safeload inspect``'s severity ranking and the inspection's reading of a manifest tree (no jail)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from safeload._sandbox.worker.protocol import DTYPE_SIZES
-from safeload.cli._inspection import _tensors, _Walker
+from safeload._loading.inspect import tensor_table
 from safeload.cli.inspect import classify
 
 
@@ -95,9 +94,7 @@ def test_walker_names_paths_sizes_and_sharing() -> None:
                           "args": {"t": "tuple", "items": [_s("id")]}, "state": None}],
         ],
     }  # fmt: skip
-    walker = _Walker(DTYPE_SIZES)
-    walker.walk(root, "")
-    got = {t.name: t for t in _tensors(walker.found)}
+    got = {t.name: t for t in tensor_table(root)}
     assert set(got) == {"model.emb.weight", "model.head.weight", "model.bias", "p", "arr", "opt[0]"}
     assert got["model.emb.weight"].nbytes == 32 and got["model.bias"].nbytes == 4
     assert got["p"].kind == "parameter" and got["p"].nbytes == 3
