@@ -5,7 +5,8 @@ models), with every verified file as a nested ``file`` component carrying its sh
 verification result as ``safeload:*`` properties, and a ``modelCard`` built from the model's
 ``config.json`` and its policy entry. The libraries that load the models (safeload, torch, transformers,
 safetensors) are ``library`` components with their installed versions, and the dependency graph says
-which loads what.
+which loads what. An MLflow model's properties name the registered model, version, run, LoggedModel,
+``source``, flavor and pinned alias (``safeload:mlflow:*``).
 
 ``cyclonedx-python-lib`` builds everything except the ``modelCard``, which it does not model yet: that is
 added to the serialised JSON, and the whole document is then validated against the CycloneDX 1.6 JSON
@@ -30,7 +31,7 @@ from safeload.errors import BomError, IntegrityError
 
 if TYPE_CHECKING:
     from safeload._trust.resolve import FetchedModel, UpstreamBom
-    from safeload.policy import Policy
+    from safeload.policy import ModelEntry, Policy
 
 __all__ = [
     "DEFAULT_LIBRARIES",
@@ -149,6 +150,7 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         signer_identity=fetched.signature.identity if fetched.signature is not None else None,
         task=entry.task,
         datasets=entry.datasets,
+        properties=_mlflow_properties(entry),
         upstream_bom=_checked_upstream(fetched.name, fetched.upstream_bom),
         repository_url=_repository_url(spec, entry.repo),
         dataset_entries=tuple(_bom_dataset(policy, name) for name in entry.datasets),
@@ -157,6 +159,31 @@ def bom_model(fetched: FetchedModel, policy: Policy) -> BomModel:
         evaluation_signer=fetched.evaluation.identity if fetched.evaluation else None,
         evaluation_dataset_digest=fetched.evaluation.dataset_digest if fetched.evaluation else None,
     )
+
+
+_LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]{8,64})/?$")
+
+
+def _mlflow_properties(entry: ModelEntry) -> dict[str, str]:
+    """An MLflow entry's identity as the registry knows it: the registered model and version, the run and
+    (MLflow 3) the LoggedModel behind it, its ``source``, flavor and the alias it was pinned from."""
+    if entry.source is None:
+        return {}
+    props = {
+        "safeload:mlflow:registered_model": entry.repo,
+        "safeload:mlflow:version": entry.revision or "",
+        "safeload:mlflow:source": entry.source,
+    }
+    if entry.run_id is not None:
+        props["safeload:mlflow:run_id"] = entry.run_id
+    logged = _LOGGED_MODEL.match(entry.source)
+    if logged is not None:
+        props["safeload:mlflow:logged_model_id"] = logged.group(1)
+    if entry.flavor is not None:
+        props["safeload:mlflow:flavor"] = entry.flavor
+    if entry.alias is not None:
+        props["safeload:mlflow:alias"] = entry.alias
+    return props
 
 
 def _attested_metrics(

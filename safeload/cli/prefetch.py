@@ -11,6 +11,7 @@ from rich.table import Table
 from safeload.cli._common import add_policy, command_parser, load_policy
 from safeload.cli._ui import EXIT_ERROR, EXIT_OK, UI
 from safeload.errors import UntrustedSourceError
+from safeload.policy import MlflowRegistrySpec
 
 __all__ = ["add_parser", "run"]
 
@@ -18,7 +19,9 @@ _DESCRIPTION = """\
 Fetch every file a model needs from its allowlisted registry at the pinned revision, verify each against
 its pinned sha256 (and the signer's signature) into the store, and convert pickle weights
 (pytorch_model.bin, sharded .bin with an index) to safetensors in the jail, the same way
-safeload.transformers does on first load. Run it when building an image: afterwards loads need no network
+safeload.transformers does on first load. An MLflow entry is fetched the same way (its version's source,
+run and file list checked against the pins first) and its MLmodel checked as a load checks it, so a model
+that asks to run its own code fails here. Run it when building an image: afterwards loads need no network
 (set HF_HUB_OFFLINE=1 in the container to be sure).
 
 --refetch repairs a model whose stored copy was damaged (a load or `safeload verify` reports tampering):
@@ -103,6 +106,16 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             ui.note(f"ready: dataset {name} -> {fetched.folder}")
             continue
         entry = policy.models[name]
+        if isinstance(policy.registries.get(entry.registry), MlflowRegistrySpec):
+            from safeload.mlflow import fetch as fetch_mlflow
+
+            got = fetch_mlflow(name, entry.flavor or "", policy=policy)
+            ready.append(
+                {"name": name, "kind": "model", "revision": entry.revision, "folder": str(got.fetched.folder),
+                 "converted": [], "excluded": [], "flavor": got.mlmodel.flavor}
+            )  # fmt: skip
+            ui.note(f"ready: {name} (mlflow {entry.repo} version {entry.revision}) -> {got.fetched.folder}")
+            continue
         prepared = prepare(
             name, weights=True, trust_remote_code=bool(getattr(entry, "allow_code", False)), policy=policy
         )

@@ -81,6 +81,23 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _mlmodel_check(policy: Policy, name: str, entry: ModelEntry, *, fetched: bool) -> dict[str, Any]:
+    """The gate's ``mlmodel`` check of an MLflow entry: MLmodel asks for no code and names its flavor."""
+    from safeload.errors import SafeloadError
+    from safeload.mlflow import fetch as fetch_mlflow
+
+    if not fetched:
+        return {"check": "mlmodel", "ok": False, "detail": "not checked: the model was not fetched"}
+    try:
+        got = fetch_mlflow(name, entry.flavor or "", policy=policy)
+    except SafeloadError as exc:
+        return {"check": "mlmodel", "ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    return {
+        "check": "mlmodel", "ok": True,
+        "detail": f"MLmodel loads as flavor {got.mlmodel.flavor!r} without running the model's code",
+    }  # fmt: skip
+
+
 def _gate(policy: Policy, name: str, ui: UI) -> int:
     """Fetch (if needed) and verify one model, and emit one verdict record."""
     from datetime import datetime, timezone
@@ -99,6 +116,11 @@ def _gate(policy: Policy, name: str, ui: UI) -> int:
         checks.append({"check": "fetch", "ok": True, "detail": "fetched and verified through the policy"})
     except SafeloadError as exc:
         checks.append({"check": "fetch", "ok": False, "detail": f"{type(exc).__name__}: {exc}"})
+    from safeload.policy import MlflowRegistrySpec
+
+    if isinstance(policy.registries.get(entry.registry), MlflowRegistrySpec):
+        # An MLflow model passes only if it loads as a load would load it: MLmodel's checks included.
+        checks.append(_mlmodel_check(policy, name, entry, fetched=checks[0]["ok"]))
     result = _verify_model(Store(policy.store), policy, entry)
     checks.append(
         {

@@ -17,9 +17,12 @@ drop-in with ``trust_remote_code=False``, or the jail's unpickler for a pytorch 
 go into the module the caller passes. mlflow itself is never imported.
 
 Supported now: the ``transformers`` flavor (safetensors or ``.bin`` weights, tokenizer and other
-components) and the ``pytorch`` flavor saved with ``serialization_format="pickle"``. Not yet: aliases
-(``models:/NAME@ALIAS``), ``pt2``, sklearn, pyfunc and every other flavor, which are refused with a
-message naming what is missing.
+components) and the ``pytorch`` flavor saved with ``serialization_format="pickle"``. Not yet: ``pt2``,
+sklearn, pyfunc and every other flavor, which are refused with a message naming what is missing.
+
+``models:/NAME@ALIAS`` resolves to the one mlflow entry with ``repo = NAME`` that records it was pinned
+from ``ALIAS`` (``alias = "ALIAS"``, written by ``safeload pin mlflow://REGISTRY/NAME@ALIAS``): the
+pinned version loads, and the server is never asked where the alias points now.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from safeload._trust.resolve import FetchedModel, fetch_model
 __all__ = ["Verified", "fetch"]
 
 _URI = re.compile(r"^models:/([^/@]+)/([0-9]+)/?$")
+_ALIAS_URI = re.compile(r"^models:/([^/@]+)@([A-Za-z0-9_-]+)/?$")
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,7 @@ def _entry_name(uri: str, policy: Policy) -> str:
     ):
         return uri
     if uri.startswith("models:/") and "@" in uri:
-        raise UntrustedSourceError(
-            f"{uri}: aliases move, and safeload does not resolve them yet; pin the version and load "
-            "models:/NAME/VERSION"
-        )
+        return _alias_entry(uri, policy)
     m = _URI.match(uri)
     if m is None:
         raise UntrustedSourceError(
@@ -77,11 +78,36 @@ def _entry_name(uri: str, policy: Policy) -> str:
     return found[0]
 
 
+def _alias_entry(uri: str, policy: Policy) -> str:
+    """The one mlflow entry pinned from the alias ``uri`` names; the policy decides, never the server."""
+    m = _ALIAS_URI.match(uri)
+    if m is None:
+        raise UntrustedSourceError(f"{uri!r}: expected models:/NAME@ALIAS (letters, digits, '_' and '-')")
+    name, alias = m.group(1), m.group(2)
+    found = [
+        key for key, entry in policy.models.items()
+        if entry.repo == name and entry.alias == alias
+        and isinstance(policy.registries.get(entry.registry), MlflowRegistrySpec)
+    ]  # fmt: skip
+    if len(found) != 1:
+        why = (
+            f"no [models] entry with repo = {name!r} says it was pinned from alias {alias!r}"
+            if not found
+            else f"several entries say they were pinned from it ({', '.join(found)}); load one by its name"
+        )
+        raise UntrustedSourceError(
+            f"{uri}: {why} in {policy.source or 'the built-in default policy'}. Aliases move, so safeload "
+            f"never asks the server where one points at load time; `safeload pin mlflow://<registry>/{name}@"
+            f"{alias}` resolves it once and records it"
+        )
+    return found[0]
+
+
 def fetch(uri: str, flavor: str, *, policy: Policy | None = None) -> Verified:
     """Resolve ``uri`` through the policy, fetch and verify its files, and check MLmodel for ``flavor``.
 
     Raises:
-        UntrustedSourceError: the URI is not pinned, or names an alias.
+        UntrustedSourceError: the URI is not pinned, or names an alias no entry was pinned from.
         IntegrityError: the server's answers or bytes differ from the pins.
         UnsafeContentError: MLmodel (or a config) asks to run the model's own code.
         UnsupportedFormatError: the flavor is not the pinned one, or not supported yet.

@@ -74,6 +74,25 @@ def test_fetch_benchmarks_print_their_table_and_figures(script: str, tmp_path: P
 
 
 @pytest.mark.slow
+def test_the_mlflow_benchmark_prints_every_row(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow.server", reason="needs the mlflow extra")
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.mlflow_fetch", "--size-mib", "4", "--runs", "1", "--warm-runs", "1",
+         "--dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["safeload_cold_s"] > 0 and figures["download_artifacts_s"] > 0
+    assert figures["tf_safeload_s"] > 0 and figures["tf_mlflow_local_s"] > 0
+    assert "cold: safeload prefetch (jailed, hashed, stored)" in proc.stdout
+    assert "warm: safeload.mlflow.transformers.load_model" in proc.stdout
+    assert "sklearn" in proc.stdout  # measured, or n/a with the reason
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_the_dropins_benchmark_prints_every_row(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run(

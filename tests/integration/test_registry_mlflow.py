@@ -300,7 +300,8 @@ def test_pin_writes_the_entry_a_load_needs_and_resolves_an_alias_only_then(
                 {"name": "tiny-bert", "alias": "champion", "version": logged.bert})
     by_alias = pin_model("mlflow://ml/tiny-bert@champion", policy_path=policy_path, name="champ")[1]
     assert by_alias.revision == logged.bert and dict(by_alias.files) == want["files"]
-    assert "alias 'champion'" in policy_path.read_text()
+    assert by_alias.alias == "champion" and by_version.alias is None
+    assert tomllib.loads(policy_path.read_text())["models"]["champ"]["alias"] == "champion"
 
 
 @pytest.mark.slow

@@ -20,8 +20,12 @@ Every cold fetch, before any file is downloaded (:meth:`MlflowRegistry.bind`):
 Downloads (``.../mlflow-artifacts/artifacts/PATH``) run in the fetch jail of :mod:`safeload._jail.fetch` like
 every other registry's; each is capped at its pinned size (else the listed size) and at
 ``max_file_size``, and the store hashes it against its pin. Credentials (``auth = "basic"``:
-``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``; ``"token"``: ``MLFLOW_TRACKING_TOKEN``) are
-sent to the endpoint's origin only; there are no redirect hosts. The mlflow library is never imported.
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``; ``"token"``: ``MLFLOW_TRACKING_TOKEN``; or,
+when the registry names ``credentials = "PATH"``, that file alone, see :func:`read_credentials`) are
+sent to the endpoint's origin only; there are no redirect hosts, and a redirect elsewhere is refused
+before a connection is made. A 401 says the server refused the credentials sent (or wants some), a 403
+that they may not read this model; neither is ever reported as tampering. The mlflow library is never
+imported.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +49,12 @@ from safeload._trust.registries._http import API_CAP, JailedRegistry
 from safeload.errors import IntegrityError, PolicyError, SafeloadError, UntrustedSourceError
 from safeload.policy import MlflowRegistrySpec, ModelEntry
 
-__all__ = ["MlflowRegistry", "MlflowVersion", "artifact_root"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["MlflowRegistry", "MlflowVersion", "artifact_root", "read_credentials"]
 
 _API = "/api/2.0/mlflow"
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -51,6 +62,7 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,254}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
 _MAX_ENTRIES = 10_000
 _MAX_DEPTH = 16
+_MAX_CREDENTIALS = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,58 @@ class MlflowVersion:
     run_id: str | None
     root: str
     sizes: Mapping[str, int]
+
+
+def read_credentials(path: Path, auth: str, where: str) -> dict[str, str]:
+    """The credentials in ``path``: a small TOML file, ``username = "..."`` and ``password = "..."`` for
+    ``auth = "basic"``, ``token = "..."`` for ``"token"``. Like ssh with a private key, the file must be a
+    regular file (a symbolic link to one is followed, as Kubernetes mounts secrets) owned by the caller or
+    root that nobody else may read or write.
+
+    Raises:
+        PolicyError: the file cannot be read, others may read or write it, it is not TOML, or it lacks
+            the keys ``auth`` needs; the message says how to fix it.
+    """
+    where = f"{where}: credentials file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PolicyError(
+            f"{where}: cannot read the credentials file ({exc.strerror}); create it (mode 600) or fix "
+            "'credentials' in trust.toml"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(f"{where}: is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise PolicyError(
+                f"{where}: is readable by others (mode {mode:04o}); credentials must be private to their "
+                f"owner: run `chmod 600 {path}` (for a Kubernetes secret, defaultMode: 0400)"
+            )
+        if st.st_uid not in (os.geteuid(), 0):
+            raise PolicyError(
+                f"{where}: belongs to uid {st.st_uid}, neither this user ({os.geteuid()}) nor root; "
+                f"run `chown {os.geteuid()} {path}`"
+            )
+        raw = os.read(fd, _MAX_CREDENTIALS + 1)
+    finally:
+        os.close(fd)
+    try:
+        data = tomllib.loads(raw[:_MAX_CREDENTIALS].decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raise PolicyError(
+            f'{where}: is not TOML like `username = "reader"` and `password = "..."` (or `token = "..."`)'
+        ) from None
+    keys = ("username", "password") if auth == "basic" else ("token",)
+    missing = [k for k in keys if not isinstance(data.get(k), str) or not data[k]]
+    if missing:
+        raise PolicyError(
+            f"{where}: auth = {auth!r} needs {' and '.join(repr(k) for k in keys)} in it (as strings); "
+            f"missing: {', '.join(missing)}"
+        )
+    return {k: str(data[k]) for k in keys}
 
 
 def _plain(path: str) -> bool:
@@ -114,26 +178,66 @@ class MlflowRegistry(JailedRegistry):
         self._bound = bound
         self._pins = pins
 
-    def _auth(self) -> str | None:
+    def _credentials_from(self) -> str:
+        """Where this registry's credentials come from, for messages."""
+        if self._spec.credentials is not None:
+            return f"the credentials file {self._spec.credentials}"
         if self._spec.auth == "basic":
+            return "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+        return "MLFLOW_TRACKING_TOKEN"
+
+    def _auth(self) -> str | None:
+        """The ``Authorization`` value: from the policy's credentials file when it names one, else from
+        the MLflow environment variables.
+
+        Raises:
+            PolicyError: no credentials are set where ``auth`` says, or the file is refused.
+        """
+        auth, where = self._spec.auth, f"registries.{self.name}"
+        if auth == "none":
+            return None
+        if self._spec.credentials is not None:
+            found = read_credentials(self._spec.credentials, auth, where)
+            user, password, token = found.get("username"), found.get("password"), found.get("token")
+        else:
             user = os.environ.get("MLFLOW_TRACKING_USERNAME")
             password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+            token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        if auth == "basic":
             if not user or password is None:
                 raise PolicyError(
-                    f'registries.{self.name}: auth = "basic" needs MLFLOW_TRACKING_USERNAME and '
-                    "MLFLOW_TRACKING_PASSWORD in the environment"
+                    f'{where}: auth = "basic" and no credentials: set MLFLOW_TRACKING_USERNAME and '
+                    f'MLFLOW_TRACKING_PASSWORD, or name a file holding them with credentials = "PATH" in '
+                    f'[{where}] (TOML: username = "...", password = "..."; mode 600)'
                 )
             return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        if self._spec.auth == "token":
-            token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-            if not token:
-                raise PolicyError(
-                    f'registries.{self.name}: auth = "token" needs MLFLOW_TRACKING_TOKEN in the environment'
-                )
-            return f"Bearer {token}"
-        return None
+        if not token:
+            raise PolicyError(
+                f'{where}: auth = "token" and no credentials: set MLFLOW_TRACKING_TOKEN, or name a file '
+                f'holding it with credentials = "PATH" in [{where}] (TOML: token = "..."; mode 600)'
+            )
+        return f"Bearer {token}"
 
     def _failure(self, answer: Answer, what: str) -> SafeloadError:
+        if answer.kind == "http" and answer.status == 401:
+            if self._spec.auth == "none":
+                return UntrustedSourceError(
+                    f"{self._where()}: {what}: the server asks for credentials (HTTP 401) and this registry "
+                    f'sends none; set auth = "basic" (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD) or '
+                    f'"token" (MLFLOW_TRACKING_TOKEN) in [registries.{self.name}], or credentials = "PATH"'
+                )
+            return UntrustedSourceError(
+                f"{self._where()}: {what}: the registry refused the credentials (HTTP 401) from "
+                f"{self._credentials_from()}; check the user name and password (or token) there. Nothing "
+                "was fetched"
+            )
+        if answer.kind == "http" and answer.status == 403:
+            return UntrustedSourceError(
+                f"{self._where()}: {what}: the registry accepted the credentials from "
+                f"{self._credentials_from() if self._spec.auth != 'none' else 'nowhere (auth = none)'} but "
+                "they may not read this (HTTP 403); an admin must grant READ on the registered model and "
+                "on the experiment that holds its files"
+            )
         if answer.kind in ("announced", "cap"):
             details = dict(answer.details or {})
             size = details.get("limit", details.get("cap"))
@@ -238,6 +342,11 @@ class MlflowRegistry(JailedRegistry):
             raise IntegrityError(
                 f"{label}: the server says its source is {seen.source!r}, but the entry pins source = "
                 f"{entry.source!r}; the version now points at other files. Re-pin only if that is intended"
+            )
+        if entry.run_id is not None and seen.run_id != entry.run_id:
+            raise IntegrityError(
+                f"{label}: the server says its run is {seen.run_id!r}, but the entry pins run_id = "
+                f"{entry.run_id!r}; the version now comes from another run. Re-pin only if that is intended"
             )
         listed, pinned = set(seen.sizes), set(entry.files)
         if listed != pinned:
