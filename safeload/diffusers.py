@@ -28,6 +28,7 @@ from typing import Any
 
 import diffusers as _df
 
+from safeload._integrations.dropin import drop_in
 from safeload._integrations.folder import prepare
 from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UntrustedSourceError
@@ -100,23 +101,7 @@ def from_pretrained(cls: Any, pretrained_model_name_or_path: str | os.PathLike[s
 
 
 def _wrap(cls: type) -> type:
-    def from_pretrained_(_cls: type, /, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
-        return from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
-
-    from_pretrained_.__doc__ = (
-        "Like diffusers' ``from_pretrained``, with the name resolved through ``trust.toml`` and the files "
-        "verified; see ``safeload.diffusers.from_pretrained`` for what it raises."
-    )
-    return type(
-        cls.__name__,
-        (cls,),
-        {
-            "from_pretrained": classmethod(from_pretrained_),
-            "__module__": __name__,
-            "__doc__": cls.__doc__,
-            "__qualname__": cls.__name__,
-        },
-    )
+    return drop_in(cls, from_pretrained, module=__name__, library="diffusers'")
 
 
 DiffusionPipeline = _wrap(_df.DiffusionPipeline)

@@ -25,6 +25,7 @@ from typing import Any
 
 import transformers as _hf
 
+from safeload._integrations.dropin import drop_in
 from safeload._integrations.folder import Prepared, prepare
 from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UnsafeContentError, UntrustedSourceError
@@ -163,34 +164,7 @@ def from_pretrained(cls: Any, pretrained_model_name_or_path: Any, *args: Any, **
 
 
 def _wrap(cls: type) -> type:
-    def from_pretrained_(_cls: type, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-        return from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
-
-    try:
-        original = inspect.getattr_static(cls, "from_pretrained")
-    except AttributeError:
-        return cls  # a placeholder for a class whose optional dependency is missing; it raises when used
-    func = getattr(original, "__func__", original)
-    from_pretrained_.__doc__ = (
-        "Like transformers' ``from_pretrained``, with the name resolved through ``trust.toml`` and the files "
-        "verified; see ``safeload.transformers.from_pretrained`` for what it raises.\n\n"
-        + (func.__doc__ or "")
-    )
-    try:
-        from_pretrained_.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):  # pragma: no cover - a C-level function
-        pass
-    wrapped = type(
-        cls.__name__,
-        (cls,),
-        {
-            "from_pretrained": classmethod(from_pretrained_),
-            "__module__": __name__,
-            "__doc__": cls.__doc__,
-            "__qualname__": cls.__name__,
-        },
-    )
-    return wrapped
+    return drop_in(cls, from_pretrained, module=__name__, library="transformers'")
 
 
 AutoBackbone = _wrap(_hf.AutoBackbone)
