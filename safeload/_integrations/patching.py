@@ -16,7 +16,11 @@ sentence-transformers, peft, diffusers and timm do) resolve through the policy i
 (:mod:`safeload.hub`), and ``try_to_load_from_cache`` reports nothing cached, so no caller reads
 huggingface_hub's unchecked cache. ``from_pretrained`` of diffusers' pipelines, models and schedulers
 and of ``peft.PeftModel``, and ``sentence_transformers.SentenceTransformer(...)``, go through their
-drop-ins. Every request huggingface_hub's HTTP client makes (``model_info``, ``file_exists``,
+drop-ins. ``load_model`` of ``mlflow.sklearn``, ``mlflow.pytorch``, ``mlflow.transformers`` and
+``mlflow.pyfunc`` goes through :mod:`safeload.mlflow` (the pinned entry, no code run; ``mlflow.pytorch``
+needs ``model=``), for the flavor modules imported already and, through an import hook, those imported
+while patched (patching never imports mlflow). Every request huggingface_hub's HTTP client makes
+(``model_info``, ``file_exists``,
 ``HfFileSystem``, its session...) to an origin that is not a policy huggingface registry's endpoint is
 refused before it is sent (:mod:`safeload._integrations.hub_guard`). Patching replaces
 module and class attributes process-wide; of the names bound earlier by ``from X import name``, only
@@ -40,6 +44,7 @@ _lock = threading.RLock()
 _saved: list[tuple[object, str, object]] = []
 _undo: list[Callable[[], None]] = []
 _depth = 0
+_installing = False
 
 
 def _torch_load(
@@ -224,6 +229,111 @@ def _library_targets() -> list[tuple[object, str, object]]:
     return out
 
 
+# mlflow flavors whose ``load_model`` goes through safeload.mlflow while patched.
+_MLFLOW_FLAVORS = ("sklearn", "pytorch", "transformers", "pyfunc")
+
+
+def _mlflow_route(flavor: str, model_uri: Any, *args: Any, **kwargs: Any) -> Any:
+    """``mlflow.<flavor>.load_model(...)`` as ``safeload.mlflow.<flavor>.load_model(...)``, whose
+    signatures match mlflow's (pytorch adds ``model=``: the module the weights go into)."""
+    from safeload.errors import UnsupportedFormatError
+    from safeload.mlflow import pyfunc, pytorch, sklearn, transformers
+
+    if flavor == "pytorch" and kwargs.get("model") is None:
+        raise UnsupportedFormatError(
+            f"{model_uri}: mlflow.pytorch.load_model goes through safeload while patched, and a pytorch "
+            "model's weights go into a module your code builds: pass model=YourModule(), or call "
+            "safeload.mlflow.pytorch.load_model(uri, model=YourModule())"
+        )
+    modules = {"sklearn": sklearn, "pytorch": pytorch, "transformers": transformers, "pyfunc": pyfunc}
+    return modules[flavor].load_model(model_uri, *args, **kwargs)
+
+
+def _mlflow_patch(flavor: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(real)
+    def load_model(model_uri: Any, *args: Any, **kwargs: Any) -> Any:
+        from safeload._integrations.guard import is_inside
+
+        if is_inside():  # safeload.mlflow.pyfunc running a model the policy allows to run its code
+            return real(model_uri, *args, **kwargs)
+        return _mlflow_route(flavor, model_uri, *args, **kwargs)
+
+    return load_model
+
+
+def _patch_mlflow_module(module: Any) -> None:
+    """Replace ``load_model`` of an mlflow flavor module (imported now, or before the patch)."""
+    flavor = module.__name__.rpartition(".")[2]
+    real = module.__dict__.get("load_model")
+    if flavor not in _MLFLOW_FLAVORS or not callable(real):
+        return
+    with _lock:
+        if _depth == 0 and not _installing:
+            return
+        _saved.append((module, "load_model", real))
+        module.load_model = _mlflow_patch(flavor, real)
+
+
+class _MlflowLoader:
+    """The real loader of an mlflow flavor module, which patches the module once it has run."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def create_module(self, spec: Any) -> Any:
+        return self._real.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._real.exec_module(module)
+        _patch_mlflow_module(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class _MlflowFinder:
+    """A ``sys.meta_path`` finder for mlflow's flavor modules imported while patched: the patch never
+    imports mlflow itself (it costs seconds), yet an import after ``patch()`` gets the patched names."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        import importlib.util
+
+        if fullname not in {f"mlflow.{f}" for f in _MLFLOW_FLAVORS} or getattr(self._local, "busy", False):
+            return None
+        self._local.busy = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._local.busy = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _MlflowLoader(spec.loader)  # type: ignore[assignment]
+        return spec
+
+
+def _install_mlflow() -> Callable[[], None]:
+    """Patch the mlflow flavor modules imported already, and the ones imported from now on; returns
+    the undo of the import hook (the patched attributes are in ``_saved``)."""
+    import sys
+
+    if not _installed("mlflow"):
+        return lambda: None
+    for flavor in _MLFLOW_FLAVORS:
+        module = sys.modules.get(f"mlflow.{flavor}")
+        if module is not None:
+            _patch_mlflow_module(module)
+    finder = _MlflowFinder()
+    sys.meta_path.insert(0, finder)
+
+    def undo() -> None:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+
+    return undo
+
+
 # huggingface_hub's download entry points, by the module that defines them and their public name.
 _HUB_FUNCTIONS = (
     ("huggingface_hub.file_download", "hf_hub_download"),
@@ -315,6 +425,12 @@ def _install() -> None:
             original = getattr(owner, name, _MISSING)
         _saved.append((owner, name, original))
         setattr(owner, name, replacement)
+    global _installing
+    _installing = True
+    try:
+        _undo.append(_install_mlflow())
+    finally:
+        _installing = False
 
 
 def _restore() -> None:
@@ -364,15 +480,16 @@ class Patch:
 
 def patch() -> Patch:
     """Route ``torch.load``, the ``from_pretrained`` of transformers, diffusers, peft and
-    sentence-transformers, ``transformers.pipeline`` and huggingface_hub's downloads through safeload,
-    and refuse huggingface_hub's requests to origins the policy does not name.
+    sentence-transformers, ``transformers.pipeline``, huggingface_hub's downloads and mlflow's
+    ``<flavor>.load_model`` through safeload, and refuse huggingface_hub's requests to origins the policy
+    does not name.
 
     Call it alone to patch until :func:`unpatch`, or use it as ``with safeload.patch(): ...`` to restore
     the original objects (the very same objects) when the block ends. Nested uses are counted.
 
     Raises:
-        Nothing itself; the patched functions raise what ``safeload.load`` and
-        ``safeload.transformers`` raise.
+        Nothing itself; the patched functions raise what ``safeload.load``, ``safeload.transformers``
+        and ``safeload.mlflow`` raise.
     """
     global _depth
     with _lock:

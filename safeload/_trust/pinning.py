@@ -196,6 +196,8 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"base_model = {_q(entry.base_model)}")
     if entry.allow_code:
         lines.append("allow_code = true")
+    if entry.trusted_types:
+        lines.append(f"trusted_types = [{', '.join(_q(t) for t in entry.trusted_types)}]")
     req = entry.require_evaluation
     if req is not None:
         metrics = ", ".join(
@@ -207,10 +209,6 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"source = {_q(entry.source)}")
     if entry.flavor is not None:
         lines.append(f"flavor = {_q(entry.flavor)}")
-    if entry.run_id is not None:
-        lines.append(f"run_id = {_q(entry.run_id)}")
-    if entry.alias is not None:
-        lines.append(f"alias = {_q(entry.alias)}")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
     if entry.sizes:
@@ -305,12 +303,14 @@ def pin_model(
     registry: str | None = None,
     name: str | None = None,
     resolve: bool = False,
+    allow_code: bool = False,
 ) -> tuple[str, ModelEntry]:
     """Pin ``url`` (``hf://org/name@<commit>`` or ``dir://org/name``) into ``policy_path``'s ``[models]``;
     ``hf://datasets/org/name@<commit>`` (or ``dir://datasets/org/name``) into its ``[datasets]``.
 
     Returns the model's name and the entry written. An existing entry's ``signer``/``signature``/``task``/
-    ``datasets`` are kept.
+    ``datasets`` are kept. ``allow_code`` is for ``mlflow://`` URLs only: pin a model that runs its own
+    code, as the user's decision to run it (see :func:`_pin_mlflow`).
 
     Raises:
         PolicyError: the URL is malformed, the revision is not a commit (and ``resolve`` is False), the
@@ -321,7 +321,7 @@ def pin_model(
     if url.startswith("oci://"):
         return _pin_oci(url, policy_path=Path(policy_path), registry=registry, name=name, resolve=resolve)
     if url.startswith("mlflow://"):
-        return _pin_mlflow(url, policy_path=Path(policy_path), name=name)
+        return _pin_mlflow(url, policy_path=Path(policy_path), name=name, allow_code=allow_code)
     m = _URL.match(url)
     if m is None:
         raise PolicyError(
@@ -487,25 +487,37 @@ def _pin_oci(
     return entry.name, entry
 
 
-def _pin_mlflow(url: str, *, policy_path: Path, name: str | None) -> tuple[str, ModelEntry]:
+def _pin_mlflow(
+    url: str, *, policy_path: Path, name: str | None, allow_code: bool = False
+) -> tuple[str, ModelEntry]:
     """Pin ``mlflow://REGISTRY/NAME/VERSION`` (or ``@ALIAS``, resolved to its version now and only now):
-    every file hashed through the same fetch a load makes, the version's ``source`` and run id, each file's
-    size, and the flavor MLmodel names, after the same MLmodel checks a load makes, so a model that could
-    never load safely is refused here, by the field that asks for its code. From an alias, the entry
-    records it (``alias = "..."``): ``models:/NAME@ALIAS`` then loads this entry's version, whatever the
-    alias points at later.
+    every file hashed through the same fetch a load makes, the version's ``source``, each file's size, and
+    the flavor MLmodel names, after the same MLmodel checks a load makes, so a model that could never load
+    safely is refused here, by the field that asks for its code.
+
+    A model that asks to run its code is pinned only with ``allow_code`` (or over an entry that already
+    says ``allow_code = true``): it is then written with ``flavor = "python_function"`` and
+    ``allow_code = true``, for :func:`safeload.mlflow.pyfunc.load_model`. An existing entry's
+    ``trusted_types`` are kept; for a sklearn model without them, a comment above the entry names the types
+    its skops file holds beyond skops's safe set (the user decides whether to trust them).
 
     Raises:
         PolicyError: the URL is malformed, or REGISTRY is not an mlflow registry of the policy.
         UntrustedSourceError: the model, version or alias does not exist.
         IntegrityError: the server's answers break the registry's rules.
-        UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code, or names no
-            flavor safeload loads (nothing is written then).
+        UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code (and
+            ``allow_code`` is not given), or names no flavor safeload loads (nothing is written then).
+    Raises:
+        PolicyError: the URL is malformed, or REGISTRY is not an mlflow registry of the policy.
+        UntrustedSourceError: the model, version or alias does not exist.
+        IntegrityError: the server's answers break the registry's rules.
+        UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code (and
+            ``allow_code`` is not given), or names no flavor safeload loads (nothing is written then).
     """
     import tempfile
 
     from safeload._trust.registries.mlflow import MlflowRegistry
-    from safeload.mlflow._mlmodel import HANDLED, check_mlmodel, read_mlmodel
+    from safeload.mlflow._mlmodel import HANDLED, check_mlmodel, code_fields, read_mlmodel, trusted_types_hint
 
     m = _MLFLOW_URL.match(url)
     if m is None:
@@ -526,6 +538,9 @@ def _pin_mlflow(url: str, *, policy_path: Path, name: str | None) -> tuple[str, 
     version = registry.resolve_revision(repo, version_ref or alias) or ""
     seen = registry.describe(repo, version)
     model_name = name or repo
+    old = policy.models.get(model_name)
+    allow_code = allow_code or (old is not None and old.allow_code)
+    trusted_types = old.trusted_types if old is not None else ()
     # What the server lists now, as a provisional entry: the fetch is bound to this very listing.
     listed = ModelEntry(
         name=model_name, registry=spec.name, repo=repo, revision=version, source=seen.source,
@@ -546,15 +561,24 @@ def _pin_mlflow(url: str, *, policy_path: Path, name: str | None) -> tuple[str, 
             link = Path(tmp) / rel
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(store.blob_path(digest))
-        flavors = read_mlmodel(Path(tmp), where)["flavors"]
+        doc = read_mlmodel(Path(tmp), where)
+        flavors = doc["flavors"]
         # A flavor safeload loads; else the first listed, which the checks below refuse by name (a model
-        # that asks to run its code is refused for that first).
+        # that asks to run its code is refused for that first, unless code is allowed).
         flavor = next((f for f in HANDLED if f in flavors), next(iter(sorted(flavors)), ""))
+        runs_code = bool(code_fields(doc, digests))
+        if allow_code and runs_code:
+            flavor = "python_function"
         entry = ModelEntry(
             name=model_name, registry=spec.name, repo=repo, revision=version, source=seen.source,
             flavor=flavor, files=MappingProxyType(dict(sorted(digests.items()))),
-            sizes=MappingProxyType(dict(sorted(seen.sizes.items()))), alias=alias, run_id=seen.run_id,
-        )
+            sizes=MappingProxyType(dict(sorted(seen.sizes.items()))),
+            allow_code=allow_code and runs_code, trusted_types=trusted_types,
+        )  # fmt: skip
         check_mlmodel(entry, Path(tmp), entry.files, flavor, where)
-    write_entry(policy_path, entry)
+        hint = ""
+        if flavor == "sklearn" and not trusted_types:
+            hint = trusted_types_hint(Path(tmp), doc, model_name)
+    comment = f"# pinned from alias {alias!r} of {repo!r}: version {version}\n" if alias else ""
+    write_entry(policy_path, entry, extra_text=comment + hint)
     return model_name, entry

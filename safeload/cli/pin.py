@@ -11,7 +11,7 @@ from rich.console import Console
 
 from safeload.cli._common import command_parser
 from safeload.cli._ui import EXIT_OK, UI
-from safeload.errors import UntrustedSourceError
+from safeload.errors import PolicyError, UntrustedSourceError
 
 __all__ = ["add_parser", "run"]
 
@@ -39,7 +39,9 @@ URL forms:
   mlflow://REGISTRY/NAME/VERSION
                            a registered model version of the policy's mlflow registry REGISTRY: every file,
                            its size, the version's source and the flavor MLmodel names (after the checks a
-                           load makes: a model that asks to run its own code is refused here).
+                           load makes: a model that asks to run its own code is refused here, unless
+                           --allow-code). A sklearn model's entry gets a commented trusted_types line
+                           naming the types its skops file holds beyond skops's safe set: your decision.
   mlflow://REGISTRY/NAME@ALIAS
                            the version ALIAS names now; the entry pins that version, never the alias."""
 
@@ -74,6 +76,12 @@ def add_parser(sub: Any) -> None:
         "--resolve", action="store_true", help="accept a branch or tag and pin the commit it points at now"
     )
     parser.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="mlflow:// only: pin a model that runs its own code (a pyfunc, a code folder) with "
+        "allow_code = true, after you reviewed that code; safeload.mlflow.pyfunc then runs it with mlflow",
+    )
+    parser.add_argument(
         "--policy",
         metavar="FILE",
         type=Path,
@@ -105,9 +113,12 @@ def run(args: argparse.Namespace, ui: UI) -> int:
             "or pass --resolve to pin the commit it points at now"
         )
     path = _policy_path(args)
+    if args.allow_code and not args.url.startswith("mlflow://"):
+        raise PolicyError("--allow-code is for mlflow:// URLs; elsewhere set allow_code = true by hand")
     name, entry = pin_model(
-        args.url, policy_path=path, registry=args.registry, name=args.name, resolve=args.resolve
-    )
+        args.url, policy_path=path, registry=args.registry, name=args.name, resolve=args.resolve,
+        allow_code=args.allow_code,
+    )  # fmt: skip
     revision = entry.revision
     files = dict(entry.files)
     data = {

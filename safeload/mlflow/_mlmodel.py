@@ -9,7 +9,13 @@ the field that asks for it:
 - a flavor other than the pinned one (``flavor`` in the entry), and flavors safeload does not load yet;
 - transformers: ``auto_map`` in the model's or a component's config (mlflow turns ``trust_remote_code``
   on for it), a model stored as a Hub reference (``source_model_revision``) or a local base-model path
-  (``model_local_base``/``peft_adaptor``), class names that are not transformers' own.
+  (``model_local_base``/``peft_adaptor``), class names that are not transformers' own;
+- sklearn: a ``pickled_model`` that is not a pinned file at the top of the model, a
+  ``serialization_format`` other than skops, pickle or cloudpickle, a ``predict_fn`` other than the
+  prediction methods mlflow's own wrapper allows.
+
+A model that asks to run its code passes only as ``python_function`` on an entry with
+``allow_code = true`` (:func:`safeload.mlflow.pyfunc.load_model`), the user's explicit trust decision.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from typing import Any
 from safeload.errors import UnsafeContentError, UnsupportedFormatError
 from safeload.policy import ModelEntry
 
-__all__ = ["HANDLED", "MLmodel", "check_mlmodel"]
+__all__ = ["HANDLED", "MLmodel", "check_mlmodel", "code_fields", "read_mlmodel", "trusted_types_hint"]
 
 # flavor -> the pyfunc loader_module mlflow writes for it
-HANDLED = {"transformers": "mlflow.transformers", "pytorch": "mlflow.pytorch"}
+HANDLED = {"transformers": "mlflow.transformers", "pytorch": "mlflow.pytorch", "sklearn": "mlflow.sklearn"}
+SKLEARN_FORMATS = ("skops", "pickle", "cloudpickle")
+# what mlflow's sklearn pyfunc wrapper may call (``pyfunc_predict_fn``)
+SKLEARN_PREDICT_FNS = ("predict", "predict_proba", "predict_log_proba", "predict_joint_log_proba", "score")
 _MAX_MLMODEL = 1 << 20
 _CODE_KEYS = ("python_model", "model_code_path", "model_config", "artifacts")
 
@@ -37,13 +46,20 @@ class MLmodel:
 
     flavor: str
     conf: Mapping[str, Any]
+    # python_function on an entry with allow_code: the MLmodel fields that make it run its code
+    code: tuple[str, ...] = ()
 
 
-def _refuse(where: str, field: str, why: str) -> UnsafeContentError:
+def _refuse(where: str, field: str, why: str, allow_code: bool = False) -> UnsafeContentError:
+    trust = (
+        "the entry allows code, so safeload.mlflow.pyfunc.load_model runs it; the flavor loaders never do"
+        if allow_code
+        else "if you trust its author's code, review the pinned files and set allow_code = true on the "
+        "[models] entry, then load it with safeload.mlflow.pyfunc.load_model"
+    )
     return UnsafeContentError(
         f"{where}: MLmodel {field}: {why}; safeload refuses it rather than run code from the model. Log the "
-        "model without it (plain weights and configs), or load it with plain mlflow only if you trust its "
-        "author's code"
+        f"model without it (plain weights and configs), or, {trust}"
     )
 
 
@@ -77,36 +93,59 @@ def _has_auto_map(path: Path) -> bool:
     return isinstance(doc, dict) and doc.get("auto_map") is not None
 
 
+def code_fields(doc: Mapping[str, Any], files: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every way MLmodel (and the pinned file list) asks to run the model's own code: (field, why)."""
+    flavors: Mapping[str, Any] = doc["flavors"]
+    found: list[tuple[str, str]] = []
+    for rel in sorted(files):
+        if rel == "code" or rel.startswith("code/"):
+            found.append(("code", f"the model ships a code folder ({rel})"))
+            break
+    for name, conf in flavors.items():
+        if isinstance(conf, dict) and conf.get("code") is not None:
+            found.append((f"flavors.{name}.code", f"names a code folder ({str(conf['code'])[:100]!r})"))
+    pyfunc = flavors.get("python_function")
+    if isinstance(pyfunc, dict):
+        for key in _CODE_KEYS:
+            if pyfunc.get(key) is not None:
+                found.append((f"flavors.python_function.{key}", "a pyfunc model is code"))
+        loader = pyfunc.get("loader_module")
+        if loader is not None and loader not in HANDLED.values():
+            found.append((
+                "flavors.python_function.loader_module",
+                f"{str(loader)[:100]!r} is not a flavor safeload loads ({', '.join(sorted(HANDLED))})",
+            ))  # fmt: skip
+    return found
+
+
 def check_mlmodel(
     entry: ModelEntry, folder: Path, files: Mapping[str, str], want: str, where: str
 ) -> MLmodel:
     """Check the verified model ``folder`` (its pinned ``files``) for flavor ``want``; return what loads.
 
+    ``want`` is a flavor safeload loads (:data:`HANDLED`), or ``"python_function"`` for a model that runs
+    its own code, which passes only when the entry says ``allow_code = true`` (``code`` is then set).
+
     Raises:
-        UnsafeContentError: the model asks to run its own code (the field is named).
+        UnsafeContentError: the model asks to run its own code (the field is named), and ``want`` is not
+            ``"python_function"`` on an entry that allows code.
         UnsupportedFormatError: the flavor differs from the pin or from ``want``, or is not handled yet.
     """
     doc = read_mlmodel(folder, where)
     flavors: dict[str, Any] = doc["flavors"]
-    for rel in files:
-        if rel == "code" or rel.startswith("code/"):
-            raise _refuse(where, "code", f"the model ships a code folder ({rel})")
-    for name, conf in flavors.items():
-        if isinstance(conf, dict) and conf.get("code") is not None:
-            raise _refuse(where, f"flavors.{name}.code", f"names a code folder ({str(conf['code'])[:100]!r})")
     pyfunc = flavors.get("python_function")
-    if pyfunc is not None:
+    if pyfunc is not None and not isinstance(pyfunc, dict):
+        raise UnsupportedFormatError(f"{where}: MLmodel flavors.python_function is not a mapping")
+    code = code_fields(doc, files)
+    if want == "python_function" and entry.allow_code:
         if not isinstance(pyfunc, dict):
-            raise UnsupportedFormatError(f"{where}: MLmodel flavors.python_function is not a mapping")
-        for key in _CODE_KEYS:
-            if pyfunc.get(key) is not None:
-                raise _refuse(where, f"flavors.python_function.{key}", "a pyfunc model is code")
-        loader = pyfunc.get("loader_module")
-        if loader is not None and loader not in HANDLED.values():
-            raise _refuse(
-                where, "flavors.python_function.loader_module",
-                f"{str(loader)[:100]!r} is not a flavor safeload loads ({', '.join(sorted(HANDLED))})",
-            )  # fmt: skip
+            raise UnsupportedFormatError(
+                f"{where}: MLmodel has no python_function flavor (it has {sorted(flavors)})"
+            )
+        return MLmodel(flavor=want, conf=pyfunc, code=tuple(field for field, _ in code))
+    if code:
+        field, why = code[0]
+        raise _refuse(where, field, why, entry.allow_code)
     if entry.flavor is not None and entry.flavor not in flavors:
         raise UnsupportedFormatError(
             f"{where}: MLmodel has flavors {sorted(flavors)}, not the pinned flavor {entry.flavor!r}"
@@ -125,7 +164,32 @@ def check_mlmodel(
         raise UnsupportedFormatError(f"{where}: MLmodel has no {want!r} flavor (it has {sorted(flavors)})")
     if want == "transformers":
         _check_transformers(conf, folder, where)
+    elif want == "sklearn":
+        _check_sklearn(conf, pyfunc, files, where)
     return MLmodel(flavor=want, conf=conf)
+
+
+def _check_sklearn(
+    conf: Mapping[str, Any], pyfunc: Mapping[str, Any] | None, files: Mapping[str, str], where: str
+) -> None:
+    rel = conf.get("pickled_model")
+    if not isinstance(rel, str) or "/" in rel or rel in ("", ".", "..") or rel not in files:
+        raise UnsupportedFormatError(
+            f"{where}: MLmodel flavors.sklearn.pickled_model {str(rel)[:100]!r} is not a pinned file at the "
+            "top of the model"
+        )
+    fmt = conf.get("serialization_format", "pickle")
+    if fmt not in SKLEARN_FORMATS:
+        raise UnsupportedFormatError(
+            f"{where}: MLmodel flavors.sklearn.serialization_format {str(fmt)[:40]!r} is not one of "
+            f"{', '.join(SKLEARN_FORMATS)}"
+        )
+    predict_fn = (pyfunc or {}).get("predict_fn", "predict")
+    if predict_fn not in SKLEARN_PREDICT_FNS:
+        raise UnsupportedFormatError(
+            f"{where}: MLmodel flavors.python_function.predict_fn {str(predict_fn)[:60]!r} is not one of "
+            f"{', '.join(SKLEARN_PREDICT_FNS)}"
+        )
 
 
 def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> None:
@@ -164,3 +228,31 @@ def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> No
         for cfg in ("config.json", "tokenizer_config.json", "preprocessor_config.json"):
             if _has_auto_map(folder / "components" / comp / cfg):
                 raise _refuse(where, f"components/{comp}/{cfg} auto_map", "it maps the component to code")
+
+
+def trusted_types_hint(folder: Path, doc: Mapping[str, Any], name: str) -> str:
+    """The comment ``safeload pin`` writes above a sklearn entry: what ``trusted_types`` could hold (the
+    types the skops file names beyond skops's safe set, read from its schema: nothing is built)."""
+    conf = doc["flavors"].get("sklearn") or {}
+    path = folder / str(conf.get("pickled_model"))
+    head = (
+        f"# {name}: skops.io.load trusts only its own safe types plus the entry's trusted_types; the\n"
+        "# model's own list (MLmodel skops_trusted_types) is never used. "
+    )
+    if conf.get("serialization_format") != "skops":
+        return head + (
+            "A pickle is converted to skops in the jail at load;\n# `safeload convert "
+            "MODEL.pkl --to skops` prints the types it holds. Trust them by adding to the entry:\n"
+            "# trusted_types = []\n"
+        )
+    try:
+        import skops.io as sio
+
+        needed = sorted({str(t) for t in sio.get_untrusted_types(file=str(path))})
+    except Exception:  # skops missing, or a file it cannot read: the load will say
+        needed = None
+    if needed == []:
+        return ""
+    listed = "[" + ", ".join(json.dumps(t) for t in needed) + "]" if needed else "[]"
+    what = "The skops file holds these; review them" if needed else "Review the types the skops file holds"
+    return head + f"{what}, then\n# move this line into the entry:\n# trusted_types = {listed}\n"

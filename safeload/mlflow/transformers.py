@@ -37,14 +37,20 @@ def load_model(
         ValueError: ``return_type`` is not ``"pipeline"`` or ``"components"``, or ``dst_path`` is given.
     """
     from safeload.mlflow import fetch
-    from safeload.transformers import from_pretrained
-    from safeload._integrations.guard import inside, refuse_host_unpickling
 
     if return_type not in ("pipeline", "components"):
         raise ValueError(f"return_type must be 'pipeline' or 'components', got {return_type!r}")
     if dst_path is not None:
         raise ValueError("dst_path is not supported: the verified files stay in safeload's store")
     got = fetch(model_uri, "transformers", policy=policy)
+    return load_verified(got, return_type, device, **kwargs)
+
+
+def load_verified(got: Any, return_type: str = "pipeline", device: Any = None, **kwargs: Any) -> Any:
+    """The pipeline (or parts) of an already fetched and checked transformers model (``Verified``)."""
+    from safeload._integrations.guard import inside, refuse_host_unpickling
+    from safeload.transformers import from_pretrained
+
     conf = got.mlmodel.conf
     folder = got.fetched.folder
     load_kwargs: dict[str, Any] = {}
