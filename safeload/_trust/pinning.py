@@ -507,12 +507,6 @@ def _pin_mlflow(
         IntegrityError: the server's answers break the registry's rules.
         UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code (and
             ``allow_code`` is not given), or names no flavor safeload loads (nothing is written then).
-    Raises:
-        PolicyError: the URL is malformed, or REGISTRY is not an mlflow registry of the policy.
-        UntrustedSourceError: the model, version or alias does not exist.
-        IntegrityError: the server's answers break the registry's rules.
-        UnsafeContentError, UnsupportedFormatError: MLmodel asks to run the model's code (and
-            ``allow_code`` is not given), or names no flavor safeload loads (nothing is written then).
     """
     import tempfile
 
