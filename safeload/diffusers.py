@@ -34,7 +34,7 @@ from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UntrustedSourceError
 from safeload.policy import load_policy
 
-__all__ = ["DiffusionPipeline", "from_pretrained"]
+__all__ = ["DiffusionPipeline"]
 
 _HUB_KWARGS = ("cache_dir", "force_download", "token", "use_auth_token", "local_files_only", "proxies")
 _CODE_KWARGS = ("custom_pipeline", "custom_revision", "trust_remote_code")

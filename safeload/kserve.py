@@ -32,7 +32,7 @@ from safeload._relpath import is_safe_relpath
 from safeload._trust.hashing import copy_and_hash, hash_fd
 from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
 
-__all__ = ["SCHEME", "initialize", "main"]
+__all__ = ["main"]
 
 SCHEME = "safeload://"
 _USAGE = "usage: python -m safeload.kserve safeload://NAME DEST"
@@ -143,7 +143,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from safeload.cli import EXIT_ERROR, EXIT_OK, exit_code
+    from safeload.cli import exit_code
+    from safeload.cli._ui import EXIT_ERROR, EXIT_OK
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:

@@ -31,7 +31,7 @@ from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.errors import UntrustedSourceError
 from safeload.policy import load_policy
 
-__all__ = ["PeftModel", "from_pretrained"]
+__all__ = ["PeftModel"]
 
 _HUB_KWARGS = ("cache_dir", "force_download", "token", "use_auth_token", "local_files_only")
 _CONFIG_CAP = 1 << 20

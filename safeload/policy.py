@@ -37,21 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = [
-    "DirectoryRegistrySpec",
-    "HuggingFaceRegistrySpec",
-    "MlflowRegistrySpec",
-    "ModelEntry",
-    "OciRegistrySpec",
-    "Policy",
-    "RegistrySpec",
-    "SandboxSettings",
-    "default_policy",
-    "discover_policy_path",
-    "dotted",
-    "load_policy",
-    "parse_policy",
-]
+__all__ = ["ModelEntry", "Policy", "load_policy", "parse_policy"]
 
 _GiB = 1 << 30
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -64,7 +50,7 @@ SUPPORTED_VERSIONS = (1,)
 DEFAULT_SIGNATURE = "model.sig"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SandboxSettings:
     """``[sandbox]``: how the jail runs pickle-family artifacts."""
 
@@ -76,7 +62,7 @@ class SandboxSettings:
     max_output_bytes: int = 64 * _GiB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HuggingFaceRegistrySpec:
     """``[registries.NAME] kind = "huggingface"``: a Hub (or mirror) at ``endpoint``.
 
@@ -96,7 +82,7 @@ class HuggingFaceRegistrySpec:
     kind: Literal["huggingface"] = "huggingface"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DirectoryRegistrySpec:
     """``[registries.NAME] kind = "directory"``: a local tree laid out as ``path/<repo>/<files>``."""
 
@@ -105,7 +91,7 @@ class DirectoryRegistrySpec:
     kind: Literal["directory"] = "directory"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class UnpackBudgets:
     """What the tar layers of an OCI artifact may unpack to (``max_unpacked``, ``max_unpacked_files``,
     ``max_unpack_ratio`` of an oci registry in ``trust.toml``): bytes written over all its layers, entries
@@ -117,7 +103,7 @@ class UnpackBudgets:
     max_ratio: int = 200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class OciRegistrySpec:
     """``[registries.NAME] kind = "oci"``: an OCI distribution registry (Harbor, Zot, distribution, ECR...).
 
@@ -138,7 +124,7 @@ class OciRegistrySpec:
     unpack: UnpackBudgets = field(default_factory=UnpackBudgets)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MlflowRegistrySpec:
     """``[registries.NAME] kind = "mlflow"``: an MLflow tracking server's Model Registry at ``endpoint``.
 
@@ -160,7 +146,7 @@ class MlflowRegistrySpec:
 RegistrySpec = HuggingFaceRegistrySpec | DirectoryRegistrySpec | OciRegistrySpec | MlflowRegistrySpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class EvaluationRequirement:
     """``require_evaluation``: an attestation from ``signer`` over every file the model serves, meeting
     ``metrics`` (name -> (operator, limit)), measured on ``dataset`` (one of the entry's ``datasets``;
@@ -172,7 +158,7 @@ class EvaluationRequirement:
     dataset: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelEntry:
     """``[models."NAME"]``: where a name comes from and what its bytes must be."""
 
@@ -226,7 +212,7 @@ class ModelEntry:
         return self.signature or DEFAULT_SIGNATURE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Policy:
     """A parsed ``trust.toml`` (or the built-in default)."""
 

@@ -31,7 +31,7 @@ from safeload._integrations.folder import prepare
 from safeload._integrations.guard import inside, refuse_host_unpickling
 from safeload.policy import Policy, load_policy
 
-__all__ = ["SentenceTransformer", "build"]
+__all__ = ["SentenceTransformer"]
 
 # Hub arguments that mean nothing for a verified local folder.
 _HUB_KWARGS = ("cache_folder", "token", "use_auth_token", "local_files_only")

@@ -23,7 +23,7 @@ from typing import Any
 from safeload.errors import MissingModuleError, SandboxError, UnsafeContentError, UnsupportedFormatError
 from safeload.policy import Policy, load_policy
 
-__all__ = ["Converted", "convert", "load"]
+__all__ = ["load"]
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _RESULT_CAP = 1 << 20

@@ -11,9 +11,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
-__all__ = ["CHUNK", "copy_and_hash", "hash_fd", "parallel", "progress_bar"]
+__all__ = ["CHUNK", "Hashed", "copy_and_hash", "hash_fd", "parallel", "progress_bar"]
 
 CHUNK = 16 << 20  # large enough that hashlib drops the GIL and per-chunk costs vanish
 T = TypeVar("T")
@@ -25,8 +25,15 @@ def _noop(_: int) -> None:
     return None
 
 
-def hash_fd(fd: int, advance: Advance = _noop, *, mapped: bool = True) -> tuple[str, int]:
-    """Hash a whole regular file; return ("sha256:<hex>", size).
+class Hashed(NamedTuple):
+    """What hashing a file found: its ``sha256:<hex>`` digest and its size in bytes."""
+
+    digest: str
+    size: int
+
+
+def hash_fd(fd: int, advance: Advance = _noop, *, mapped: bool = True) -> Hashed:
+    """Hash a whole regular file; return its digest and size.
 
     The file is mapped rather than read, so the bytes go from the page cache to the hash without a copy.
     Map only files nobody else can write (a file truncated under the mapping faults the process): the
@@ -35,7 +42,7 @@ def hash_fd(fd: int, advance: Advance = _noop, *, mapped: bool = True) -> tuple[
     size = os.fstat(fd).st_size
     h = hashlib.sha256()
     if size == 0:
-        return "sha256:" + h.hexdigest(), 0
+        return Hashed("sha256:" + h.hexdigest(), 0)
     if not mapped:
         return _read_and_hash(fd, advance)
     try:
@@ -47,10 +54,10 @@ def hash_fd(fd: int, advance: Advance = _noop, *, mapped: bool = True) -> tuple[
             with view[off : off + CHUNK] as part:
                 h.update(part)
             advance(min(CHUNK, size - off))
-    return "sha256:" + h.hexdigest(), size
+    return Hashed("sha256:" + h.hexdigest(), size)
 
 
-def _read_and_hash(fd: int, advance: Advance) -> tuple[str, int]:
+def _read_and_hash(fd: int, advance: Advance) -> Hashed:
     os.lseek(fd, 0, os.SEEK_SET)
     h = hashlib.sha256()
     size = 0
@@ -63,7 +70,7 @@ def _read_and_hash(fd: int, advance: Advance) -> tuple[str, int]:
         h.update(view[:n])
         size += n
         advance(n)
-    return "sha256:" + h.hexdigest(), size
+    return Hashed("sha256:" + h.hexdigest(), size)
 
 
 # Small enough that a block is still in the core's cache when it is hashed and written; a few of them in
@@ -75,8 +82,8 @@ _active = 0  # copies running in this process
 _active_lock = threading.Lock()
 
 
-def copy_and_hash(src_fd: int, dst_fd: int, advance: Advance = _noop) -> tuple[str, int]:
-    """Copy ``src_fd`` to ``dst_fd`` and hash what is written; return ("sha256:<hex>", size).
+def copy_and_hash(src_fd: int, dst_fd: int, advance: Advance = _noop) -> Hashed:
+    """Copy ``src_fd`` to ``dst_fd`` and hash what is written; return its digest and size.
 
     Each block is read once into private memory and then hashed and written from there: the digest is
     of exactly the bytes the destination receives, whatever happens to the source meanwhile. Files of
@@ -135,7 +142,7 @@ def _write_all(fd: int, block: memoryview) -> None:
         written += os.write(fd, block[written:])
 
 
-def _copy_and_hash_serial(src_fd: int, dst_fd: int, advance: Advance) -> tuple[str, int]:
+def _copy_and_hash_serial(src_fd: int, dst_fd: int, advance: Advance) -> Hashed:
     h = hashlib.sha256()
     size = 0
     buf = bytearray(_COPY_BLOCK)
@@ -148,10 +155,10 @@ def _copy_and_hash_serial(src_fd: int, dst_fd: int, advance: Advance) -> tuple[s
         size += n
         advance(n)
     dropper.flush()
-    return "sha256:" + h.hexdigest(), size
+    return Hashed("sha256:" + h.hexdigest(), size)
 
 
-def _copy_and_hash_pipelined(src_fd: int, dst_fd: int, advance: Advance) -> tuple[str, int]:
+def _copy_and_hash_pipelined(src_fd: int, dst_fd: int, advance: Advance) -> Hashed:
     # A buffer goes back to ``free`` only from the hashing thread, after its hash; by then this thread
     # has written it too (it writes each block before reading the next), so no buffer is refilled
     # while either use is pending and the bytes hashed are the bytes written.
@@ -196,7 +203,7 @@ def _copy_and_hash_pipelined(src_fd: int, dst_fd: int, advance: Advance) -> tupl
     dropper.flush()
     if failed:
         raise failed[0]
-    return "sha256:" + h.hexdigest(), size
+    return Hashed("sha256:" + h.hexdigest(), size)
 
 
 def parallel(fn: Callable[[T], R], items: Sequence[T], *, workers: int | None = None) -> list[R]:

@@ -48,7 +48,7 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -63,6 +63,7 @@ __all__ = [
     "KeySigner",
     "Signer",
     "SigstoreSigner",
+    "VerifiedEnvelope",
     "VerifiedSignature",
     "check_signed_files",
     "dsse_signature",
@@ -170,7 +171,16 @@ def verify_signature_bytes(signer: Signer, raw_signature: bytes, *, what: str) -
     return VerifiedSignature(signer=signer.name, identity=identity, digests=MappingProxyType(signed))
 
 
-def verify_envelope(signer: Signer, raw: bytes, *, what: str) -> tuple[str, bytes, str]:
+class VerifiedEnvelope(NamedTuple):
+    """A DSSE envelope whose signature holds: its payload type, the payload (verified, not yet parsed)
+    and the identity that signed it."""
+
+    payload_type: str
+    payload: bytes
+    identity: str
+
+
+def verify_envelope(signer: Signer, raw: bytes, *, what: str) -> VerifiedEnvelope:
     """Verify a Sigstore bundle's DSSE envelope with the method ``signer``'s kind names; returns the
     payload type, the payload (verified, not yet parsed) and the identity that signed.
 
@@ -319,7 +329,7 @@ def _load_ec_public_key(signer: KeySigner) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def _verify_key_bundle(signer: KeySigner, raw: bytes) -> tuple[str, bytes, str]:
+def _verify_key_bundle(signer: KeySigner, raw: bytes) -> VerifiedEnvelope:
     key = _load_ec_public_key(signer)
     material, envelope = _parse_bundle(signer.name, raw)
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -339,7 +349,7 @@ def _verify_key_bundle(signer: KeySigner, raw: bytes) -> tuple[str, bytes, str]:
             f"public key {signer.public_key} ({identity}); check signers.{signer.name}.public_key"
         )
     _verify_ecdsa(signer.name, key, envelope, whose=f"the public key {signer.public_key}")
-    return envelope.payload_type, envelope.payload, identity
+    return VerifiedEnvelope(envelope.payload_type, envelope.payload, identity)
 
 
 def _load_chain(signer: CertificateSigner) -> list[x509.Certificate]:
@@ -360,7 +370,7 @@ def _load_chain(signer: CertificateSigner) -> list[x509.Certificate]:
     return certificates
 
 
-def _verify_certificate_bundle(signer: CertificateSigner, raw: bytes) -> tuple[str, bytes, str]:
+def _verify_certificate_bundle(signer: CertificateSigner, raw: bytes) -> VerifiedEnvelope:
     from OpenSSL import crypto
 
     if signer.leaf_sha256 is None and signer.leaf_subject is None:
@@ -429,7 +439,7 @@ def _verify_certificate_bundle(signer: CertificateSigner, raw: bytes) -> tuple[s
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SUPPORTED_CURVES:
         raise SignatureError(f"the signing certificate ({subject}) does not hold an ECDSA P-256/384/521 key")
     _verify_ecdsa(signer.name, key, envelope, whose=f"the certificate {subject}")
-    return envelope.payload_type, envelope.payload, subject
+    return VerifiedEnvelope(envelope.payload_type, envelope.payload, subject)
 
 
 def _check_code_signing_usage(signer_name: str, leaf: x509.Certificate) -> None:
@@ -490,7 +500,7 @@ def _client_trust_config_json(signer: SigstoreSigner) -> str:
     )
 
 
-def _verify_sigstore_bundle(signer: SigstoreSigner, raw: bytes) -> tuple[str, bytes, str]:
+def _verify_sigstore_bundle(signer: SigstoreSigner, raw: bytes) -> VerifiedEnvelope:
     from sigstore.errors import Error as SigstoreError
     from sigstore.models import Bundle, ClientTrustConfig
     from sigstore.verify import Verifier, policy
@@ -524,7 +534,7 @@ def _verify_sigstore_bundle(signer: SigstoreSigner, raw: bytes) -> tuple[str, by
         raise SignatureError(
             f"sigstore verification for signer {signer.name!r} failed on a malformed bundle: {exc!r}"
         ) from exc
-    return str(payload_type), bytes(payload), signer.identity
+    return VerifiedEnvelope(str(payload_type), bytes(payload), signer.identity)
 
 
 # --- the signed manifest --------------------------------------------------------------------------

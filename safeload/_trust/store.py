@@ -94,7 +94,7 @@ def _noop(_: int) -> None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BlobRecord:
     """A verified blob and the stat fingerprint it had when its bytes were last hashed."""
 
@@ -106,7 +106,9 @@ class BlobRecord:
 
     @classmethod
     def from_stat(cls, digest: str, st: os.stat_result) -> BlobRecord:
-        return cls(digest, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        return cls(
+            digest=digest, size=st.st_size, ino=st.st_ino, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns
+        )
 
     def matches(self, st: os.stat_result) -> bool:
         return (self.size, self.ino, self.mtime_ns, self.ctime_ns) == (
@@ -136,14 +138,14 @@ class ModelRecord:
         return {rel: rec.digest for rel, rec in self.files.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class GcReport:
     removed_blobs: tuple[str, ...]
     freed_bytes: int
     removed_staging: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class VerifyReport:
     checked: int
     bad: tuple[str, ...]  # digests whose bytes no longer hash to their name
@@ -871,7 +873,7 @@ class Store:
                     freed += blob.lstat().st_size
                     blob.unlink()
                     removed.append(digest)
-            return GcReport(tuple(removed), freed, removed_staging)
+            return GcReport(removed_blobs=tuple(removed), freed_bytes=freed, removed_staging=removed_staging)
 
     @staticmethod
     def name_repair(exc: SafeloadError, name: str) -> SafeloadError:
@@ -924,4 +926,4 @@ class Store:
                 self.rehash_blob("sha256:" + blob.name)
             except (IntegrityError, SafeloadError):
                 bad.append("sha256:" + blob.name)
-        return VerifyReport(checked, tuple(bad))
+        return VerifyReport(checked=checked, bad=tuple(bad))

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, EXIT_OK, UI
+from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, UI
 from safeload.errors import (
     EvaluationError,
     IntegrityError,
@@ -35,7 +35,7 @@ from safeload.errors import (
     UntrustedSourceError,
 )
 
-__all__ = ["EXIT_ERROR", "EXIT_FINDING", "EXIT_OK", "build_parser", "exit_code", "main"]
+__all__ = ["main"]
 
 _DESCRIPTION = """\
 Load models without running code from strangers.

@@ -13,7 +13,7 @@ from rich.console import Console
 from safeload.cli._common import command_parser
 from safeload.cli._ui import EXIT_ERROR, EXIT_OK, UI
 
-__all__ = ["add_parser", "run", "starter_policy"]
+__all__ = ["add_parser", "run"]
 
 _DESCRIPTION = """\
 Write a starter trust.toml: version, mode = "enforce", the store, the [sandbox] limits, and the

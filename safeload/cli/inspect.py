@@ -34,7 +34,7 @@ from safeload.cli._ui import EXIT_FINDING, EXIT_OK, UI
 if TYPE_CHECKING:
     from safeload._loading.inspect import Inspection
 
-__all__ = ["CODE_BEARING_GLOBALS", "CODE_BEARING_MODULES", "Severity", "add_parser", "classify", "run"]
+__all__ = ["CODE_BEARING_GLOBALS", "CODE_BEARING_MODULES", "add_parser", "run"]
 
 Severity = Literal["data", "stub", "code-bearing"]
 

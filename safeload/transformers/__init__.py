@@ -74,7 +74,6 @@ __all__ = [
     "AutoProcessor",
     "AutoTokenizer",
     "AutoVideoProcessor",
-    "from_pretrained",
     "pipeline",
 ]
 

@@ -85,8 +85,10 @@ def test_good_policy_parses(tmp_path: Path) -> None:
     assert p.sandbox.timeout_s == 120.0
     assert p.sandbox.memory_bytes == 512 << 20
     assert p.sandbox.max_output_bytes == 1 << 30
-    assert p.registries["hub"] == HuggingFaceRegistrySpec("hub", "http://127.0.0.1:9", "ACME_TOKEN", 20 << 30)
-    assert p.registries["local"] == DirectoryRegistrySpec("local", tmp_path / "models")
+    assert p.registries["hub"] == HuggingFaceRegistrySpec(
+        name="hub", endpoint="http://127.0.0.1:9", token_env="ACME_TOKEN", max_file_bytes=20 << 30
+    )
+    assert p.registries["local"] == DirectoryRegistrySpec(name="local", path=tmp_path / "models")
     assert p.signers["k"] == KeySigner("k", tmp_path / "keys/acme.pub")
     assert p.signers["c"] == CertificateSigner(
         "c", (tmp_path / "ca.pem", Path("/abs/int.pem")), leaf_subject="CN=acme"
