@@ -16,30 +16,11 @@ import mmap
 import os
 import sys
 
-from ._common import Budgets, EncodingError, FormatError, LimitError, dumps, open_input
+from ._common import Budgets, EncodingError, FormatError, LimitError, open_input, write_error, write_json
 
 TYPE_CHECKING = False  # typing is a 10 ms import; the jail's start-up budget is 50 ms
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-_EXIT_FORMAT = 2
-_EXIT_LIMIT = 3
-_EXIT_CRASH = 4
-
-
-def _write_json(out_dir: str, name: str, obj: object) -> None:
-    fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    raw = dumps(obj)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(raw)
-
-
-def _error(out_dir: str, kind: str, message: str) -> None:
-    try:
-        _write_json(out_dir, "error.json", {"version": 1, "kind": kind, "message": message[:4000]})
-    except OSError:
-        pass
-
 
 def _options(argv: Sequence[str]) -> dict[str, str]:
     opts: dict[str, str] = {}
@@ -85,7 +66,7 @@ def _inert(path: str, out_dir: str, budgets: Budgets, encoding: str = "utf-8") -
     parsed, table = parse(data, budgets, _text_encoding(encoding))
     manifest = build_manifest(parsed.fmt, parsed.root, table, parsed.globals_seen, budgets)
     write_outputs(out_dir, table)
-    _write_json(out_dir, "manifest.json", manifest)
+    write_json(out_dir, "manifest.json", manifest)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -96,8 +77,7 @@ def main(argv: Sequence[str]) -> int:
         try:
             execute = importlib.import_module(f"{__package__}.execute")
         except ImportError as exc:
-            _error(out_dir, "crash", f"execute mode is not available in this build: {exc}")
-            return _EXIT_CRASH
+            return write_error(out_dir, "crash", f"execute mode is not available in this build: {exc}")
         rc: int = execute.main(list(argv))
         return rc
     if mode == "skops":
@@ -110,35 +90,28 @@ def main(argv: Sequence[str]) -> int:
         try:
             return fetch(opts.get("in", "/in/artifact"), out_dir)
         except Exception as exc:  # the host reports it as a sandbox crash
-            _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
-            return _EXIT_CRASH
+            return write_error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
     if mode == "unpack":
         from ._unpack import main as unpack
 
         try:
             return unpack(opts.get("job", ""), opts.get("in", "/in/artifact"), out_dir)
         except Exception as exc:  # the host reports it as a sandbox crash
-            _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
-            return _EXIT_CRASH
+            return write_error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
     if mode != "inert":
-        _error(out_dir, "crash", f"unknown worker mode {mode!r}")
-        return _EXIT_CRASH
+        return write_error(out_dir, "crash", f"unknown worker mode {mode!r}")
     sys.setrecursionlimit(20_000)
     budgets = Budgets(max_output_bytes=int(opts.get("max-output", str(Budgets().max_output_bytes))))
     try:
         _inert(opts.get("in", "/in/artifact"), out_dir, budgets, opts.get("encoding") or "utf-8")
     except EncodingError as exc:
-        _error(out_dir, "encoding", str(exc))
-        return _EXIT_FORMAT
+        return write_error(out_dir, "encoding", str(exc))
     except FormatError as exc:
-        _error(out_dir, "format", str(exc))
-        return _EXIT_FORMAT
+        return write_error(out_dir, "format", str(exc))
     except (LimitError, MemoryError, RecursionError) as exc:
-        _error(out_dir, "limit", str(exc) or type(exc).__name__)
-        return _EXIT_LIMIT
+        return write_error(out_dir, "limit", str(exc) or type(exc).__name__)
     except Exception as exc:  # the host reports any other failure as a sandbox crash
-        _error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
-        return _EXIT_CRASH
+        return write_error(out_dir, "crash", f"{type(exc).__name__}: {exc}")
     return 0
 
 

@@ -8,8 +8,12 @@ cost the jail ~10 ms of its 50 ms start-up.
 from __future__ import annotations
 
 import _json
+import os
 
 __all__ = [
+    "EXIT_CRASH",
+    "EXIT_FORMAT",
+    "EXIT_LIMIT",
     "MAX_DEPTH",
     "MAX_NAME",
     "MAX_NODES",
@@ -23,13 +27,13 @@ __all__ = [
     "is_location",
     "is_np_dtype",
     "open_input",
+    "write_error",
+    "write_json",
 ]
 
 def open_input(spec: str) -> int:
     """A new descriptor for the artifact, at offset 0: ``fd:N`` names one the launcher handed in (the
     jails without a fresh ``/proc`` have no path to it), anything else is a path."""
-    import os
-
     if spec.startswith("fd:"):
         fd = os.dup(int(spec[3:]))
         os.lseek(fd, 0, os.SEEK_SET)
@@ -93,6 +97,45 @@ def dumps(obj: object) -> bytes:
         {}, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, False
     )
     return "".join(encode(obj, 0)).encode("ascii")
+
+
+def write_json(out_dir: str, name: str, obj: object) -> None:
+    """Write ``obj`` as compact JSON to ``out_dir/name``, a file that must not exist yet nor be a link.
+
+    Raises:
+        OSError: the file exists or cannot be written.
+        TypeError, ValueError: ``obj`` holds a value JSON cannot represent.
+    """
+    raw = dumps(obj)
+    fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
+
+
+# The exit statuses the host reads together with error.json: the file's format (or text encoding, or
+# code that cannot be exported), a budget, anything else.
+EXIT_FORMAT = 2
+EXIT_LIMIT = 3
+EXIT_CRASH = 4
+_EXIT_BY_KIND = {"format": EXIT_FORMAT, "encoding": EXIT_FORMAT, "unsafe": EXIT_FORMAT, "limit": EXIT_LIMIT}
+
+
+def write_error(out_dir: str, kind: str, message: str, **extra: str) -> int:
+    """Write ``out_dir/error.json`` (sandbox/PROTOCOL.md: ``kind``, ``message`` and any ``extra`` fields)
+    and return the worker's exit status for ``kind``. Never raises: a worker that cannot say why it
+    failed still exits with the status."""
+    path = os.path.join(out_dir, "error.json")
+    try:
+        raw = dumps({"version": 1, "kind": kind, "message": message[:4000], **extra})
+        # Through a new name and a rename: in execute mode the checkpoint's code ran in this process and
+        # may have left an error.json of its own, which the worker's account replaces.
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.replace(path + ".tmp", path)
+    except (OSError, TypeError, ValueError):
+        pass
+    return _EXIT_BY_KIND.get(kind, EXIT_CRASH)
 
 
 class FormatError(Exception):

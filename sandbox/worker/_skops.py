@@ -17,11 +17,10 @@ import os
 import sys
 from typing import Any
 
+from ._common import write_error, write_json
+
 __all__ = ["main"]
 
-_EXIT_FORMAT = 2
-_EXIT_LIMIT = 3
-_EXIT_CRASH = 4
 _OUTPUT = "model.skops"
 _RESULT = "result.json"
 # Objects walked and the depth followed before the object is refused as a bomb.
@@ -36,22 +35,6 @@ class Refused(Exception):
 
 class _TooBig(Exception):
     pass
-
-
-def _write_json(out_dir: str, name: str, obj: object) -> None:
-    import json
-
-    fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, separators=(",", ":"))
-
-
-def _fail(out_dir: str, kind: str, message: str, **extra: str) -> int:
-    try:
-        _write_json(out_dir, "error.json", {"version": 1, "kind": kind, "message": message[:4000], **extra})
-    except OSError:
-        pass
-    return {"format": 2, "unsafe": 2, "limit": 3}.get(kind, _EXIT_CRASH)
 
 
 def _unpickle(src: str) -> Any:
@@ -188,29 +171,30 @@ def convert(src: str, out_dir: str) -> int:
     try:
         import skops.io as sio
     except ImportError as exc:
-        return _fail(out_dir, "module", f"skops is not installed in this environment: {exc}",
-                     module=getattr(exc, "name", None) or "skops")
+        return write_error(out_dir, "module", f"skops is not installed in this environment: {exc}",
+                           module=getattr(exc, "name", None) or "skops")
     try:
         obj = _unpickle(src)
     except MemoryError:
-        return _fail(out_dir, "limit", "the file ran out of memory while it was unpickled")
+        return write_error(out_dir, "limit", "the file ran out of memory while it was unpickled")
     except RecursionError:
-        return _fail(out_dir, "limit", "the file is nested too deeply to unpickle")
+        return write_error(out_dir, "limit", "the file is nested too deeply to unpickle")
     except BaseException as exc:  # the file's own code may raise anything
         from .execute import _missing_module
 
         missing = _missing_module(exc)
         if missing is not None:
             why = f"unpickling raised {type(exc).__name__}: {exc}"
-            return _fail(out_dir, "module", why, module=missing[:200])
-        return _fail(out_dir, "format", f"unpickling the file raised {type(exc).__name__}: {exc}")
+            return write_error(out_dir, "module", why, module=missing[:200])
+        return write_error(out_dir, "format", f"unpickling the file raised {type(exc).__name__}: {exc}")
     try:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
         check(obj)
     except Refused as exc:
-        return _fail(out_dir, "unsafe", f"the object holds code, so it cannot be converted to skops: {exc}")
+        why = f"the object holds code, so it cannot be converted to skops: {exc}"
+        return write_error(out_dir, "unsafe", why)
     except (_TooBig, MemoryError, RecursionError) as exc:
-        return _fail(out_dir, "limit", str(exc) or type(exc).__name__)
+        return write_error(out_dir, "limit", str(exc) or type(exc).__name__)
     target = os.path.join(out_dir, _OUTPUT)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -218,10 +202,11 @@ def convert(src: str, out_dir: str) -> int:
             sio.dump(obj, fh)
         untrusted = sio.get_untrusted_types(file=target)
     except (MemoryError, RecursionError) as exc:
-        return _fail(out_dir, "limit", f"writing the skops file exceeded a budget: {type(exc).__name__}")
+        why = f"writing the skops file exceeded a budget: {type(exc).__name__}"
+        return write_error(out_dir, "limit", why)
     except BaseException as exc:  # skops refuses types it cannot represent with its own exceptions
-        return _fail(out_dir, "format", f"skops cannot write this object: {type(exc).__name__}: {exc}")
-    _write_json(out_dir, _RESULT, {"version": 1, "untrusted": [str(t) for t in untrusted]})
+        return write_error(out_dir, "format", f"skops cannot write this object: {type(exc).__name__}: {exc}")
+    write_json(out_dir, _RESULT, {"version": 1, "untrusted": [str(t) for t in untrusted]})
     return 0
 
 
@@ -230,4 +215,4 @@ def main(src: str, out_dir: str) -> int:
     try:
         return convert(src, out_dir)
     except BaseException as exc:  # a tampered process may fail anywhere
-        return _fail(out_dir, "crash", f"{type(exc).__name__}: {exc}")
+        return write_error(out_dir, "crash", f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ import zipfile
 from collections import OrderedDict
 from typing import Any, BinaryIO, Literal
 
+from ._common import write_error
 from .protocol import DTYPE_SIZES
 
 __all__ = ["main"]
@@ -502,17 +503,6 @@ def _write_json_atomically(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fail(out_dir: str, kind: str, message: str, **extra: str) -> int:
-    try:
-        _write_json_atomically(
-            os.path.join(out_dir, "error.json"),
-            {"version": 1, "kind": kind, "message": message[:2000], **extra},
-        )
-    except OSError:
-        pass
-    return {"format": 2, "encoding": 2, "limit": 3}.get(kind, 4)
-
-
 def _missing_module(exc: BaseException) -> str | None:
     """The module a failed load could not import, when that is why it failed (None otherwise)."""
     seen: set[int] = set()
@@ -566,27 +556,29 @@ def main(argv: list[str]) -> int:
             head = _read_head(fh)
         fmt = _detect(head, src)
     except _FormatError as exc:
-        return _fail(out_dir, "format", str(exc))
+        return write_error(out_dir, "format", str(exc))
     except OSError as exc:
-        return _fail(out_dir, "crash", f"cannot read the artifact: {exc}")
+        return write_error(out_dir, "crash", f"cannot read the artifact: {exc}")
     encoding = _encoding(argv)
     seen_globals = _stream_globals(src, encoding)
     locations: dict[int, str] = {}
     try:
         obj = _load(src, fmt, locations, encoding)
     except MemoryError:
-        return _fail(out_dir, "limit", "the checkpoint ran out of memory while loading")
+        return write_error(out_dir, "limit", "the checkpoint ran out of memory while loading")
     except RecursionError:
-        return _fail(out_dir, "limit", "the checkpoint is nested too deeply to load")
+        return write_error(out_dir, "limit", "the checkpoint is nested too deeply to load")
     except BaseException as exc:  # the checkpoint's own code may raise anything
         missing = _missing_module(exc)
         if missing is not None:
             why = f"loading the checkpoint raised {type(exc).__name__}: {exc}"
-            return _fail(out_dir, "module", why[:2000], module=missing[:200])
+            return write_error(out_dir, "module", why[:2000], module=missing[:200])
         if isinstance(exc, UnicodeDecodeError):
-            return _fail(out_dir, "encoding", f"the pickle holds a Python 2 string that is not valid "
-                         f"{encoding} ({exc.reason} at byte {exc.start}): the file was written by Python 2")
-        return _fail(out_dir, "crash", f"loading the checkpoint raised {type(exc).__name__}: {exc}"[:2000])
+            why = (f"the pickle holds a Python 2 string that is not valid {encoding} ({exc.reason} at byte "
+                   f"{exc.start}): the file was written by Python 2")
+            return write_error(out_dir, "encoding", why)
+        why = f"loading the checkpoint raised {type(exc).__name__}: {exc}"
+        return write_error(out_dir, "crash", why[:2000])
     try:
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * _MAX_DEPTH + 200))
         exporter = _Exporter(locations)
@@ -606,9 +598,10 @@ def main(argv: list[str]) -> int:
         }
         _write_json_atomically(os.path.join(out_dir, "manifest.json"), manifest)
     except (_LimitError, MemoryError, RecursionError) as exc:
-        return _fail(out_dir, "limit", f"exporting the checkpoint exceeded a budget: {exc}")
+        return write_error(out_dir, "limit", f"exporting the checkpoint exceeded a budget: {exc}")
     except BaseException as exc:  # a tampered process may fail anywhere
-        return _fail(out_dir, "crash", f"exporting the checkpoint failed: {type(exc).__name__}: {exc}"[:2000])
+        why = f"exporting the checkpoint failed: {type(exc).__name__}: {exc}"
+        return write_error(out_dir, "crash", why[:2000])
     return 0
 
 
