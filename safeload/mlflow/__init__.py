@@ -40,7 +40,7 @@ from safeload.errors import UntrustedSourceError
 from safeload.mlflow._mlmodel import MLmodel, check_mlmodel
 from safeload.policy import MlflowRegistrySpec, Policy, load_policy
 
-__all__ = ["Verified", "fetch", "fetch_files"]
+__all__ = ["Verified", "fetch"]
 
 _URI = re.compile(r"^models:/([^/@]+)/([0-9]+)/?$")
 
