@@ -32,9 +32,9 @@ from safeload.errors import (
 )
 
 if TYPE_CHECKING:
-    from safeload._integrations.patching import patch, unpatch
     from safeload._loading.jail_tier import jail_tier
     from safeload._loading.loader import load, state_dict
+    from safeload._patching import patch, unpatch
 
 __version__ = "0.1.0"
 
@@ -44,8 +44,8 @@ _LAZY = {
     "jail_tier": "safeload._loading.jail_tier",
     "load": "safeload._loading.loader",
     "state_dict": "safeload._loading.loader",
-    "patch": "safeload._integrations.patching",
-    "unpatch": "safeload._integrations.patching",
+    "patch": "safeload._patching",
+    "unpatch": "safeload._patching",
 }
 
 

@@ -7,7 +7,7 @@ file, an adapter, a pickled tokenizer or processor file, ``training_args.bin``) 
 exactly the objects that were there on entry.
 
 ``inside()`` marks the current thread as already inside a safeload load, so patched transformers entry
-points (see ``safeload._integrations.patching``) call straight through instead of resolving a second time.
+points (see ``safeload._patching``) call straight through instead of resolving a second time.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def guarded_async_factory(factory: Callable[[], Any]) -> Callable[[], Any]:
 def install() -> tuple[list[tuple[object, str, object]], Callable[[], None]]:
     """Guard huggingface_hub's HTTP layer.
 
-    Returns the attribute replacements for ``safeload._integrations.patching`` to install and restore like
+    Returns the attribute replacements for ``safeload._patching`` to install and restore like
     its others
     (``set_client_factory`` and ``set_async_client_factory``, which while patched guard whatever factory
     they are given), and an undo function that puts back the factories and the shared client exactly as

@@ -510,8 +510,8 @@ def _pin_mlflow(
     """
     import tempfile
 
+    from safeload._trust.mlmodel import HANDLED, check_mlmodel, code_fields, read_mlmodel, trusted_types_hint
     from safeload._trust.registries.mlflow import MlflowRegistry
-    from safeload.mlflow._mlmodel import HANDLED, check_mlmodel, code_fields, read_mlmodel, trusted_types_hint
 
     m = _MLFLOW_URL.match(url)
     if m is None:

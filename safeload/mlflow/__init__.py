@@ -18,7 +18,7 @@ A ``models:/NAME/VERSION`` URI resolves only through ``trust.toml``: to the one 
 ``kind = "mlflow"`` registry with ``repo = NAME`` and ``revision = VERSION`` (or give the entry's own
 name). Its pinned files are fetched through the fetch jail and verified into the store
 (:mod:`safeload._trust.registries.mlflow`), MLmodel is checked before any loader runs
-(:mod:`safeload.mlflow._mlmodel`), and the weights are loaded by safeload's own paths: the transformers
+(:mod:`safeload._trust.mlmodel`), and the weights are loaded by safeload's own paths: the transformers
 drop-in with ``trust_remote_code=False``; the jail's unpickler for a pytorch ``.pth`` checkpoint, or the
 raw tensor records of a ``.pt2`` archive, whose tensors go into the module the caller passes; skops
 with the entry's ``trusted_types`` for sklearn, a pickle converted to skops in the jail first. mlflow
@@ -35,9 +35,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from safeload._trust.mlmodel import MLmodel, check_mlmodel
 from safeload._trust.resolve import FetchedModel, fetch_model
 from safeload.errors import UntrustedSourceError
-from safeload.mlflow._mlmodel import MLmodel, check_mlmodel
 from safeload.policy import MlflowRegistrySpec, Policy, load_policy
 
 __all__ = ["Verified", "fetch"]

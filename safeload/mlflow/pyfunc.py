@@ -83,8 +83,8 @@ def load_model(
         MissingModuleError: the entry allows code but mlflow is not installed.
         ValueError: ``dst_path`` is given.
     """
+    from safeload._trust.mlmodel import _refuse, check_mlmodel, code_fields, read_mlmodel
     from safeload.mlflow import Verified, fetch_files
-    from safeload.mlflow._mlmodel import _refuse, check_mlmodel, code_fields, read_mlmodel
 
     if dst_path is not None:
         raise ValueError("dst_path is not supported: the verified files stay in safeload's store")

@@ -84,14 +84,14 @@ def test_patch_stays_until_unpatch(tmp_path: Path) -> None:
     before = _snapshot()
     safeload.patch()
     try:
-        assert safeload._integrations.patching.is_patched()
+        assert safeload._patching.is_patched()
         assert torch.equal(third_party_load(ckpt)["w"], torch.arange(3))  # type: ignore[index]
         with safeload.patch():  # nested use keeps the outer patch in place on exit
             pass
         assert torch.equal(third_party_load(ckpt)["w"], torch.arange(3))  # type: ignore[index]
     finally:
         safeload.unpatch()
-    assert not safeload._integrations.patching.is_patched()
+    assert not safeload._patching.is_patched()
     assert all(a is b for a, b in zip(_snapshot(), before, strict=True))
     # Unpatched, the suite's own guard answers again: the host would have unpickled.
     with pytest.raises(AssertionError, match=r"torch\.load was called in the host"):

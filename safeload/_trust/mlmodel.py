@@ -195,6 +195,10 @@ def _check_sklearn(
 def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> None:
     import transformers
 
+    # The names transformers exports, listed by its lazy module without importing a model (or torch);
+    # hasattr() would import the class's module to answer.
+    own = set(dir(transformers))
+
     for key, why in (
         ("source_model_revision", "the model is a reference to a Hub repository, not files in the version"),
         ("model_local_base", "the model loads its base weights from a local path outside the version"),
@@ -206,7 +210,7 @@ def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> No
     if not isinstance(binary, str) or "/" in binary or binary in ("", ".", ".."):
         raise UnsupportedFormatError(f"{where}: MLmodel flavors.transformers.model_binary: {binary!r}")
     model_type = conf.get("pipeline_model_type")
-    if not isinstance(model_type, str) or not hasattr(transformers, model_type):
+    if not isinstance(model_type, str) or model_type not in own:
         raise _refuse(
             where, "flavors.transformers.pipeline_model_type",
             f"{str(model_type)[:100]!r} is not a transformers class (a custom class is code)",
@@ -220,7 +224,7 @@ def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> No
         if comp not in ("tokenizer", "feature_extractor", "image_processor", "processor"):
             raise UnsupportedFormatError(f"{where}: MLmodel flavors.transformers.components: {comp!r}")
         kind = conf.get(f"{comp}_type")
-        if not isinstance(kind, str) or not hasattr(transformers, kind):
+        if not isinstance(kind, str) or kind not in own:
             raise _refuse(
                 where, f"flavors.transformers.{comp}_type",
                 f"{str(kind)[:100]!r} is not a transformers class (a custom class is code)",
