@@ -31,12 +31,13 @@ imported.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -249,11 +250,29 @@ class MlflowRegistry(JailedRegistry):
         return super()._failure(answer, what)
 
     def _api(self, path: str, query: Mapping[str, str], what: str) -> dict[str, object]:
-        url = f"{self.endpoint}{path}?{urlencode(query)}"
-        data, _ = self._json(Request(id="0", url=url, max_bytes=API_CAP), what)
-        if not isinstance(data, dict):
-            raise SafeloadError(f"{self._where()}: {what}: the answer is not a JSON object")
-        return data
+        return self._apis([(path, query)], what)[0]
+
+    def _apis(self, calls: Sequence[tuple[str, Mapping[str, str]]], what: str) -> list[dict[str, object]]:
+        """The JSON objects ``calls`` (path, query) answer, asked in one run of the fetch jail."""
+        requests = [
+            Request(id=str(i), url=f"{self.endpoint}{path}?{urlencode(query)}", max_bytes=API_CAP)
+            for i, (path, query) in enumerate(calls)
+        ]
+        out: list[dict[str, object]] = []
+        with tempfile.TemporaryDirectory(prefix="safeload-fetch-") as tmp:
+            answers = self._run(requests, Path(tmp))
+            for req in requests:
+                answer = answers[req.id]
+                if not answer.ok or answer.path is None:
+                    raise self._failure(answer, what)
+                try:
+                    data = json.loads(answer.path.read_bytes())
+                except ValueError:
+                    raise SafeloadError(f"{self._where()}: {what}: the answer is not JSON") from None
+                if not isinstance(data, dict):
+                    raise SafeloadError(f"{self._where()}: {what}: the answer is not a JSON object")
+                out.append(data)
+        return out
 
     # ------------------------------------------------------------------------------ what the server says
 
@@ -267,7 +286,10 @@ class MlflowRegistry(JailedRegistry):
         what = f"model {name!r} version {version}"
         if not _VERSION.match(version):
             raise UntrustedSourceError(f"{self._where()}: {what}: a version is a number")
-        got = self._api(f"{_API}/model-versions/get", {"name": name, "version": version}, what)
+        query = {"name": name, "version": version}
+        got, uri = self._apis(
+            [(f"{_API}/model-versions/get", query), (f"{_API}/model-versions/get-download-uri", query)], what
+        )
         info = got.get("model_version")
         if not isinstance(info, dict) or str(info.get("version")) != version or info.get("name") != name:
             raise IntegrityError(f"{self._where()}: {what}: the answer describes another model version")
@@ -278,7 +300,6 @@ class MlflowRegistry(JailedRegistry):
         if not isinstance(source, str) or not source:
             raise IntegrityError(f"{self._where()}: {what}: the answer names no source")
         run_id = info.get("run_id")
-        uri = self._api(f"{_API}/model-versions/get-download-uri", {"name": name, "version": version}, what)
         root = artifact_root(uri.get("artifact_uri"), f"{self._where()}: {what}")
         sizes = self._walk(root, what)
         return MlflowVersion(
@@ -287,16 +308,28 @@ class MlflowRegistry(JailedRegistry):
         )  # fmt: skip
 
     def _walk(self, root: str, what: str) -> dict[str, int]:
+        """Every file under ``root`` with its listed size: the folders of one depth listed in one jail run."""
         out: dict[str, int] = {}
-        pending: list[tuple[str, int]] = [("", 0)]
-        while pending:
-            rel, depth = pending.pop()
+        level: list[str] = [""]
+        for depth in range(_MAX_DEPTH + 2):
+            if not level:
+                return out
             if depth > _MAX_DEPTH:
                 raise IntegrityError(
                     f"{self._where()}: listing {what}: folders nested deeper than {_MAX_DEPTH}"
                 )
-            path = f"{root}/{rel}" if rel else root
-            page = self._api(_ARTIFACTS, {"path": path}, f"listing {what}")
+            pages = self._apis(
+                [(_ARTIFACTS, {"path": f"{root}/{rel}" if rel else root}) for rel in level], f"listing {what}"
+            )
+            level = self._read_pages(level, pages, what, out)
+        return out
+
+    def _read_pages(
+        self, folders: list[str], pages: list[dict[str, object]], what: str, out: dict[str, int]
+    ) -> list[str]:
+        """Add the files ``pages`` (the listings of ``folders``) name to ``out``; return their subfolders."""
+        pending: list[str] = []
+        for rel, page in zip(folders, pages, strict=True):
             files = page.get("files", [])
             if not isinstance(files, list):
                 raise SafeloadError(f"{self._where()}: listing {what}: 'files' is not a list")
@@ -311,7 +344,7 @@ class MlflowRegistry(JailedRegistry):
                     )
                 child = f"{rel}/{name}" if rel else name
                 if item.get("is_dir"):
-                    pending.append((child, depth + 1))
+                    pending.append(child)
                     continue
                 size = item.get("file_size", 0)
                 if isinstance(size, str) and size.isdigit():
@@ -321,7 +354,9 @@ class MlflowRegistry(JailedRegistry):
                 out[child] = size
                 if len(out) > _MAX_ENTRIES:
                     raise IntegrityError(f"{self._where()}: listing {what}: more than {_MAX_ENTRIES} files")
-        return out
+        if len(pending) > _MAX_ENTRIES:
+            raise IntegrityError(f"{self._where()}: listing {what}: more than {_MAX_ENTRIES} folders")
+        return pending
 
     # --------------------------------------------------------------------------------- Registry API
 
