@@ -402,7 +402,7 @@ def push_model(
     if record.signature_digest is not None:
         pusher.attach(subject, SIGNATURE, store.blob_path(record.signature_digest).read_bytes())
         attached.append(SIGNATURE)
-    evaluation = record.extra.get("evaluation_digest")
+    evaluation = record.extra.evaluation_digest
     if evaluation is not None:
         pusher.attach(subject, ATTESTATION, store.blob_path(evaluation).read_bytes(), layer_type=SIGNATURE)
         attached.append(ATTESTATION)

@@ -27,7 +27,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -44,7 +44,7 @@ from safeload._trust.signers import (
     SigstoreSigner,
     VerifiedSignature,
 )
-from safeload._trust.store import BlobRecord, ModelRecord, Store
+from safeload._trust.store import BlobRecord, ModelExtra, ModelRecord, Store
 from safeload.errors import (
     IntegrityError,
     PolicyError,
@@ -289,15 +289,15 @@ def _warm_ok(
     record: ModelRecord, entry: ModelEntry, signer: Signer | None, unpinned: bool, policy: Policy
 ) -> bool:
     req = entry.require_evaluation
-    if req is not None and record.extra.get("evaluation_config") != _evaluation_fingerprint(entry, policy):
+    if req is not None and record.extra.evaluation_config != _evaluation_fingerprint(entry, policy):
         return False  # verified against another requirement (or none): verify again
     if unpinned:
-        return record.extra.get("listing") == "all"
-    if record.extra.get("listing") == "all":
+        return record.extra.listed_all
+    if record.extra.listed_all:
         return False
     if signer is None:
         return record.signer is None and record.digests == dict(entry.files)
-    if record.signer != signer.name or record.extra.get("signer_config") != _signer_fingerprint(signer):
+    if record.signer != signer.name or record.extra.signer_config != _signer_fingerprint(signer):
         return False
     if entry.files:
         return record.digests == dict(entry.files)
@@ -313,16 +313,16 @@ def _result(entry: ModelEntry, record: ModelRecord, store: Store) -> FetchedMode
             digests=MappingProxyType(record.digests),
         )
     upstream = None
-    bom_digest = record.extra.get("upstream_bom")
+    bom_digest = record.extra.upstream_bom
     if bom_digest:
         upstream = UpstreamBom(
-            digest=bom_digest, path=store.blob_path(bom_digest), link=record.extra.get("upstream_bom_link")
+            digest=bom_digest, path=store.blob_path(bom_digest), link=record.extra.upstream_bom_link
         )
     evaluation = None
-    if record.extra.get("evaluation"):
+    if record.extra.evaluation:
         from safeload._trust.attestation import Evaluation as _Evaluation
 
-        evaluation = _Evaluation.from_json(json.loads(record.extra["evaluation"]), record.digests)
+        evaluation = _Evaluation.from_json(record.extra.evaluation, record.digests)
     return FetchedModel(
         name=entry.name,
         entry=entry,
@@ -355,10 +355,8 @@ def _materialize(pol: Policy, entry: ModelEntry, *, progress: bool | None, unpin
         hit = warm()  # another process may have finished it while we waited
         if hit is not None:
             return hit
-        registry = open_registry(spec, jail=pol.sandbox.weakest_jail)
-        bind = getattr(registry, "bind", None)
-        if bind is not None:  # MLflow: the version's source and file list are checked against the pins
-            registry = bind(entry)
+        # MLflow checks the version's source and file list against the pins here; others return themselves.
+        registry = open_registry(spec, jail=pol.sandbox.weakest_jail).bind(entry)
         repo = _registry_repo(entry, spec.kind)
         return _cold(
             store, registry, entry, signer, pol,
@@ -444,21 +442,21 @@ def _cold(
         )
         outcome = verify_model(entry, policy, evidence, where=label)
         verified, evaluation = outcome.signature, outcome.evaluation
-        extra: dict[str, str] = {}
-        if unpinned:
-            extra["listing"] = "all"
-        if signer is not None:
-            extra["signer_config"] = _signer_fingerprint(signer)
+        extra = ModelExtra(
+            listed_all=unpinned,
+            signer_config=_signer_fingerprint(signer) if signer is not None else None,
+        )
         if entry.require_evaluation is not None and evaluation is not None and att_record is not None:
-            extra["evaluation"] = json.dumps(evaluation.to_json(), sort_keys=True)
-            extra["evaluation_digest"] = att_record.digest
-            extra["evaluation_config"] = _evaluation_fingerprint(entry, policy)
+            extra = replace(
+                extra,
+                evaluation=evaluation.to_json(),
+                evaluation_digest=att_record.digest,
+                evaluation_config=_evaluation_fingerprint(entry, policy),
+            )
         if upstream is not None:
             what = f"{label}: attached BOM"
             bom_record = store.ingest_owned(upstream[0], staging, expected=None, what=what)
-            extra["upstream_bom"] = bom_record.digest
-            if upstream[1] is not None:
-                extra["upstream_bom_link"] = upstream[1]
+            extra = replace(extra, upstream_bom=bom_record.digest, upstream_bom_link=upstream[1])
         record = store.publish_model(
             built,
             registry=entry.registry,
@@ -504,10 +502,9 @@ def _upstream_bom(
 ) -> tuple[Path, str | None] | None:
     """The BOM the registry has attached to the pinned revision, schema-checked before any model file is
     downloaded (a BOM that fails leaves nothing in the store), with its BOM-Link; None when there is none."""
-    finder = getattr(registry, "attached_bom", None)
-    if finder is None or entry.revision is None:
+    if entry.revision is None:
         return None
-    path: Path | None = finder(repo, entry.revision, staging)
+    path = registry.attached_bom(repo, entry.revision, staging)
     if path is None:
         return None
     return path, check_upstream_bom(path.read_bytes(), label)
@@ -536,10 +533,7 @@ def _declared_digests(
 
     A declaration is only a claim: the bytes are checked against it as they are stored.
     """
-    declared: dict[str, str] = {}
-    lister = getattr(registry, "declared_digests", None)
-    if lister is not None and revision is not None:
-        declared = lister(repo, revision, names)
+    declared = registry.declared_digests(repo, revision, names) if revision is not None else {}
     return {rel: declared.get(rel) for rel in names}
 
 

@@ -64,6 +64,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from safeload._relpath import is_safe_relpath
 from safeload._trust.hashing import Advance, copy_and_hash, hash_fd
@@ -73,6 +74,7 @@ __all__ = [
     "REPAIR",
     "BlobRecord",
     "GcReport",
+    "ModelExtra",
     "ModelRecord",
     "Store",
     "VerifyReport",
@@ -119,6 +121,79 @@ class BlobRecord:
         )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelExtra:
+    """What a model record keeps besides its files and signature: how the folder was verified (so a warm
+    load can tell whether today's policy would still accept it without verifying again) and the other
+    blobs the model owns. Written to and read from the manifest's ``"extra"`` object only by
+    :meth:`to_json` and :meth:`from_json`, whose on-disk keys are those of the first stores.
+    """
+
+    # Audit mode fetched every file the registry listed ("listing": "all"); no pins chose them.
+    listed_all: bool = False
+    # The fingerprint of the signer's settings and key material the signature was verified with.
+    signer_config: str | None = None
+    # ``Evaluation.to_json()`` of the verified attestation (on disk: that object as a JSON string).
+    evaluation: Mapping[str, Any] | None = None
+    evaluation_digest: str | None = None  # the attestation's blob
+    # The fingerprint of the requirement, datasets and signer the attestation was verified against.
+    evaluation_config: str | None = None
+    upstream_bom: str | None = None  # the blob of the BOM the publisher attached
+    upstream_bom_link: str | None = None  # its ``urn:cdx:`` BOM-Link, when it has a serial number
+
+    @property
+    def blobs(self) -> tuple[str, ...]:
+        """The digests of the blobs this names (besides the record's files and signature)."""
+        return tuple(d for d in (self.upstream_bom, self.evaluation_digest) if d)
+
+    def to_json(self) -> dict[str, str]:
+        """The manifest's ``"extra"`` object: string values, a key only where there is something to say."""
+        out: dict[str, str] = {}
+        if self.listed_all:
+            out["listing"] = "all"
+        if self.evaluation is not None:
+            out["evaluation"] = json.dumps(dict(self.evaluation), sort_keys=True)
+        for key, value in (
+            ("signer_config", self.signer_config),
+            ("evaluation_digest", self.evaluation_digest),
+            ("evaluation_config", self.evaluation_config),
+            ("upstream_bom", self.upstream_bom),
+            ("upstream_bom_link", self.upstream_bom_link),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: object) -> ModelExtra:
+        """Read what :meth:`to_json` wrote (an absent object is an empty one); an empty value means absent.
+
+        Raises:
+            ValueError: not an object of strings, or ``evaluation`` is not a JSON object (the record is
+                then unreadable, and the model is fetched again).
+        """
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"a model record's extra is not an object of strings: {data!r}")
+        values: dict[str, str] = {key: value for key, value in data.items() if value}
+        evaluation: Mapping[str, Any] | None = None
+        if "evaluation" in values:
+            parsed = json.loads(values["evaluation"])
+            if not isinstance(parsed, dict):
+                raise ValueError("a model record's evaluation is not a JSON object")
+            evaluation = MappingProxyType(parsed)
+        return cls(
+            listed_all=values.get("listing") == "all",
+            signer_config=values.get("signer_config"),
+            evaluation=evaluation,
+            evaluation_digest=values.get("evaluation_digest"),
+            evaluation_config=values.get("evaluation_config"),
+            upstream_bom=values.get("upstream_bom"),
+            upstream_bom_link=values.get("upstream_bom_link"),
+        )
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """What a published model folder holds (the manifest next to it)."""
@@ -131,7 +206,7 @@ class ModelRecord:
     signer: str | None = None
     signer_identity: str | None = None
     signature_digest: str | None = None
-    extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    extra: ModelExtra = field(default_factory=ModelExtra)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -673,9 +748,9 @@ class Store:
                 signer=data.get("signer"),
                 signer_identity=data.get("signer_identity"),
                 signature_digest=data.get("signature_digest"),
-                extra=MappingProxyType(dict(data.get("extra", {}))),
+                extra=ModelExtra.from_json(data.get("extra")),
             )
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return None
 
     def check_model(self, record: ModelRecord) -> ModelRecord:
@@ -762,7 +837,7 @@ class Store:
         signer: str | None = None,
         signer_identity: str | None = None,
         signature_digest: str | None = None,
-        extra: Mapping[str, str] | None = None,
+        extra: ModelExtra | None = None,
     ) -> ModelRecord:
         """Make ``built`` the read-only folder for the model revision (replacing a stale one) atomically.
 
@@ -796,7 +871,7 @@ class Store:
             signer=signer,
             signer_identity=signer_identity,
             signature_digest=signature_digest,
-            extra=MappingProxyType(dict(extra or {})),
+            extra=extra if extra is not None else ModelExtra(),
         )
         # Manifest first: a folder without a matching manifest is never served, and a manifest without a
         # folder is ignored, so every crash point leaves either the old state or the new one.
@@ -813,7 +888,7 @@ class Store:
             "signer": record.signer,
             "signer_identity": record.signer_identity,
             "signature_digest": record.signature_digest,
-            "extra": dict(record.extra),
+            "extra": record.extra.to_json(),
         }
         write_shared(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
@@ -845,9 +920,7 @@ class Store:
                 refs.update(rec["digest"] for rec in data["files"].values())
                 if data.get("signature_digest"):
                     refs.add(data["signature_digest"])
-                for key in ("upstream_bom", "evaluation_digest"):
-                    if data.get("extra", {}).get(key):
-                        refs.add(data["extra"][key])
+                refs.update(ModelExtra.from_json(data.get("extra")).blobs)
         for path in self.local.glob("*.json"):
             with contextlib.suppress(ValueError, OSError, KeyError, AttributeError):
                 refs.add(json.loads(path.read_text())["digest"])
@@ -899,9 +972,7 @@ class Store:
                 digests.update(rec["digest"] for rec in data["files"].values())
                 if data.get("signature_digest"):
                     digests.add(data["signature_digest"])
-                for key in ("upstream_bom", "evaluation_digest"):
-                    if data.get("extra", {}).get(key):
-                        digests.add(data["extra"][key])
+                digests.update(ModelExtra.from_json(data.get("extra")).blobs)
             removed: list[str] = []
             for digest in sorted(digests):
                 path = self.blob_path(digest)

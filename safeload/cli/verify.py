@@ -232,7 +232,7 @@ def _verify_model(store: Store, policy: Policy, entry: ModelEntry) -> _Result:
     signature = _read(store, record.signature_digest, "signature", store_problems)
     attestation = None
     if entry.require_evaluation is not None:
-        attestation = _read(store, record.extra.get("evaluation_digest"), "evaluation", store_problems)
+        attestation = _read(store, record.extra.evaluation_digest, "evaluation", store_problems)
     report = assess(
         entry,
         policy,

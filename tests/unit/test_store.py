@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from safeload._trust.store import BlobRecord, Store
+from safeload._trust.store import BlobRecord, ModelExtra, Store
 from safeload.errors import IntegrityError, UnsafeStoreError
 
 
@@ -128,6 +128,66 @@ def test_verify_reports_corrupted_blobs(store: Store, tmp_path: Path) -> None:
     assert report.checked == 2 and report.bad == (digest(b"good"),)
     with pytest.raises(IntegrityError, match="modified after it was verified"):
         store.rehash_blob(digest(b"good"))
+
+
+# A manifest's "extra" object exactly as the first stores wrote it: seven string keys, the evaluation as a
+# JSON string. Stores written then must keep loading warm, so these keys and forms never change.
+_EVALUATION = {
+    "dataset": "glue-sst2",
+    "dataset_digest": None,
+    "evaluator_revision": "0123abcd",
+    "identity": "ci@example.com",
+    "metrics": [{"confidence_interval": [0.91, 0.95], "name": "accuracy", "value": 0.93}],
+    "signer": "evals",
+}
+_EXTRA_ON_DISK = {
+    "evaluation": json.dumps(_EVALUATION, sort_keys=True),
+    "evaluation_config": "sha256:" + "2" * 64,
+    "evaluation_digest": digest(b"attestation"),
+    "listing": "all",
+    "signer_config": "sha256:" + "1" * 64,
+    "upstream_bom": digest(b"bom"),
+    "upstream_bom_link": "urn:cdx:3e671687-395b-41f5-a30f-a58921a69b79/2",
+}
+
+
+def test_a_record_in_the_first_on_disk_form_reads_as_typed_fields(store: Store, tmp_path: Path) -> None:
+    _publish(store, tmp_path, {"w.safetensors": b"w"})
+    manifest = store.manifests / "reg" / "org" / "name" / ("r" * 40 + ".json")
+    data = json.loads(manifest.read_text())
+    data["extra"] = _EXTRA_ON_DISK
+    manifest.write_text(json.dumps(data, indent=1, sort_keys=True))
+    record = store.read_model("reg", "org/name", "r" * 40)
+    assert record is not None and store.check_model(record) is record
+    assert record.extra == ModelExtra(
+        listed_all=True,
+        signer_config="sha256:" + "1" * 64,
+        evaluation=_EVALUATION,
+        evaluation_digest=digest(b"attestation"),
+        evaluation_config="sha256:" + "2" * 64,
+        upstream_bom=digest(b"bom"),
+        upstream_bom_link="urn:cdx:3e671687-395b-41f5-a30f-a58921a69b79/2",
+    )
+    # Written back in the same form (a new link changes the blob's ctime, so the manifest is rewritten),
+    # and gc keeps the blobs it names.
+    os.link(store.blob_path(digest(b"w")), tmp_path / "another-link")
+    assert store.check_model(record) is not record
+    assert json.loads(manifest.read_text())["extra"] == _EXTRA_ON_DISK
+    assert {digest(b"attestation"), digest(b"bom")} <= store.referenced()
+
+
+def test_a_record_without_extra_or_with_a_bad_one(store: Store, tmp_path: Path) -> None:
+    _publish(store, tmp_path, {"w.safetensors": b"w"})
+    manifest = store.manifests / "reg" / "org" / "name" / ("r" * 40 + ".json")
+    data = json.loads(manifest.read_text())
+    assert data["extra"] == {}  # nothing to say: an empty object, as before
+    del data["extra"]
+    manifest.write_text(json.dumps(data))
+    record = store.read_model("reg", "org/name", "r" * 40)
+    assert record is not None and record.extra == ModelExtra()
+    for bad in ({"listing": 1}, {"evaluation": "not json"}, {"evaluation": "[1]"}, ["listing"]):
+        manifest.write_text(json.dumps({**data, "extra": bad}))
+        assert store.read_model("reg", "org/name", "r" * 40) is None  # unreadable: fetched again
 
 
 def test_a_planted_lock_symlink_is_refused_and_its_target_untouched(store: Store, tmp_path: Path) -> None:

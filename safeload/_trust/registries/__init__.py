@@ -2,13 +2,19 @@
 
 A registry only delivers bytes into a staging folder; it never decides whether they are trusted. The
 caller (``safeload._trust.resolve``) hashes every file into the store and compares it with the pins. Adding a
-registry kind (OCI, S3...) means one more module implementing :class:`Registry` and one more branch in
+registry kind (OCI, S3...) means one more module with a subclass of :class:`Registry` and one more branch in
 :func:`open_registry`.
+
+Besides delivering, listing and resolving, a registry may offer three capabilities; a kind that has
+nothing to offer inherits the protocol's defaults by subclassing it: :meth:`Registry.bind` (check the
+registry's view of a version against the entry before a cold fetch; default: nothing to check),
+:meth:`Registry.declared_digests` (the digests the registry claims for files; default: none) and
+:meth:`Registry.attached_bom` (a BOM attached to a revision; default: none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +24,7 @@ from safeload.policy import (
     DirectoryRegistrySpec,
     HuggingFaceRegistrySpec,
     MlflowRegistrySpec,
+    ModelEntry,
     OciRegistrySpec,
     RegistrySpec,
 )
@@ -39,7 +46,11 @@ class Delivered:
 
 
 class Registry(Protocol):
-    """What ``resolve`` and ``pinning`` need from a source of models."""
+    """What ``resolve`` and ``pinning`` need from a source of models.
+
+    Registry classes subclass this protocol explicitly, so the optional capabilities (:meth:`bind`,
+    :meth:`declared_digests`, :meth:`attached_bom`) have one default each, here.
+    """
 
     name: str
     kind: str
@@ -66,6 +77,47 @@ class Registry(Protocol):
     def resolve_revision(self, repo: str, ref: str | None) -> str | None:
         """The commit id ``ref`` (a branch, tag or None for the default branch) points at right now."""
         ...
+
+    # ------------------------------------------------------------- optional capabilities, with defaults
+
+    def bind(self, entry: ModelEntry) -> Registry:
+        """The registry to deliver ``entry``'s files from in one cold fetch, after checking what the
+        registry says about the pinned version against the entry, before anything is downloaded.
+
+        Default: nothing to check, the registry itself. An MLflow registry checks the version's source
+        and file list here, and only a bound registry delivers.
+
+        Raises:
+            UntrustedSourceError: the pinned version does not exist (or is not ready).
+            IntegrityError: what the registry says differs from the entry; nothing was fetched.
+        """
+        return self
+
+    def declared_digests(self, repo: str, revision: str, files: Sequence[str]) -> Mapping[str, str]:
+        """The ``sha256:<hex>`` the registry declares for some of ``files`` of ``repo`` at ``revision``
+        (a Hub's LFS files, an OCI artifact's single-file layers); files it declares nothing for are
+        absent. A declaration is a claim only: the store checks the bytes against it.
+
+        Default: the registry declares nothing.
+
+        Raises:
+            UntrustedSourceError: the repo or revision does not exist.
+            IntegrityError: an answer names a file not asked about or a digest that is not sha256.
+        """
+        return {}
+
+    def attached_bom(self, repo: str, revision: str, staging: Path) -> Path | None:
+        """The CycloneDX BOM the publisher attached to ``repo`` at ``revision``, downloaded into
+        ``staging`` (not yet schema-checked: the caller checks it), or None when there is none.
+
+        Default: the registry has no way to attach one.
+
+        Raises:
+            UntrustedSourceError: more than one different BOM is attached.
+            IntegrityError: the attached BOM's bytes differ from what the registry announced, or it is
+                too large.
+        """
+        return None
 
 
 def open_registry(spec: RegistrySpec, *, jail: Tier = "landlock") -> Registry:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safeload._jail.fetch import Answer, Request, Site, fetch
 from safeload._jail.launcher import Tier
+from safeload._trust.registries import Registry
 from safeload.errors import IntegrityError, RegistryUnavailableError, SafeloadError, UntrustedSourceError
 
 __all__ = ["JailedRegistry", "ca_bundle", "unavailable"]
@@ -33,7 +34,7 @@ def unavailable(answer: Answer) -> bool:
     return answer.kind == "http" and status is not None and (status >= 500 or status == 429)
 
 
-class JailedRegistry:
+class JailedRegistry(Registry):
     """Base of the registries that fetch over HTTP from the jail."""
 
     name: str

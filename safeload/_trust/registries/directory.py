@@ -10,14 +10,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from safeload._trust.registries import Delivered
+from safeload._trust.registries import Delivered, Registry
 from safeload.errors import UntrustedSourceError
 from safeload.policy import DirectoryRegistrySpec
 
 __all__ = ["DirectoryRegistry"]
 
 
-class DirectoryRegistry:
+class DirectoryRegistry(Registry):
     kind = "directory"
 
     def __init__(self, spec: DirectoryRegistrySpec) -> None:

@@ -492,10 +492,13 @@ class OciRegistry(JailedRegistry):
             raise IntegrityError(f"{where}: a file is in the artifact twice")
         return sorted(names)
 
-    def declared_digests(
-        self, repo: str, revision: str, files: list[str] | tuple[str, ...]
-    ) -> dict[str, str]:
-        """The descriptor digests of the artifact's single-file layers (checked against the bytes later)."""
+    def declared_digests(self, repo: str, revision: str, files: Sequence[str]) -> dict[str, str]:
+        """The descriptor digests of the artifact's single-file layers (checked against the bytes later).
+
+        Raises:
+            UntrustedSourceError: no such repository or manifest.
+            IntegrityError: the manifest's bytes differ from ``revision``, or it breaks a rule.
+        """
         where = f"{self._where()}: {repo}@{revision}"
         layers = layers_of(self.manifest(repo, revision), where)
         wanted = set(files)
