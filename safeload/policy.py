@@ -363,39 +363,44 @@ def _unpack_budgets(t: _Table) -> UnpackBudgets:
     return budgets
 
 
+# The keys a remote registry's table may hold besides ``kind``, ``endpoint`` and ``max_file_size``.
+_REMOTE_KEYS: dict[str, frozenset[str]] = {
+    "huggingface": frozenset({"token_env", "redirect_hosts"}),
+    "oci": frozenset({"namespace", "token_env", "redirect_hosts", *_UNPACK_KEYS}),
+    "mlflow": frozenset({"auth"}),
+}
+
+
 def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
     kind = t.choice("kind", ("huggingface", "directory", "oci", "mlflow"), "")
+    if kind == "directory":
+        t.check_keys({"kind", "path"})
+        return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
+    # What the remote kinds share is read once, the same way for each: the keys, the endpoint, the token
+    # variable and redirect hosts where the kind has them, the download cap.
+    keys = _REMOTE_KEYS[kind]
+    t.check_keys({"kind", "endpoint", "max_file_size", *keys})
+    endpoint = _endpoint(t)
+    token_env = t.str_("token_env")
+    redirect_hosts = _redirect_hosts(t, endpoint) if "redirect_hosts" in keys else ()
+    spec: HuggingFaceRegistrySpec | OciRegistrySpec | MlflowRegistrySpec
     if kind == "mlflow":
-        t.check_keys({"kind", "endpoint", "auth", "max_file_size"})
         auth = t.choice("auth", ("none", "basic", "token"), "none")
-        mlflow = MlflowRegistrySpec(name=name, endpoint=_endpoint(t), auth=auth)  # type: ignore[arg-type]
-        size = _max_file_bytes(t)
-        return mlflow if size is None else replace(mlflow, max_file_bytes=size)
-    if kind == "oci":
-        t.check_keys(
-            {"kind", "endpoint", "namespace", "token_env", "max_file_size", "redirect_hosts", *_UNPACK_KEYS}
-        )
-        endpoint = _endpoint(t)
+        spec = MlflowRegistrySpec(name=name, endpoint=endpoint, auth=auth)  # type: ignore[arg-type]
+    elif kind == "oci":
         namespace = t.str_("namespace")
         if namespace is not None:
             _check_repo(t, "namespace", namespace)
-        oci = OciRegistrySpec(
-            name=name, endpoint=endpoint, namespace=namespace, token_env=t.str_("token_env"),
-            redirect_hosts=_redirect_hosts(t, endpoint), unpack=_unpack_budgets(t),
-        )
-        size = _max_file_bytes(t)
-        return oci if size is None else replace(oci, max_file_bytes=size)
-    if kind == "huggingface":
-        t.check_keys({"kind", "endpoint", "token_env", "max_file_size", "redirect_hosts"})
-        endpoint = _endpoint(t)
-        token_env = t.str_("token_env")
+        spec = OciRegistrySpec(
+            name=name, endpoint=endpoint, namespace=namespace, token_env=token_env,
+            redirect_hosts=redirect_hosts, unpack=_unpack_budgets(t),
+        )  # fmt: skip
+    else:
         spec = HuggingFaceRegistrySpec(
-            name=name, endpoint=endpoint, token_env=token_env, redirect_hosts=_redirect_hosts(t, endpoint)
+            name=name, endpoint=endpoint, token_env=token_env, redirect_hosts=redirect_hosts
         )
-        size = _max_file_bytes(t)
-        return spec if size is None else replace(spec, max_file_bytes=size)
-    t.check_keys({"kind", "path"})
-    return DirectoryRegistrySpec(name=name, path=_resolve_path(t.req_str("path"), base))
+    size = _max_file_bytes(t)
+    return spec if size is None else replace(spec, max_file_bytes=size)
 
 
 # Where huggingface.co sends file downloads (LFS and Xet-backed files over plain HTTP).
