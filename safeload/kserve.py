@@ -30,7 +30,7 @@ from pathlib import Path
 from safeload._files import create_beside
 from safeload._relpath import is_safe_relpath
 from safeload._trust.hashing import copy_and_hash, hash_fd
-from safeload.errors import IntegrityError, SafeloadError, UntrustedSourceError
+from safeload.errors import IntegrityError, UntrustedSourceError
 
 __all__ = ["main"]
 
@@ -138,12 +138,8 @@ def initialize(uri: str, dest: str | os.PathLike[str]) -> list[str]:
     return sorted(fetched.files)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from safeload.cli import exit_code
+    from safeload.cli import guarded
     from safeload.cli._ui import EXIT_ERROR, EXIT_OK
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -151,17 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_USAGE, file=sys.stderr)
         return EXIT_ERROR
     uri, dest = args
-    try:
+
+    def run() -> int:
         copied = initialize(uri, dest)
-    except SafeloadError as exc:
-        print(f"safeload: error: {uri}: {_one_line(exc)}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"safeload: error: {uri}: {exc.strerror or exc}{where}", file=sys.stderr)
-        return EXIT_ERROR
-    print(f"safeload: {uri}: {len(copied)} verified files in {dest}", file=sys.stderr)
-    return EXIT_OK
+        print(f"safeload: {uri}: {len(copied)} verified files in {dest}", file=sys.stderr)
+        return EXIT_OK
+
+    # One line per failure: the init container's log is read a line per event.
+    return guarded(run, about=uri, one_line=True)
 
 
 if __name__ == "__main__":

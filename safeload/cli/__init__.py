@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from safeload.cli._ui import EXIT_ERROR, EXIT_FINDING, UI
@@ -112,6 +112,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def guarded(run: Callable[[], int], *, about: str = "", one_line: bool = False) -> int:
+    """Call ``run`` and return its exit code; a failure is printed, never as a traceback, as
+    ``safeload: error:`` and its message on stderr (after ``about:`` when given) and answered with its
+    exit code: 1 for a refusal, 2 for a malfunction, 130 when interrupted. ``one_line`` joins a
+    message's lines (for logs read a line per event); otherwise a message keeps its own line breaks (a
+    policy snippet to paste).
+
+    Raises:
+        Exception: whatever ``run`` raised that is neither a ``SafeloadError`` nor an ``OSError``, but only
+            when ``SAFELOAD_DEBUG`` is set; otherwise that is one line too, with how to get the traceback.
+    """
+    prefix = f"safeload: error: {about}: " if about else "safeload: error: "
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("safeload: interrupted", file=sys.stderr)
+        return 130
+    except SafeloadError as exc:
+        text = str(exc)
+        if one_line:
+            text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        print(prefix + text, file=sys.stderr)
+        return exit_code(exc)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prefix}{exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        # A bug, not a verdict: still one line, with a way to get the traceback for a report.
+        if os.environ.get("SAFELOAD_DEBUG"):
+            raise
+        hint = "set SAFELOAD_DEBUG=1 for the traceback"
+        print(f"{prefix}unexpected {type(exc).__name__}: {exc} ({hint})", file=sys.stderr)
+        return EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
@@ -120,23 +156,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ui = UI(json_mode=bool(getattr(args, "json", False)))
-    try:
-        code: int = args.run(args, ui)
-    except KeyboardInterrupt:
-        print("safeload: interrupted", file=sys.stderr)
-        return 130
-    except SafeloadError as exc:
-        print(f"safeload: error: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"safeload: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:
-        # A bug, not a verdict: still one line, with a way to get the traceback for a report.
-        if os.environ.get("SAFELOAD_DEBUG"):
-            raise
-        hint = "set SAFELOAD_DEBUG=1 for the traceback"
-        print(f"safeload: error: unexpected {type(exc).__name__}: {exc} ({hint})", file=sys.stderr)
-        return EXIT_ERROR
-    return code
+    return guarded(lambda: args.run(args, ui))
