@@ -111,11 +111,8 @@ def check_pins(entry: ModelEntry, digests: Mapping[str, str], *, where: str) -> 
     Raises:
         IntegrityError: naming each file that differs, is missing, or is served unpinned.
     """
-    problems = [
-        f"{rel}: pinned {pin}, store has {digests.get(rel) or 'nothing'}"
-        for rel, pin in sorted(entry.files.items())
-        if digests.get(rel) != pin.lower()
-    ]
+    differ = [(rel, pin) for rel, pin in sorted(entry.files.items()) if digests.get(rel) != pin.lower()]
+    problems = [f"{rel}: pinned {pin}, store has {digests.get(rel) or 'nothing'}" for rel, pin in differ]
     if entry.files:
         problems += [
             f"{rel}: served but not pinned ({digest})"
@@ -123,7 +120,12 @@ def check_pins(entry: ModelEntry, digests: Mapping[str, str], *, where: str) -> 
             if rel not in entry.files
         ]
     if problems:
-        raise IntegrityError(f"{where}: the files do not match the policy's pins: " + "; ".join(problems))
+        # One pinned file to blame: its path and both digests go with the error as well.
+        rel, pin = differ[0] if len(problems) == 1 and differ else (None, None)
+        raise IntegrityError(
+            f"{where}: the files do not match the policy's pins: " + "; ".join(problems),
+            path=rel, expected=pin, actual=digests.get(rel) if rel is not None else None,
+        )
 
 
 def optional_signed(entry: ModelEntry, signed: Mapping[str, str]) -> frozenset[str]:

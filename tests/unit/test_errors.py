@@ -15,6 +15,7 @@ from safeload._jail.fetch import Answer
 from safeload._trust.audit import record
 from safeload._trust.registries.huggingface import HuggingFaceRegistry
 from safeload._trust.store import Store
+from safeload._trust.verification import check_pins
 from safeload.errors import (
     AuditLogError,
     BomError,
@@ -24,7 +25,7 @@ from safeload.errors import (
     SafeloadError,
     UntrustedSourceError,
 )
-from safeload.policy import HuggingFaceRegistrySpec, Policy, parse_policy
+from safeload.policy import HuggingFaceRegistrySpec, ModelEntry, Policy, parse_policy
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -120,6 +121,20 @@ def test_a_tampered_blob_carries_its_digests_through_the_named_repair(tmp_path: 
     named = Store.name_repair(exc, "acme/m")
     assert "--refetch acme/m" in str(named) and type(named) is IntegrityError
     assert (named.path, named.expected, named.actual) == (exc.path, exc.expected, exc.actual)
+
+
+def test_the_verdict_on_pins_names_the_one_file_to_blame() -> None:
+    pins = {"w.safetensors": _sha(b"w"), "config.json": _sha(b"c")}
+    entry = ModelEntry(name="acme/m", registry="hub", repo="acme/m", revision=COMMIT, files=pins)
+    served = {"w.safetensors": _sha(b"evil"), "config.json": _sha(b"c")}
+    with pytest.raises(IntegrityError, match=r"w\.safetensors: pinned .*, store has ") as caught:
+        check_pins(entry, served, where="acme/m")
+    exc = caught.value
+    assert (exc.path, exc.expected, exc.actual) == ("w.safetensors", _sha(b"w"), _sha(b"evil"))
+    # Two problems: no single file to name, so the facts stay None (the message lists both).
+    with pytest.raises(IntegrityError, match="served but not pinned") as caught:
+        check_pins(entry, {**served, "extra.bin": _sha(b"x")}, where="acme/m")
+    assert (caught.value.path, caught.value.expected, caught.value.actual) == (None, None, None)
 
 
 def test_integrity_error_facts_default_to_none_and_survive_copying() -> None:
