@@ -43,7 +43,9 @@ _GiB = 1 << 30
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SUPPORTED_VERSIONS = (1,)
@@ -129,8 +131,10 @@ class MlflowRegistrySpec:
     """``[registries.NAME] kind = "mlflow"``: an MLflow tracking server's Model Registry at ``endpoint``.
 
     ``auth``: ``"basic"`` (``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``), ``"token"``
-    (``MLFLOW_TRACKING_TOKEN``, sent as a bearer token) or ``"none"``; credentials go to the endpoint's
-    origin only, never across a redirect. Files come only from the server's own ``mlflow-artifacts``
+    (``MLFLOW_TRACKING_TOKEN``, sent as a bearer token) or ``"none"``; ``credentials``: a file holding
+    them instead (``username = "..."`` and ``password = "..."``, or ``token = "..."``, in TOML; read only
+    when a request needs it, refused when others may read it); credentials go to the endpoint's origin
+    only, never across a redirect. Files come only from the server's own ``mlflow-artifacts``
     proxy, so there are no ``redirect_hosts``. ``max_file_bytes`` caps every download, on top of each
     file's pinned size.
     """
@@ -138,6 +142,7 @@ class MlflowRegistrySpec:
     name: str
     endpoint: str
     auth: Literal["none", "basic", "token"] = "none"
+    credentials: Path | None = None
     max_file_bytes: int = 64 << 30
     redirect_hosts: tuple[str, ...] = ()
     kind: Literal["mlflow"] = "mlflow"
@@ -185,6 +190,10 @@ class ModelEntry:
     source: str | None = None
     flavor: str | None = None
     sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # MLflow: the alias the entry was pinned from (``models:/NAME@ALIAS`` loads this entry, never asking the
+    # server where the alias points now), and the version's run id (checked on every cold fetch).
+    alias: str | None = None
+    run_id: str | None = None
     # MLflow sklearn: the types skops.io.load may build beyond skops's own safe set (never the model's list)
     trusted_types: tuple[str, ...] = ()
 
@@ -367,7 +376,7 @@ def _unpack_budgets(t: _Table) -> UnpackBudgets:
 _REMOTE_KEYS: dict[str, frozenset[str]] = {
     "huggingface": frozenset({"token_env", "redirect_hosts"}),
     "oci": frozenset({"namespace", "token_env", "redirect_hosts", *_UNPACK_KEYS}),
-    "mlflow": frozenset({"auth"}),
+    "mlflow": frozenset({"auth", "credentials"}),
 }
 
 
@@ -386,7 +395,13 @@ def _parse_registry(t: _Table, name: str, base: Path) -> RegistrySpec:
     spec: HuggingFaceRegistrySpec | OciRegistrySpec | MlflowRegistrySpec
     if kind == "mlflow":
         auth = t.choice("auth", ("none", "basic", "token"), "none")
-        spec = MlflowRegistrySpec(name=name, endpoint=endpoint, auth=auth)  # type: ignore[arg-type]
+        raw = t.str_("credentials")
+        if raw is not None and auth == "none":
+            raise t.err("credentials", 'needs auth = "basic" or "token" (which of its keys to send)')
+        spec = MlflowRegistrySpec(
+            name=name, endpoint=endpoint, auth=auth,  # type: ignore[arg-type]
+            credentials=_resolve_path(raw, base) if raw is not None else None,
+        )  # fmt: skip
     elif kind == "oci":
         namespace = t.str_("namespace")
         if namespace is not None:
@@ -499,7 +514,7 @@ def _parse_model(
     kind: Literal["model", "dataset"] = "model",
 ) -> ModelEntry:
     common = {"registry", "repo", "revision", "signer", "signature", "files"}
-    mlflow_keys = {"source", "flavor", "sizes", "trusted_types"}
+    mlflow_keys = {"source", "flavor", "sizes", "alias", "run_id", "trusted_types"}
     is_mlflow = isinstance(registries.get(str(t.data.get("registry"))), MlflowRegistrySpec)
     t.check_keys(
         common if kind == "dataset"
@@ -564,7 +579,7 @@ def _parse_model(
         files[rel] = _digest(ft, rel, digest)
     if not files and signer is None:
         raise t.err("files", "must pin at least one file ('path' = 'sha256:...'), or name a 'signer'")
-    source = flavor = None
+    source = flavor = alias = run_id = None
     trusted_types: tuple[str, ...] = ()
     sizes: dict[str, int] = {}
     if spec.kind == "mlflow":
@@ -574,6 +589,12 @@ def _parse_model(
         if any(c.isspace() or ord(c) < 32 for c in source) or len(source) > 1024:
             raise t.err("source", f"must be the version's source as the server reports it, got {source!r}")
         flavor = t.req_str("flavor")
+        alias = t.str_("alias")
+        if alias is not None and (not _ALIAS.match(alias) or _VERSION.match(alias)):
+            raise t.err("alias", f"must be an MLflow alias (letters, digits, '_' and '-'), got {alias!r}")
+        run_id = t.str_("run_id")
+        if run_id is not None and not _RUN_ID.match(run_id):
+            raise t.err("run_id", f"must be the version's run id as the server reports it, got {run_id!r}")
         trusted_types = _trusted_types(t)
         zt = t.table("sizes")
         for rel, size in zt.data.items():
@@ -602,6 +623,8 @@ def _parse_model(
         source=source,
         flavor=flavor,
         sizes=MappingProxyType(sizes),
+        alias=alias,
+        run_id=run_id,
         trusted_types=trusted_types,
     )
 

@@ -209,6 +209,10 @@ def render_entry(entry: ModelEntry) -> str:
         lines.append(f"source = {_q(entry.source)}")
     if entry.flavor is not None:
         lines.append(f"flavor = {_q(entry.flavor)}")
+    if entry.run_id is not None:
+        lines.append(f"run_id = {_q(entry.run_id)}")
+    if entry.alias is not None:
+        lines.append(f"alias = {_q(entry.alias)}")
     lines.append(f"[{head}.files]")
     lines.extend(f"{_q(rel)} = {_q(entry.files[rel])}" for rel in sorted(entry.files))
     if entry.sizes:
@@ -491,9 +495,11 @@ def _pin_mlflow(
     url: str, *, policy_path: Path, name: str | None, allow_code: bool = False
 ) -> tuple[str, ModelEntry]:
     """Pin ``mlflow://REGISTRY/NAME/VERSION`` (or ``@ALIAS``, resolved to its version now and only now):
-    every file hashed through the same fetch a load makes, the version's ``source``, each file's size, and
-    the flavor MLmodel names, after the same MLmodel checks a load makes, so a model that could never load
-    safely is refused here, by the field that asks for its code.
+    every file hashed through the same fetch a load makes, the version's ``source`` and run id, each file's
+    size, and the flavor MLmodel names, after the same MLmodel checks a load makes, so a model that could
+    never load safely is refused here, by the field that asks for its code. From an alias, the entry
+    records it (``alias = "..."``): ``models:/NAME@ALIAS`` then loads this entry's version, whatever the
+    alias points at later.
 
     A model that asks to run its code is pinned only with ``allow_code`` (or over an entry that already
     says ``allow_code = true``): it is then written with ``flavor = "python_function"`` and
@@ -566,13 +572,12 @@ def _pin_mlflow(
         entry = ModelEntry(
             name=model_name, registry=spec.name, repo=repo, revision=version, source=seen.source,
             flavor=flavor, files=MappingProxyType(dict(sorted(digests.items()))),
-            sizes=MappingProxyType(dict(sorted(seen.sizes.items()))),
+            sizes=MappingProxyType(dict(sorted(seen.sizes.items()))), alias=alias, run_id=seen.run_id,
             allow_code=allow_code and runs_code, trusted_types=trusted_types,
         )  # fmt: skip
         check_mlmodel(entry, Path(tmp), entry.files, flavor, where)
         hint = ""
         if flavor == "sklearn" and not trusted_types:
             hint = trusted_types_hint(Path(tmp), doc, model_name)
-    comment = f"# pinned from alias {alias!r} of {repo!r}: version {version}\n" if alias else ""
-    write_entry(policy_path, entry, extra_text=comment + hint)
+    write_entry(policy_path, entry, extra_text=hint)
     return model_name, entry

@@ -26,8 +26,12 @@ itself is never imported, except by :func:`safeload.mlflow.pyfunc.load_model` fo
 says ``allow_code = true`` (the user's decision to run that model's pinned code).
 
 Flavors: ``transformers``, ``pytorch`` (``pickle`` and ``pt2``), ``sklearn`` (``skops``, ``pickle``,
-``cloudpickle``), and ``python_function`` through :mod:`safeload.mlflow.pyfunc`. Aliases
-(``models:/NAME@ALIAS``) and every other flavor are refused with a message naming what is missing.
+``cloudpickle``), and ``python_function`` through :mod:`safeload.mlflow.pyfunc`. Every other flavor is
+refused with a message naming what is missing.
+
+``models:/NAME@ALIAS`` resolves to the one mlflow entry with ``repo = NAME`` that records it was pinned
+from ``ALIAS`` (``alias = "ALIAS"``, written by ``safeload pin mlflow://REGISTRY/NAME@ALIAS``): the
+pinned version loads, and the server is never asked where the alias points now.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from safeload.policy import MlflowRegistrySpec, Policy, load_policy
 __all__ = ["Verified", "fetch"]
 
 _URI = re.compile(r"^models:/([^/@]+)/([0-9]+)/?$")
+_ALIAS_URI = re.compile(r"^models:/([^/@]+)@([A-Za-z0-9_-]+)/?$")
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,7 @@ def _entry_name(uri: str, policy: Policy) -> str:
     ):
         return uri
     if uri.startswith("models:/") and "@" in uri:
-        raise UntrustedSourceError(
-            f"{uri}: aliases move, and safeload does not resolve them yet; pin the version and load "
-            "models:/NAME/VERSION"
-        )
+        return _alias_entry(uri, policy)
     m = _URI.match(uri)
     if m is None:
         raise UntrustedSourceError(
@@ -85,11 +87,36 @@ def _entry_name(uri: str, policy: Policy) -> str:
     return found[0]
 
 
+def _alias_entry(uri: str, policy: Policy) -> str:
+    """The one mlflow entry pinned from the alias ``uri`` names; the policy decides, never the server."""
+    m = _ALIAS_URI.match(uri)
+    if m is None:
+        raise UntrustedSourceError(f"{uri!r}: expected models:/NAME@ALIAS (letters, digits, '_' and '-')")
+    name, alias = m.group(1), m.group(2)
+    found = [
+        key for key, entry in policy.models.items()
+        if entry.repo == name and entry.alias == alias
+        and isinstance(policy.registries.get(entry.registry), MlflowRegistrySpec)
+    ]  # fmt: skip
+    if len(found) != 1:
+        why = (
+            f"no [models] entry with repo = {name!r} says it was pinned from alias {alias!r}"
+            if not found
+            else f"several entries say they were pinned from it ({', '.join(found)}); load one by its name"
+        )
+        raise UntrustedSourceError(
+            f"{uri}: {why} in {policy.source or 'the built-in default policy'}. Aliases move, so safeload "
+            f"never asks the server where one points at load time; `safeload pin mlflow://<registry>/{name}@"
+            f"{alias}` resolves it once and records it"
+        )
+    return found[0]
+
+
 def fetch_files(uri: str, *, policy: Policy | None = None) -> tuple[FetchedModel, Policy]:
     """Resolve ``uri`` through the policy and fetch and verify its files, MLmodel not yet checked.
 
     Raises:
-        UntrustedSourceError: the URI is not pinned, or names an alias.
+        UntrustedSourceError: the URI is not pinned, or names an alias no entry was pinned from.
         IntegrityError: the server's answers or bytes differ from the pins.
     """
     pol = load_policy(policy)
@@ -101,7 +128,7 @@ def fetch(uri: str, flavor: str, *, policy: Policy | None = None) -> Verified:
     """Resolve ``uri`` through the policy, fetch and verify its files, and check MLmodel for ``flavor``.
 
     Raises:
-        UntrustedSourceError: the URI is not pinned, or names an alias.
+        UntrustedSourceError: the URI is not pinned, or names an alias no entry was pinned from.
         IntegrityError: the server's answers or bytes differ from the pins.
         UnsafeContentError: MLmodel (or a config) asks to run the model's own code.
         UnsupportedFormatError: the flavor is not the pinned one, or not supported yet.
