@@ -152,12 +152,25 @@ def _collect(
             rows.append(TensorInfo(path or "<root>", target.kind, target.dtype, target.shape, target.nbytes,
                                    target.storage))
         return
-    if t in ("tensor", "ndarray", "parameter"):
-        row = _row(path, node["data"] if t == "parameter" else node, t)
+    if t in ("tensor", "ndarray"):
+        row = _row(path, node, t)
         rows.append(row)
-        for holder in (node, node["data"]) if t == "parameter" else (node,):
-            if "id" in holder:
-                defined[holder["id"]] = row
+        if "id" in node:
+            defined[node["id"]] = row
+    elif t == "parameter":
+        data = node["data"]  # a tensor, or a ref to one defined earlier
+        if data["t"] == "ref":
+            target = defined.get(data["id"])
+            if target is None:
+                return
+            row = TensorInfo(path or "<root>", t, target.dtype, target.shape, target.nbytes, target.storage)
+        else:
+            row = _row(path, data, t)
+            if "id" in data:
+                defined[data["id"]] = row
+        rows.append(row)
+        if "id" in node:
+            defined[node["id"]] = row
     elif t == "storage":
         rows.append(TensorInfo(path or "<root>", "storage", str(node["dtype"]), (), 0, node["storage"]))
     elif t in ("dict", "odict", "namespace"):
