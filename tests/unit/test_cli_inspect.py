@@ -101,3 +101,23 @@ def test_walker_names_paths_sizes_and_sharing() -> None:
     assert got["arr"].kind == "ndarray" and got["arr"].nbytes == 32
     assert set(got["model.emb.weight"].shared_with) == {"model.head.weight", "opt[0]"}
     assert got["model.bias"].shared_with == ()
+
+
+def test_parameter_over_an_earlier_tensor_and_module_state_names() -> None:
+    root = {
+        "t": "dict",
+        "items": [
+            [_s("w"), _tensor(0, [2], id=1)],
+            [_s("p"), {"t": "parameter", "data": {"t": "ref", "id": 1}, "requires_grad": True, "id": 2}],
+            [_s("again"), {"t": "ref", "id": 2}],
+            [_s("model"), {"t": "stub", "module": "torch.nn.modules.linear", "name": "Linear",
+                           "called": False, "args": None, "kwargs": None, "listitems": [], "dictitems": [],
+                           "state": {"t": "dict", "items": [[_s("_parameters"), {"t": "odict", "items": [
+                               [_s("weight"), _tensor(1, [2, 2])]]}]]}}],
+        ],
+    }  # fmt: skip
+    got = {t.name: t for t in tensor_table(root)}
+    assert set(got) == {"w", "p", "again", "model.weight"}
+    assert got["p"].kind == "parameter" and got["p"].nbytes == 8 and got["p"].storage == 0
+    assert got["again"].kind == "parameter" and set(got["w"].shared_with) == {"p", "again"}
+    assert got["model.weight"].nbytes == 16
