@@ -12,23 +12,19 @@ never imports them.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeload.errors import MissingModuleError, SandboxError, UnsafeContentError, UnsupportedFormatError
+from safeload._files import create_beside
+from safeload._loading.loader import _copy_fd, _open_source
+from safeload._loading.skops import convert_in_jail, is_skops, load_skops, skops_io
+from safeload.errors import UnsupportedFormatError
 from safeload.policy import Policy, load_policy
 
 __all__ = ["load"]
-
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_RESULT_CAP = 1 << 20
-_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,300}")
-
 
 @dataclass(frozen=True)
 class Converted:
@@ -36,18 +32,6 @@ class Converted:
 
     output: Path
     untrusted: tuple[str, ...]
-
-
-def _skops_io() -> Any:
-    try:
-        import skops.io as sio
-    except ImportError as exc:
-        raise MissingModuleError(
-            "safeload.sklearn needs skops and scikit-learn; install them with "
-            "pip install 'safeload[sklearn]'",
-            name="skops",
-        ) from exc
-    return sio
 
 
 def _trusted_names(trusted: Iterable[str]) -> list[str]:
@@ -58,39 +42,6 @@ def _trusted_names(trusted: Iterable[str]) -> list[str]:
     if bad:
         raise TypeError(f"trusted= holds type names (str), not {type(bad[0]).__name__}")
     return names
-
-
-def _convert_in_jail(fd: int, policy: Policy) -> tuple[int, tuple[str, ...]]:
-    """Run the skops worker on the pickle open at ``fd``: a descriptor for the skops file it wrote and the
-    types it reports as untrusted (advice for messages; the host decides what is trusted)."""
-    from safeload._jail.launcher import run_worker
-    from safeload._loading.loader import _open_output, _output_dir, _read_fd, _sandbox_limits, _worker_error
-
-    limits = _sandbox_limits(policy)
-    with _output_dir() as (out, dir_fd):
-        run = run_worker(fd, out, mode="skops", limits=limits)
-        if run.returncode != 0:
-            raise _worker_error(dir_fd, run.returncode, run.stderr)
-        rfd = _open_output(dir_fd, "result.json", _RESULT_CAP)
-        if rfd is None:
-            raise SandboxError("the sandboxed worker exited without writing its result")
-        try:
-            doc = json.loads(_read_fd(rfd))
-        except (ValueError, RecursionError):
-            doc = None
-        listed = doc.get("untrusted") if isinstance(doc, dict) else None
-        if not isinstance(listed, list) or not all(
-            isinstance(t, str) and _TYPE_NAME.fullmatch(t) for t in listed
-        ):
-            raise SandboxError("the sandboxed worker's result.json is malformed")
-        skops_fd = _open_output(dir_fd, "model.skops", limits.max_output_bytes)
-        if skops_fd is None:
-            raise SandboxError("the sandboxed worker exited without writing the skops file")
-    return skops_fd, tuple(listed)
-
-
-def _is_skops(fd: int) -> bool:
-    return os.pread(fd, 4, 0) in _ZIP_MAGIC
 
 
 def load(
@@ -109,43 +60,18 @@ def load(
         MissingModuleError: skops or scikit-learn (or a module the pickle needs) is not installed.
         SandboxError: the jail failed (and its subclasses for timeouts and limits).
     """
-    from safeload._loading.loader import _open_source
-
-    sio = _skops_io()
+    sio = skops_io()
     names = _trusted_names(trusted)
     pol = load_policy(policy)
     src, name = _open_source(path, pol)
     try:
-        if _is_skops(src):
-            fd = os.dup(src)
-        else:
-            fd, _ = _convert_in_jail(src, pol)
+        fd = os.dup(src) if is_skops(src) else convert_in_jail(src, pol)[0]
     finally:
         os.close(src)
     try:
-        return _load_skops(sio, fd, name, names)
+        return load_skops(sio, fd, name, names, lambda missing: _untrusted_message(name, missing))
     finally:
         os.close(fd)
-
-
-def _load_skops(sio: Any, fd: int, name: str, trusted: list[str]) -> Any:
-    import zipfile
-
-    where = f"/proc/self/fd/{fd}"
-    try:
-        untrusted = [str(t) for t in sio.get_untrusted_types(file=where)]
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise UnsupportedFormatError(f"{name} is not a readable skops file: {exc}") from None
-    missing = sorted(set(untrusted) - set(trusted))
-    if missing:
-        raise UnsafeContentError(_untrusted_message(name, missing))
-    try:
-        return sio.load(where, trusted=trusted or None)
-    except sio.UntrustedTypesFoundException as exc:
-        raise UnsafeContentError(f"{name}: {exc}") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as exc:
-        why = f"{type(exc).__name__}: {exc}"
-        raise UnsupportedFormatError(f"{name} could not be read as skops: {why}") from None
 
 
 def _untrusted_message(name: str, missing: list[str]) -> str:
@@ -168,15 +94,12 @@ def convert(
         UnsafeContentError: the object holds a function, method, lambda or ``__main__`` class.
         UnsupportedFormatError, MissingModuleError, SandboxError: as :func:`load`.
     """
-    from safeload._files import create_beside
-    from safeload._loading.loader import _copy_fd, _open_source
-
     pol = load_policy(policy)
     fd, name = _open_source(src, pol)
     try:
-        if _is_skops(fd):
+        if is_skops(fd):
             raise UnsupportedFormatError(f"{name} is already a skops file")
-        out_fd, untrusted = _convert_in_jail(fd, pol)
+        out_fd, untrusted = convert_in_jail(fd, pol)
     finally:
         os.close(fd)
     target = Path(dst)

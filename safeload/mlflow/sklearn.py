@@ -30,19 +30,12 @@ import os
 import re
 from typing import Any
 
-from safeload.errors import UnsafeContentError, UnsupportedFormatError
+from safeload._loading.loader import _open_source
+from safeload._loading.skops import convert_in_jail, is_skops, load_skops, skops_io
+from safeload.errors import UnsupportedFormatError
 from safeload.policy import Policy
 
 __all__ = ["load_model"]
-
-
-def _untrusted(sio: Any, fd: int) -> list[str]:
-    import zipfile
-
-    try:
-        return sorted({str(t) for t in sio.get_untrusted_types(file=f"/proc/self/fd/{fd}")})
-    except (zipfile.BadZipFile, KeyError, ValueError):
-        return []  # not readable as skops: the load below says so
 
 
 def _table(name: str) -> str:
@@ -75,10 +68,7 @@ def load_model(model_uri: str, dst_path: str | None = None, *, policy: Policy | 
 
 def load_verified(got: Any, model_uri: str) -> Any:
     """The estimator of an already fetched and checked sklearn model (``safeload.mlflow.Verified``)."""
-    from safeload._loading.loader import _open_source
-    from safeload.sklearn import _convert_in_jail, _is_skops, _load_skops, _skops_io
-
-    sio = _skops_io()
+    sio = skops_io()
     conf = got.mlmodel.conf
     entry = got.fetched.entry
     where = f"{model_uri} ({got.fetched.name})"
@@ -87,25 +77,26 @@ def load_verified(got: Any, model_uri: str) -> Any:
     path = got.fetched.folder / conf["pickled_model"]
     src, _ = _open_source(str(path), got.policy)
     try:
-        skops = _is_skops(src)
+        skops = is_skops(src)
         if (fmt == "skops") != skops:
             raise UnsupportedFormatError(
                 f"{where}: MLmodel says serialization_format {fmt!r}, but {conf['pickled_model']} is "
                 + ("a skops file" if skops else "not a skops file")
             )
-        fd = os.dup(src) if skops else _convert_in_jail(src, got.policy)[0]
+        fd = os.dup(src) if skops else convert_in_jail(src, got.policy)[0]
     finally:
         os.close(src)
+
+    def refusal(missing: list[str]) -> str:
+        listed = ", ".join(f'"{t}"' for t in missing)
+        return (
+            f"{where} holds types that are not trusted: {', '.join(missing)}. skops would build them, "
+            "and building one runs its code; the model's own trusted-types list is never used. If you "
+            f"trust them, add them to its entry in {got.policy.source or 'trust.toml'}: "
+            f"[{_table(got.fetched.name)}] trusted_types = [{listed}]"
+        )
+
     try:
-        missing = sorted(set(_untrusted(sio, fd)) - set(trusted))
-        if missing:
-            listed = ", ".join(f'"{t}"' for t in missing)
-            raise UnsafeContentError(
-                f"{where} holds types that are not trusted: {', '.join(missing)}. skops would build them, "
-                "and building one runs its code; the model's own trusted-types list is never used. If you "
-                f"trust them, add them to its entry in {got.policy.source or 'trust.toml'}: "
-                f"[{_table(got.fetched.name)}] trusted_types = [{listed}]"
-            )
-        return _load_skops(sio, fd, where, trusted)
+        return load_skops(sio, fd, where, trusted, refusal)
     finally:
         os.close(fd)

@@ -145,7 +145,7 @@ _REFERENCE = textwrap.dedent(
     def ours():
         code = lambda f: sys.modules[f"mlflow.{f}"].load_model.__code__.co_filename  # noqa: E731
         flavors = ("sklearn", "pytorch", "transformers", "pyfunc")
-        return {f: "/safeload/_integrations/" in code(f) for f in flavors}
+        return {f: code(f).endswith("/safeload/_patching.py") for f in flavors}
     out["patched_on_import"] = ours()
     safeload.unpatch()
     out["unpatched"] = ours()
