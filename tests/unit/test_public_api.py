@@ -97,7 +97,7 @@ EXPECTED: dict[str, list[str]] = {
     "safeload.diffusers": ["DiffusionPipeline"],  # and every diffusers class, resolved on first use
     "safeload.sklearn": ["load"],
     "safeload.kserve": ["main"],  # python -m safeload.kserve
-    "safeload.mlflow": ["Verified", "fetch", "fetch_files"],
+    "safeload.mlflow": ["Verified", "fetch"],
     "safeload.mlflow.pyfunc": ["PyFuncModel", "load_model"],
     "safeload.mlflow.pytorch": ["load_model"],
     "safeload.mlflow.sklearn": ["load_model"],
