@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import binascii
 import os
-import struct
 
 from ._allowlist import ALLOWLIST
-from ._common import Budgets, FormatError, LimitError, dumps
+from ._common import Budgets, FormatError, LimitError, write_u8_safetensors
 from ._values import (
     Global,
     Namespace,
@@ -91,28 +90,8 @@ class StorageTable:
 
 def write_outputs(out_dir: str, table: StorageTable) -> None:
     """Write ``tensors.safetensors`` (uint8 tensors, one per output storage) when there is any."""
-    if not table.outputs:
-        return
-    header: dict[str, Any] = {}
-    pos = 0
-    for key, nbytes, _ in table.outputs:
-        header[key] = {"dtype": "U8", "shape": [nbytes], "data_offsets": [pos, pos + nbytes]}
-        pos += nbytes
-    raw = dumps(header)
-    raw += b" " * (-len(raw) % 8)
-    fd = os.open(os.path.join(out_dir, "tensors.safetensors"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for key, nbytes, chunks in table.outputs:
-            written = 0
-            for chunk in chunks():
-                written += len(chunk)
-                if written > nbytes:
-                    raise FormatError(f"{key} has more bytes than its header announced")
-                fh.write(chunk)
-            if written != nbytes:
-                raise FormatError(f"{key} has fewer bytes than its header announced")
+    if table.outputs:
+        write_u8_safetensors(os.path.join(out_dir, "tensors.safetensors"), table.outputs)
 
 
 class _Emitter:

@@ -18,13 +18,15 @@ import json
 import mmap
 import os
 import re
-import struct
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, BinaryIO, Literal
 
-from ._common import write_error
+# The inert worker's budgets, which the host validates every manifest against: a result bigger than
+# this is a bomb, not a model.
+from ._common import MAX_DEPTH, MAX_NODES, write_error, write_u8_safetensors
 from .protocol import DTYPE_SIZES
 
 __all__ = ["main"]
@@ -33,10 +35,6 @@ _DEFAULT_INPUT = "/in/artifact"
 _DEFAULT_OUTPUT = "/out"
 _DEFAULT_MAX_OUTPUT = 64 << 30
 
-# The inert worker's budgets (``_common.MAX_NODES``/``MAX_DEPTH``), which the host validates every
-# manifest against: a result bigger than this is a bomb, not a model.
-_MAX_NODES = 5_000_000
-_MAX_DEPTH = 200
 
 # The numpy dtypes PROTOCOL.md allows for ndarray, npscalar and np_dtype nodes (plain numeric only).
 _NP_DTYPE = re.compile(r"^(\|b1|\|[iu]1|[<>][iu](2|4|8)|[<>]f(2|4|8)|[<>]c(8|16))$")
@@ -240,10 +238,10 @@ class _Exporter:
     # -- nodes ----------------------------------------------------------------------------------
     def node(self, obj: Any, depth: int = 0) -> dict[str, Any]:
         self._nodes += 1
-        if self._nodes > _MAX_NODES:
-            raise _LimitError(f"the loaded object has more than {_MAX_NODES} values")
-        if depth > _MAX_DEPTH:
-            raise _LimitError(f"the loaded object is nested deeper than {_MAX_DEPTH} levels")
+        if self._nodes > MAX_NODES:
+            raise _LimitError(f"the loaded object has more than {MAX_NODES} values")
+        if depth > MAX_DEPTH:
+            raise _LimitError(f"the loaded object is nested deeper than {MAX_DEPTH} levels")
         if obj is None:
             return {"t": "none"}
         if obj is True or obj is False:
@@ -471,28 +469,18 @@ def _stream_globals(path: str, encoding: str = "utf-8") -> list[dict[str, Any]] 
 
 
 def _write_safetensors(path: str, payloads: list[tuple[str, Any, int]], max_bytes: int) -> None:
-    """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy).
-
-    Storages go in order of decreasing element alignment, so each starts at a multiple of its element
-    size (the data section starts 8-aligned): the host can use them in place instead of copying.
-    """
+    """Write the storages as ``U8`` tensors, streaming each from its own memory (no second copy), in
+    order of decreasing element alignment (see :func:`write_u8_safetensors`)."""
     ordered = sorted(payloads, key=lambda p: -p[2])
-    header: dict[str, Any] = {}
-    offset = 0
-    for name, data, _align in ordered:
-        n = len(data) if isinstance(data, bytes) else int(data.nbytes)
-        header[name] = {"dtype": "U8", "shape": [n], "data_offsets": [offset, offset + n]}
-        offset += n
-    if offset > max_bytes:
-        raise _LimitError(f"the tensors need {offset} bytes, more than the output limit of {max_bytes}")
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for _name, data, _align in ordered:
-            fh.write(data if isinstance(data, bytes) else memoryview(data))
+    sizes = [len(data) if isinstance(data, bytes) else int(data.nbytes) for _, data, _ in ordered]
+    if sum(sizes) > max_bytes:
+        raise _LimitError(f"the tensors need {sum(sizes)} bytes, more than the output limit of {max_bytes}")
+
+    def chunks(data: Any) -> Callable[[], list[Any]]:
+        return lambda: [data if isinstance(data, bytes) else memoryview(data).cast("B")]
+
+    storages = [(name, n, chunks(data)) for (name, data, _), n in zip(ordered, sizes, strict=True)]
+    write_u8_safetensors(path, storages)
 
 
 def _write_json_atomically(path: str, obj: Any) -> None:
@@ -580,7 +568,7 @@ def main(argv: list[str]) -> int:
         why = f"loading the checkpoint raised {type(exc).__name__}: {exc}"
         return write_error(out_dir, "crash", why[:2000])
     try:
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * _MAX_DEPTH + 200))
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * MAX_DEPTH + 200))
         exporter = _Exporter(locations)
         root = exporter.node(obj)
         if exporter.payloads:
