@@ -194,7 +194,7 @@ class ModelExtra:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelRecord:
     """What a published model folder holds (the manifest next to it)."""
 
