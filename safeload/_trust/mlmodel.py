@@ -20,6 +20,7 @@ A model that asks to run its code passes only as ``python_function`` on an entry
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -192,12 +193,17 @@ def _check_sklearn(
         )
 
 
-def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> None:
+@functools.cache
+def _transformers_names() -> frozenset[str]:
+    """The names transformers exports, listed by its lazy module without importing a model (or torch);
+    hasattr() would import the class's module to answer. Listing them takes ~0.2 s, so once a process."""
     import transformers
 
-    # The names transformers exports, listed by its lazy module without importing a model (or torch);
-    # hasattr() would import the class's module to answer.
-    own = set(dir(transformers))
+    return frozenset(dir(transformers))
+
+
+def _check_transformers(conf: Mapping[str, Any], folder: Path, where: str) -> None:
+    own = _transformers_names()
 
     for key, why in (
         ("source_model_revision", "the model is a reference to a Hub repository, not files in the version"),
