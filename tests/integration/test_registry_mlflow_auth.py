@@ -180,9 +180,7 @@ def test_missing_credentials_name_the_variables_and_the_credentials_file(
         pin_model("mlflow://ml/net/1", policy_path=open_path)
 
 
-def test_credentials_never_reach_a_second_listener(
-    tmp_path: Path, served: Served, no_env: pytest.MonkeyPatch
-) -> None:
+def test_credentials_never_reach_a_second_listener(tmp_path: Path, no_env: pytest.MonkeyPatch) -> None:
     """A lying server names a second listener (another 127.0.0.1 port) as the files' host, or redirects a
     download there: nothing is sent to it, and the Basic credentials went to the endpoint only."""
     from tests.integration.test_registry_mlflow import (
