@@ -294,9 +294,12 @@ def _file_components(owner: str, ref: str, files: Mapping[str, str]) -> list[Any
 
 
 def _read_config(model: BomModel) -> Mapping[str, Any]:
-    if model.folder is None or "config.json" not in model.files:
+    # An MLflow transformers model keeps its config under model/ (MLmodel's model_binary, always "model").
+    mlflow_transformers = model.properties.get("safeload:mlflow:flavor") == "transformers"
+    rel = "model/config.json" if mlflow_transformers else "config.json"
+    if model.folder is None or rel not in model.files:
         return {}
-    path = model.folder / "config.json"
+    path = model.folder / rel
     try:
         with open(path, "rb") as fh:
             raw = fh.read(_MAX_CONFIG_BYTES + 1)

@@ -189,6 +189,17 @@ def test_transformers_model_logged_by_mlflow_loads_like_mlflow(tmp_path: Path, l
     on_disk = {p.relative_to(fetched.folder).as_posix() for p in fetched.folder.rglob("*") if p.is_file()}
     assert on_disk == set(entry["files"])
     assert list((tmp_path / "store/staging").iterdir()) == []
+    # The BOM's model card reads the config under model/, and names the registered model and version.
+    from safeload._supply.bom import bom_model, build_bom
+
+    bom = build_bom([bom_model(fetched, policy)])
+    (component,) = [c for c in bom["components"] if c["type"] == "machine-learning-model"]
+    assert component["modelCard"]["modelParameters"]["modelArchitecture"] == "BertForMaskedLM"
+    props = {p["name"]: p["value"] for p in component["properties"]}
+    assert (props["safeload:mlflow:registered_model"], props["safeload:mlflow:version"]) == (
+        "tiny-bert", logged.bert
+    )
+    assert props["safeload:mlflow:logged_model_id"] == entry["source"].removeprefix("models:/")
 
 
 @pytest.mark.slow
