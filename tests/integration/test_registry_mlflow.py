@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 import torch
 
+from safeload._trust.resolve import fetch_model
 from safeload.errors import IntegrityError, PolicyError, UnsafeContentError, UntrustedSourceError
 from safeload.policy import load_policy
-from safeload._trust.resolve import fetch_model
 from tests.helpers.mlflowserver import MlflowServer
 from tests.helpers.tinynet import TinyNet
 from tests.helpers.trust import write_policy
