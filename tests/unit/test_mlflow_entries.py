@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from safeload._trust.mlmodel import check_mlmodel
 from safeload._trust.pinning import render_entry
 from safeload.errors import PolicyError, UnsafeContentError, UnsupportedFormatError
-from safeload._trust.mlmodel import check_mlmodel
 from safeload.policy import ModelEntry, load_policy, parse_policy
 from tests.helpers.trust import write_policy
 
