@@ -23,7 +23,8 @@ from typing import Any
 
 from huggingface_hub.errors import EntryNotFoundError
 
-from safeload._trust.resolve import FetchedModel, fetch_dataset, fetch_model
+from safeload._trust.fetched import FetchedModel
+from safeload._trust.resolve import fetch_dataset, fetch_model
 from safeload.errors import UntrustedSourceError
 from safeload.policy import Policy, load_policy
 

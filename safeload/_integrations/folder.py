@@ -44,7 +44,8 @@ from safeload._loading.convert import (
     safetensors_name,
     sha256_file,
 )
-from safeload._trust.resolve import fetch_model, open_verified_local
+from safeload._trust.local_files import open_verified_local
+from safeload._trust.resolve import fetch_model
 from safeload._trust.store import Store, unsafe_reason, write_shared
 from safeload.errors import IntegrityError, UnsafeContentError, UnsafeStoreError, UntrustedSourceError
 from safeload.policy import Policy

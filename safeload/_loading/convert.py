@@ -314,7 +314,7 @@ def _snapshot(src: Path, pol: Policy, memo_dir: Path) -> tuple[int, str, str]:
     Raises:
         IntegrityError: ``src`` is pinned in ``[files]`` and its bytes differ.
     """
-    from safeload._trust.resolve import local_load_path
+    from safeload._trust.local_files import local_load_path
 
     staging = memo_dir.parent
     makedirs_shared(staging)  # converted/ holds what every user of the store reads

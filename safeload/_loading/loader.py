@@ -30,7 +30,7 @@ from safeload._loading.formats import sniff
 from safeload._loading.manifest import Manifest, StorageSpec, parse_manifest
 from safeload._loading.rebuild import MapLocation, build, make_restore
 from safeload._stub import Stub
-from safeload._trust.resolve import local_load_path
+from safeload._trust.local_files import local_load_path
 from safeload.errors import (
     MissingModuleError,
     SandboxError,

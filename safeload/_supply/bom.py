@@ -30,7 +30,7 @@ from safeload._trust.cyclonedx import schema_error
 from safeload.errors import BomError, IntegrityError
 
 if TYPE_CHECKING:
-    from safeload._trust.resolve import FetchedModel, UpstreamBom
+    from safeload._trust.fetched import FetchedModel, UpstreamBom
     from safeload.policy import ModelEntry, Policy
 
 __all__ = [

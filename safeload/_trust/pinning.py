@@ -25,8 +25,8 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from safeload._trust.materialize import declared_digests, fetch_files
 from safeload._trust.registries import open_registry
-from safeload._trust.resolve import _declared_digests, _fetch_files
 from safeload._trust.store import Store
 from safeload.errors import PolicyError, UntrustedSourceError
 from safeload.policy import (
@@ -292,11 +292,11 @@ def hash_repo(
     names = registry.list_files(repo, revision)
     if not names:
         raise UntrustedSourceError(f"{spec.name}: {repo}@{revision} has no files")
-    expected = _declared_digests(registry, repo, revision, names)
+    expected = declared_digests(registry, repo, revision, names)
     store = Store(policy.store)
     with store.staging() as staging:
         label = f"{spec.name}:{repo}"
-        records = _fetch_files(store, registry, repo, revision, expected, staging, label, progress)
+        records = fetch_files(store, registry, repo, revision, expected, staging, label, progress)
     return {rel: record.digest for rel, record in records.items()}
 
 
@@ -549,7 +549,7 @@ def _pin_mlflow(
     bound = registry.bind(listed)
     store = Store(policy.store)
     with store.staging() as staging:
-        records = _fetch_files(
+        records = fetch_files(
             store, bound, repo, version, {rel: None for rel in seen.sizes}, staging,
             f"{spec.name}:{repo}/{version}", None,
         )

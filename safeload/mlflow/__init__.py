@@ -39,8 +39,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from safeload._trust.fetched import FetchedModel
 from safeload._trust.mlmodel import MLmodel, check_mlmodel
-from safeload._trust.resolve import FetchedModel, fetch_model
+from safeload._trust.resolve import fetch_model
 from safeload.errors import UntrustedSourceError
 from safeload.policy import MlflowRegistrySpec, Policy, load_policy
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import safeload
-from safeload._trust.resolve import open_verified_local
+from safeload._trust.local_files import open_verified_local
 from safeload._trust.store import Store
 from safeload.errors import IntegrityError
 from safeload.policy import load_policy
