@@ -23,16 +23,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tests.helpers.hubserver import free_port, wait_for_http
 from tests.helpers.mlflowserver import MlflowServer
 
 __all__ = ["AuthMlflowServer", "basic"]
@@ -55,8 +50,6 @@ class AuthMlflowServer(MlflowServer):
         """Start the basic-auth server under ``root`` and wait until ``GET /health`` answers."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        artifacts = root / "artifacts"
-        artifacts.mkdir(exist_ok=True)
         config = root / "basic_auth.ini"
         config.write_text(
             "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
@@ -67,50 +60,15 @@ class AuthMlflowServer(MlflowServer):
             # which is never cached, is still refused at once).
             "auth_cache_ttl_seconds = 600\n"
         )
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SAFELOAD"))}
-        env.update(
-            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", HOME=str(root), MLFLOW_AUTH_CONFIG_PATH=str(config),
-            MLFLOW_FLASK_SERVER_SECRET_KEY=os.urandom(16).hex(),  # the CSRF key the auth app insists on
-        )  # fmt: skip
-        log_path = root / "mlflow.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "mlflow", "server",
-                    "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                    "--artifacts-destination", str(artifacts),
-                    "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                    "--app-name", "basic-auth",
-                ],
-                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        server = cls(root=root, port=port, proc=proc, artifacts=artifacts)
-        wait_for_http(server.endpoint + "/health", proc, log_path, "mlflow server (basic auth)", timeout)
-        return server
+        extra = {
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),  # the CSRF key the auth app insists on
+        }
+        return cls._launch(root, ["--app-name", "basic-auth"], extra, "mlflow server (basic auth)", timeout)
 
     def _send(self, req: urllib.request.Request) -> bytes:
         req.add_header("Authorization", basic(ADMIN_USER, ADMIN_PASSWORD))
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            data: bytes = resp.read()
-            return data
-
-    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """One JSON call to ``/api/2.0/mlflow/<path>`` as the admin."""
-        url = f"{self.endpoint}/api/2.0/mlflow/{path}"
-        data = None
-        if method == "GET" and body:
-            url += "?" + urllib.parse.urlencode(body)
-        elif body is not None:
-            data = json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        return json.loads(self._send(req) or b"{}")
-
-    def put_artifact(self, path: str, data: bytes) -> None:
-        """Write ``data`` at ``path`` (relative to the artifact root) as the admin."""
-        url = f"{self.endpoint}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
-        self._send(urllib.request.Request(url, data=data, method="PUT"))
+        return super()._send(req)
 
     def add_user(self, username: str, password: str) -> None:
         """A basic-auth user with no permissions of its own (mlflow wants a 12-character password)."""

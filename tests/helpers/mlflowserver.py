@@ -30,11 +30,13 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.helpers.hubserver import free_port, stop_process, wait_for_http
 
 __all__ = ["MlflowServer"]
+
+_S = TypeVar("_S", bound="MlflowServer")
 
 
 @dataclass
@@ -53,13 +55,19 @@ class MlflowServer:
     @classmethod
     def start(cls, root: Path, *, timeout: float = 120.0) -> MlflowServer:
         """Start the server under ``root`` and wait until ``GET /health`` answers."""
-        root = Path(root)
+        return cls._launch(Path(root), [], {}, "mlflow server", timeout)
+
+    @classmethod
+    def _launch(
+        cls: type[_S], root: Path, args: list[str], env_extra: Mapping[str, str], what: str, timeout: float
+    ) -> _S:
+        """Run ``mlflow server`` (plus ``args``, with ``env_extra``) under ``root`` until it is healthy."""
         root.mkdir(parents=True, exist_ok=True)
         artifacts = root / "artifacts"
         artifacts.mkdir(exist_ok=True)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SAFELOAD"))}
-        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", HOME=str(root))
+        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", HOME=str(root), **env_extra)
         log_path = root / "mlflow.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -68,11 +76,12 @@ class MlflowServer:
                     "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                     "--artifacts-destination", str(artifacts),
                     "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                    *args,
                 ],
                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         server = cls(root=root, port=port, proc=proc, artifacts=artifacts)
-        wait_for_http(server.endpoint + "/health", proc, log_path, "mlflow server", timeout)
+        wait_for_http(server.endpoint + "/health", proc, log_path, what, timeout)
         return server
 
     def stop(self) -> None:
@@ -96,15 +105,18 @@ class MlflowServer:
             data = json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
+        return json.loads(self._send(req) or b"{}")
 
     def put_artifact(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` (relative to the artifact root) through the server's PUT."""
         url = f"{self.endpoint}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(path)}"
-        req = urllib.request.Request(url, data=data, method="PUT")
-        with urllib.request.urlopen(req, timeout=30):
-            pass
+        self._send(urllib.request.Request(url, data=data, method="PUT"))
+
+    def _send(self, req: urllib.request.Request) -> bytes:
+        """Every REST call the helper makes goes through here (a subclass adds its credentials)."""
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data: bytes = resp.read()
+            return data
 
     def add_model(self, name: str, files: Mapping[str, bytes], experiment: str = "Default") -> str:
         """A new version of registered model ``name`` holding ``files`` (relative path -> bytes), made
