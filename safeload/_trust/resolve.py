@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 from safeload._trust import audit
 from safeload._trust.fetched import FetchedModel
@@ -108,14 +109,7 @@ def fetch_model(name: str, *, policy: Policy | None = None, progress: bool | Non
             raise
         unpinned = True
     base = {"name": name, "registry": entry.registry, "repo": entry.repo, "revision": entry.store_revision()}
-    try:
-        fetched = materialize(pol, entry, progress=progress, unpinned=unpinned)
-    except SafeloadError as e:
-        audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
-        named = Store.name_repair(e, name)
-        if named is not e:
-            raise named from e
-        raise
+    fetched = _materialize_or_refuse(pol, entry, name, base, progress=progress, unpinned=unpinned)
     reason = "pinned"
     if unpinned:
         reason = (
@@ -160,13 +154,26 @@ def fetch_dataset(name: str, *, policy: Policy | None = None, progress: bool | N
     base = {
         "name": name, "registry": entry.registry, "repo": entry.store_repo, "revision": entry.store_revision()
     }
+    fetched = _materialize_or_refuse(pol, entry, name, base, progress=progress, unpinned=False)
+    audit.record(pol, **base, files=dict(fetched.files), decision="allow", reason="pinned dataset")
+    return fetched
+
+
+def _materialize_or_refuse(
+    pol: Policy,
+    entry: ModelEntry,
+    name: str,
+    base: Mapping[str, object],
+    *,
+    progress: bool | None,
+    unpinned: bool,
+) -> FetchedModel:
+    """:func:`materialize`, with a refusal written to the audit log and a repair hint naming ``name``."""
     try:
-        fetched = materialize(pol, entry, progress=progress, unpinned=False)
+        return materialize(pol, entry, progress=progress, unpinned=unpinned)
     except SafeloadError as e:
         audit.record(pol, **base, decision="refuse", reason=f"{type(e).__name__}: {e}")
         named = Store.name_repair(e, name)
         if named is not e:
             raise named from e
         raise
-    audit.record(pol, **base, files=dict(fetched.files), decision="allow", reason="pinned dataset")
-    return fetched
